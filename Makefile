@@ -1,0 +1,31 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a helper.
+.PHONY: run test setup setup-app setup-dev setup-train setup-eval setup-browser bench
+
+PY := .venv/bin/python
+PORT ?= 6006
+
+run: setup-app
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+test: setup-dev setup-train setup-eval setup-browser
+	$(PY) -m pytest -q -ra tests
+
+setup: setup-app setup-train setup-eval
+
+setup-app:
+	@scripts/setup-env.sh app
+
+setup-dev:
+	@scripts/setup-env.sh dev
+
+setup-train:
+	@scripts/setup-env.sh train
+
+setup-eval:
+	@scripts/setup-env.sh eval
+
+setup-browser:
+	@scripts/install-browser.sh
+
+bench: setup-dev
+	$(PY) -m bench

@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("chat")
+st.info("Coming soon.")

@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("eval")
+st.info("Coming soon.")

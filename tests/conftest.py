@@ -1,0 +1,103 @@
+"""Shared fixtures. Real things everywhere: SQLite files, subprocesses, tiny local models.
+
+RECIPE_TEST_STRICT=1 (set by `make test`) turns "environment missing" skips into failures, so
+CI cannot pass by skipping. Tests that read ../shared skip in a user's clone, where it is absent.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backend.envs import env_installed, env_python, setup_hint  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+HOWTOCOOK = SHARED / "data" / "howtocook" / "recipes.jsonl"
+SYNTH = SHARED / "tools" / "synth_corpus.py"
+SAMPLE_RECIPES = ROOT / "data" / "sample_recipes.jsonl"
+STRICT = os.environ.get("RECIPE_TEST_STRICT") == "1"
+
+
+def require(condition: bool, why: str) -> None:
+    """Skip (or, under RECIPE_TEST_STRICT=1, fail) when a prerequisite is missing."""
+    if not condition:
+        if STRICT:
+            pytest.fail(f"missing prerequisite (strict mode): {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    """A fresh workspace: RECIPE_WORKSPACE points at it, other RECIPE_* variables are cleared."""
+    for k in list(os.environ):
+        if k.startswith("RECIPE_") and k not in ("RECIPE_TEST_STRICT", "RECIPE_TRAIN_VENV", "RECIPE_EVAL_VENV"):
+            monkeypatch.delenv(k)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    monkeypatch.setenv("RECIPE_WORKSPACE", str(ws))
+    return ws
+
+
+@pytest.fixture
+def settings(workspace):
+    from backend.settings import load_settings
+
+    s = load_settings()
+    s.ensure_dirs()
+    return s
+
+
+@pytest.fixture(scope="session")
+def howtocook() -> Path:
+    if not HOWTOCOOK.exists():
+        pytest.skip("../shared/data/howtocook is not here (a user's clone): skipped")
+    return HOWTOCOOK
+
+
+@pytest.fixture(scope="session")
+def synth_corpus(tmp_path_factory):
+    """synth(records, defects=0.0, seed=1) -> Path of a corpus written by ../shared/tools/synth_corpus.py."""
+    if not SYNTH.exists():
+        pytest.skip("../shared/tools/synth_corpus.py is not here (a user's clone): skipped")
+    cache: dict = {}
+
+    def synth(records: int, defects: float = 0.0, seed: int = 1) -> Path:
+        key = (records, defects, seed)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("synth") / f"corpus_{records}_{defects}_{seed}.jsonl"
+            with open(out, "wb") as f:
+                subprocess.run([sys.executable, str(SYNTH), "--records", str(records), "--defects", str(defects),
+                                "--seed", str(seed)], stdout=f, check=True)
+            cache[key] = out
+        return cache[key]
+
+    return synth
+
+
+@pytest.fixture(scope="session")
+def train_python() -> Path:
+    require(env_installed("train"), setup_hint("train"))
+    return env_python("train")
+
+
+@pytest.fixture(scope="session")
+def eval_python() -> Path:
+    require(env_installed("eval"), setup_hint("eval"))
+    return env_python("eval")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random chat model (Qwen2 architecture, ChatML template), saved by the training
+    environment's transformers 4.x when present so that all three environments load it."""
+    out = tmp_path_factory.mktemp("tiny_model") / "model"
+    py = env_python("train") if env_installed("train") else Path(sys.executable)
+    subprocess.run([str(py), "-m", "pipeline.tiny_model", str(out)], cwd=ROOT, check=True,
+                   capture_output=True, text=True)
+    return out
