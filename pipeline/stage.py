@@ -1,0 +1,58 @@
+"""What every pipeline stage module offers the job runner (backend.jobs), and nothing more.
+
+A stage module ``pipeline/<name>.py`` defines:
+
+    def command(settings, **params) -> StageCommand     # validated; raises StageError on bad input
+    def progress(log_text: str) -> Progress             # parsed from the job's log, any time
+    def verify(cmd: StageCommand, log_text: str) -> str | None   # after exit 0: None, or why it failed
+
+Stage modules know nothing about Streamlit or the jobs table; the runner knows nothing about
+XTuner or OpenCompass.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# stage kind -> module implementing it, in Retrain chain order
+STAGE_MODULES = {
+    "prepare": "pipeline.prepare_data",
+    "train": "pipeline.train",
+    "convert": "pipeline.convert",
+    "merge": "pipeline.merge",
+    "quantize": "pipeline.quantize",
+    "evaluate": "pipeline.evaluate",
+}
+
+
+class StageError(ValueError):
+    """Bad stage parameters; the message tells the operator what to change."""
+
+
+@dataclass
+class StageCommand:
+    kind: str  # a key of STAGE_MODULES
+    argv: list[str]  # argument list, never a shell string; argv[0] is an interpreter/executable path
+    cwd: Path
+    env: dict[str, str] = field(default_factory=dict)  # added to the job's environment
+    gpu: bool = False  # True: waits for the one GPU slot
+    outputs: dict[str, str] = field(default_factory=dict)  # name -> path, recorded on the job
+    params: dict = field(default_factory=dict)  # what the operator chose, recorded on the job
+
+
+@dataclass
+class Progress:
+    fraction: float | None = None  # 0..1 when known
+    done: int | None = None
+    total: int | None = None
+    eta_s: float | None = None
+    message: str = ""  # one line for the UI
+    metrics: list[dict] = field(default_factory=list)  # e.g. [{"iter": 10, "loss": 2.3, "lr": 1e-4}]
+    samples: list[str] = field(default_factory=list)  # e.g. evaluation answers printed in training
+
+
+def stage_module(kind: str):
+    if kind not in STAGE_MODULES:
+        raise StageError(f"unknown stage {kind!r}; known stages: {', '.join(STAGE_MODULES)}")
+    return importlib.import_module(STAGE_MODULES[kind])
