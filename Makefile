@@ -8,7 +8,7 @@ run: setup-app
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
 test: setup-dev setup-train setup-eval setup-browser
-	$(PY) -m pytest -q -ra tests
+	RECIPE_TEST_STRICT=1 $(PY) -m pytest -q -ra tests
 
 setup: setup-app setup-train setup-eval
 
