@@ -1,4 +1,7 @@
-"""Work done once per app process at first page load (idempotent, cheap on later calls)."""
+"""Work done once per app process at first page load (idempotent, cheap on later calls):
+workspace folders, the recipe library (built from data/sample_recipes.jsonl on an empty
+workspace), the admin password (generated and printed once when none is configured), and the
+jobs table reconciled with the processes that survived an app restart."""
 from __future__ import annotations
 
 import streamlit as st
@@ -8,10 +11,16 @@ from backend.settings import Settings
 
 @st.cache_resource(show_spinner="Preparing the workspace…")
 def _startup(workspace: str) -> None:
+    from backend.auth import ensure_admin_password
+    from backend.jobs import JobRunner
+    from backend.library import ensure_library
     from backend.settings import load_settings
 
     settings = load_settings()
     settings.ensure_dirs()
+    ensure_library(settings)
+    ensure_admin_password(settings)
+    JobRunner(settings).reconcile()
 
 
 def startup(settings: Settings) -> None:
