@@ -12,7 +12,7 @@ from backend.settings import Settings
 @st.cache_resource(show_spinner="Preparing the workspace…")
 def _startup(workspace: str) -> None:
     from backend.auth import ensure_admin_password
-    from backend.jobs import JobRunner
+    from backend.chain import reconcile
     from backend.library import ensure_library
     from backend.settings import load_settings
 
@@ -20,7 +20,7 @@ def _startup(workspace: str) -> None:
     settings.ensure_dirs()
     ensure_library(settings)
     ensure_admin_password(settings)
-    JobRunner(settings).reconcile()
+    reconcile(settings)
 
 
 def startup(settings: Settings) -> None:

@@ -1,5 +1,6 @@
 """Build a tiny chat model locally: random weights, a byte-level BPE tokenizer trained on the
-spot, and an InternLM2-style (ChatML, ``<|im_start|>``) chat template.
+spot, and an InternLM2-style chat template (BOS ``<s>``, then ChatML ``<|im_start|>`` turns;
+XTuner puts the BOS before every training sample).
 
 Nothing is downloaded. Used by tests, benchmarks and demos on machines without a real model.
 Works with transformers 4.x (training / eval environments) and 5.x (app environment); save
@@ -15,9 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
+SPECIAL_TOKENS = ["<|endoftext|>", "<s>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (  # InternLM2's: BOS, then ChatML turns
+    "{{ bos_token }}{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -54,7 +55,7 @@ def build_tiny_model(out_dir: str | Path, texts_file: str | Path | None = None, 
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_texts(Path(texts_file) if texts_file else DEFAULT_TEXTS), trainer=trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                      unk_token=None, additional_special_tokens=["<|im_start|>", "<|im_end|>"])
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.model_max_length = 2048
@@ -65,7 +66,7 @@ def build_tiny_model(out_dir: str | Path, texts_file: str | Path | None = None, 
         vocab_size=len(hf_tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=2048, tie_word_embeddings=True,
-        bos_token_id=hf_tok.convert_tokens_to_ids("<|im_start|>"),
+        bos_token_id=hf_tok.convert_tokens_to_ids("<s>"),
         eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=hf_tok.convert_tokens_to_ids("<|endoftext|>"),
         torch_dtype="float32",

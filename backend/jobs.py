@@ -1,0 +1,471 @@
+"""Pipeline jobs: queue, start, watch, cancel and reconcile stage subprocesses.
+
+A job is one ``StageCommand`` (pipeline/stage.py) recorded in the ``jobs`` table of the app
+database. Its lifetime does not depend on the app process:
+
+    app (JobRunner.submit) ── row 'queued' ── dispatch() claims it ('running') and starts
+        python -m backend.job_supervisor JOB_ID      (detached: its own session)
+            └── the stage argv                       (its own process group; output -> log file)
+
+The supervisor waits for the stage, records the return code and status, lets the Retrain chain
+advance, and then dispatches the next queued job, so queued work proceeds with the browser tab
+closed or the app stopped. ``reconcile()`` (app start) marks jobs whose supervisor vanished as
+failed, with the reason, after stopping whatever is left of their process tree.
+
+Cancel ends the whole tree: SIGTERM, then SIGKILL after a grace period, to the stage's process
+group and every descendant found in /proc (the supervisor is a child subreaper, so orphaned
+grandchildren stay its descendants). One GPU job runs at a time; other GPU jobs wait in order.
+
+This module knows nothing about XTuner or OpenCompass: stage modules build the commands.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.settings import PROJECT_ROOT, Settings
+from pipeline.stage import STAGE_MODULES, Progress, StageCommand, stage_module
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+CANCEL_GRACE_S = 2.5  # SIGTERM, then SIGKILL after this many seconds (cancel: all gone within 5 s)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    args TEXT NOT NULL DEFAULT '{}',      -- the operator's parameters (JSON)
+    argv TEXT NOT NULL,                   -- the argument list (JSON); never a shell string
+    cwd TEXT NOT NULL,
+    env TEXT NOT NULL DEFAULT '{}',       -- added to the environment (JSON)
+    gpu INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL DEFAULT 'queued',
+    pid INTEGER,                          -- the supervisor
+    pid_start TEXT,                       -- its /proc start time (guards against pid reuse)
+    child_pid INTEGER,                    -- the stage process (leader of its process group)
+    child_start TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    return_code INTEGER,
+    log_path TEXT NOT NULL DEFAULT '',
+    outputs TEXT NOT NULL DEFAULT '{}',   -- name -> path (JSON)
+    error TEXT,                           -- why it failed or was cancelled
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    chain_id INTEGER,
+    chain_step INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, id);
+"""
+
+
+class JobError(RuntimeError):
+    """An operation on a job is not possible; the message says why."""
+
+
+@dataclass
+class Job:
+    id: int
+    kind: str
+    params: dict
+    argv: list[str]
+    cwd: str
+    env: dict
+    gpu: bool
+    status: str
+    pid: int | None
+    pid_start: str | None
+    child_pid: int | None
+    child_start: str | None
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    return_code: int | None
+    log_path: str
+    outputs: dict = field(default_factory=dict)
+    error: str | None = None
+    cancel_requested: bool = False
+    chain_id: int | None = None
+    chain_step: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.ended_at or time.time()) - self.started_at
+
+    def command(self) -> StageCommand:
+        """The StageCommand this job runs (for the stage module's verify())."""
+        return StageCommand(kind=self.kind, argv=list(self.argv), cwd=Path(self.cwd), env=dict(self.env),
+                            gpu=self.gpu, outputs=dict(self.outputs), params=dict(self.params))
+
+    @classmethod
+    def from_row(cls, r: sqlite3.Row) -> "Job":
+        return cls(
+            id=r["id"], kind=r["kind"], params=json.loads(r["args"]), argv=json.loads(r["argv"]), cwd=r["cwd"],
+            env=json.loads(r["env"]), gpu=bool(r["gpu"]), status=r["status"], pid=r["pid"],
+            pid_start=r["pid_start"], child_pid=r["child_pid"], child_start=r["child_start"],
+            created_at=r["created_at"], started_at=r["started_at"], ended_at=r["ended_at"],
+            return_code=r["return_code"], log_path=r["log_path"], outputs=json.loads(r["outputs"]),
+            error=r["error"], cancel_requested=bool(r["cancel_requested"]), chain_id=r["chain_id"],
+            chain_step=r["chain_step"],
+        )
+
+
+# ---- processes (Linux /proc) -----------------------------------------------------------------
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, ...]."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return None
+    return raw[raw.rfind(")") + 2:].split()
+
+
+def process_start(pid: int | None) -> str | None:
+    """The start time of a live (non-zombie) process, or None when it is gone."""
+    if not pid or pid <= 0:
+        return None
+    f = _stat_fields(pid)
+    if f is None or f[0] in ("Z", "X"):
+        return None
+    return f[19]  # field 22 of stat: starttime
+
+
+def process_alive(pid: int | None, start: str | None = None) -> bool:
+    """True while ``pid`` runs (zombies count as gone); with ``start``, only if it is the same process."""
+    s = process_start(pid)
+    return s is not None and (start is None or s == start)
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (children, grandchildren, ...), found through /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        f = _stat_fields(int(entry.name))
+        if f is None or f[0] in ("Z", "X"):
+            continue
+        children.setdefault(int(f[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _signal_all(pids, pgids, sig) -> None:
+    for g in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(g, sig)
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, sig)
+
+
+def kill_tree(root: int | None = None, pgids=(), include_root: bool = True, grace: float = CANCEL_GRACE_S) -> None:
+    """End ``root`` (unless include_root is False), its descendants and the process groups
+    ``pgids``: SIGTERM, then SIGKILL to whatever still lives after ``grace`` seconds."""
+
+    def targets() -> list[int]:
+        found = descendants(root) if root else []
+        if root and include_root and process_alive(root):
+            found.append(root)
+        return found
+
+    _signal_all(targets(), pgids, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not targets() and not any(_group_alive(g) for g in pgids):
+            return
+        time.sleep(0.05)
+    for _ in range(3):  # new children may appear while we kill: repeat until none is left
+        _signal_all(targets(), pgids, signal.SIGKILL)
+        time.sleep(0.05)
+        if not targets() and not any(_group_alive(g) for g in pgids):
+            return
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    # killpg(…, 0) also succeeds for a group of zombies only: look for a live member
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            f = _stat_fields(int(entry.name))
+            if f and f[0] not in ("Z", "X") and int(f[2]) == pgid:
+                return True
+    return False
+
+
+# ---- the runner -------------------------------------------------------------------------------
+_spawned: list[subprocess.Popen] = []  # supervisors started by this process, reaped on later calls
+
+
+def _reap_spawned() -> None:
+    for p in list(_spawned):
+        if p.poll() is not None:
+            _spawned.remove(p)
+
+
+class JobRunner:
+    """The jobs table and the processes behind it. Cheap to create; holds no open connection."""
+
+    def __init__(self, settings: Settings, python: str | os.PathLike | None = None):
+        self.settings = settings
+        self.python = str(python or sys.executable)  # runs the supervisor (needs backend + pipeline)
+        settings.workspace.mkdir(parents=True, exist_ok=True)
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        with self.connection() as db:
+            db.executescript(_SCHEMA)
+
+    # -- database --
+    @contextlib.contextmanager
+    def connection(self):
+        """A connection to the app database (autocommit; WAL; waits up to 30 s for writers)."""
+        db = sqlite3.connect(self.settings.app_db, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=30000")
+            yield db
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """A write transaction taken at once (BEGIN IMMEDIATE): dispatchers in several
+        processes claim queued jobs one at a time."""
+        with self.connection() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def get(self, job_id: int, wait_for_writers: bool = False) -> Job:
+        """One job. wait_for_writers: read after any write transaction in progress commits
+        (the supervisor's first read, while dispatch() may still be claiming its row)."""
+        if wait_for_writers:
+            with self.transaction() as db:
+                r = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if r is None:
+                raise JobError(f"job {job_id} does not exist")
+            return Job.from_row(r)
+        with self.connection() as db:
+            r = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if r is None:
+            raise JobError(f"job {job_id} does not exist")
+        return Job.from_row(r)
+
+    def list(self, limit: int = 200, status: str | None = None, chain_id: int | None = None) -> list[Job]:
+        """Newest first."""
+        q, args = "SELECT * FROM jobs", []
+        conds = []
+        if status:
+            conds.append("status=?")
+            args.append(status)
+        if chain_id is not None:
+            conds.append("chain_id=?")
+            args.append(chain_id)
+        if conds:
+            q += " WHERE " + " AND ".join(conds)
+        q += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self.connection() as db:
+            return [Job.from_row(r) for r in db.execute(q, args)]
+
+    # -- submit and start --
+    def submit(self, cmd: StageCommand, chain_id: int | None = None, chain_step: int | None = None) -> int:
+        """Queue ``cmd`` and start it at once when its turn has come. Returns the job id."""
+        with self.transaction() as db:
+            job_id = self.insert(db, cmd, chain_id, chain_step)
+        self.dispatch()
+        return job_id
+
+    def insert(self, db: sqlite3.Connection, cmd: StageCommand, chain_id: int | None = None,
+               chain_step: int | None = None) -> int:
+        """Add a queued job inside the caller's transaction (see transaction()); dispatch() starts it."""
+        if not cmd.argv or not all(isinstance(a, str) for a in cmd.argv):
+            raise JobError("a job needs a non-empty argument list of strings")
+        cur = db.execute(
+            "INSERT INTO jobs (kind, args, argv, cwd, env, gpu, status, created_at, outputs, chain_id, chain_step)"
+            " VALUES (?,?,?,?,?,?, 'queued', ?,?,?,?)",
+            (cmd.kind, json.dumps(cmd.params, ensure_ascii=False, default=str), json.dumps(cmd.argv),
+             str(cmd.cwd), json.dumps(cmd.env), int(cmd.gpu), time.time(),
+             json.dumps(cmd.outputs, ensure_ascii=False), chain_id, chain_step),
+        )
+        job_id = cur.lastrowid
+        log = self.settings.logs_dir / f"job-{job_id:05d}-{cmd.kind}.log"
+        db.execute("UPDATE jobs SET log_path=? WHERE id=?", (str(log), job_id))
+        return job_id
+
+    def dispatch(self) -> list[int]:
+        """Start every queued job whose turn has come: all non-GPU jobs, and the oldest queued
+        GPU job when no GPU job runs. Safe to call from any process at any time."""
+        _reap_spawned()
+        started = []
+        with self.transaction() as db:
+            gpu_busy = db.execute("SELECT 1 FROM jobs WHERE status='running' AND gpu=1").fetchone() is not None
+            for r in db.execute("SELECT * FROM jobs WHERE status='queued' ORDER BY id").fetchall():
+                if r["gpu"]:
+                    if gpu_busy:
+                        continue
+                    gpu_busy = True
+                self._start_supervisor(db, Job.from_row(r))
+                started.append(r["id"])
+        return started
+
+    def _start_supervisor(self, db: sqlite3.Connection, job: Job) -> None:
+        """Inside dispatch's transaction: spawn the supervisor and mark the job running. The
+        supervisor's first read waits for this transaction, so it sees its own row."""
+        log = Path(job.log_path)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "RECIPE_WORKSPACE": str(self.settings.workspace), "PYTHONUNBUFFERED": "1"}
+        try:
+            with open(log, "ab") as out:
+                p = subprocess.Popen(
+                    [self.python, "-m", "backend.job_supervisor", str(job.id)],
+                    cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    start_new_session=True, close_fds=True,
+                )
+        except OSError as e:
+            db.execute("UPDATE jobs SET status='failed', ended_at=?, error=? WHERE id=?",
+                       (time.time(), f"could not start the job supervisor: {e}", job.id))
+            return
+        _spawned.append(p)
+        db.execute("UPDATE jobs SET status='running', pid=?, pid_start=?, started_at=? WHERE id=?",
+                   (p.pid, process_start(p.pid), time.time(), job.id))
+
+    # -- used by the supervisor --
+    def record_child(self, job_id: int, child_pid: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET child_pid=?, child_start=? WHERE id=?",
+                       (child_pid, process_start(child_pid), job_id))
+
+    def finish(self, job_id: int, status: str, return_code: int | None, error: str | None = None) -> bool:
+        """Record the end of a running job (once: later calls change nothing). True if recorded."""
+        if status not in FINISHED:
+            raise ValueError(f"{status!r} is not a final status")
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE jobs SET status=?, return_code=?, error=?, ended_at=? WHERE id=? AND status='running'",
+                (status, return_code, error, time.time(), job_id),
+            )
+            return cur.rowcount == 1
+
+    # -- cancel, delete --
+    def cancel(self, job_id: int, grace: float = CANCEL_GRACE_S) -> Job:
+        """Cancel a queued job, or end a running one with its whole process tree. Returns the
+        job as recorded afterwards."""
+        with self.transaction() as db:
+            db.execute("UPDATE jobs SET status='cancelled', ended_at=?, error='cancelled before it started' "
+                       "WHERE id=? AND status='queued'", (time.time(), job_id))
+            db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=? AND status='running'", (job_id,))
+        job = self.get(job_id)
+        if job.status != "running":
+            return job
+        if process_alive(job.pid, job.pid_start):
+            # the supervisor ends the tree, records 'cancelled' and starts the next job
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(job.pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace + 1.5
+            while time.monotonic() < deadline:
+                _reap_spawned()
+                job = self.get(job_id)
+                if job.finished:
+                    return job
+                time.sleep(0.05)
+        # no supervisor (or it did not answer): end what is left ourselves
+        self._kill_job_tree(job, grace)
+        self.finish(job_id, "cancelled", None, "cancelled by the operator")
+        self.dispatch()
+        return self.get(job_id)
+
+    def _kill_job_tree(self, job: Job, grace: float) -> None:
+        if process_alive(job.pid, job.pid_start):
+            kill_tree(job.pid, include_root=True, grace=grace)
+        if job.child_pid and process_alive(job.child_pid, job.child_start):
+            kill_tree(job.child_pid, pgids=[job.child_pid], grace=grace)
+        elif job.child_pid and _group_alive(job.child_pid):
+            kill_tree(None, pgids=[job.child_pid], grace=grace)
+
+    def delete(self, job_id: int) -> None:
+        """Remove a finished job and its log."""
+        job = self.get(job_id)
+        if not job.finished:
+            raise JobError(f"job {job_id} is {job.status}; cancel it before deleting it")
+        with self.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+        with contextlib.suppress(FileNotFoundError):
+            Path(job.log_path).unlink()
+
+    # -- app start --
+    def reconcile(self) -> list[int]:
+        """After an app (re)start: jobs still marked running whose supervisor is gone are
+        marked failed with the reason (their leftover processes are stopped); then queued jobs
+        are dispatched. Jobs whose supervisor still runs are left alone. Returns the ids marked failed."""
+        failed = []
+        for job in self.list(limit=10_000, status="running"):
+            if process_alive(job.pid, job.pid_start):
+                continue
+            if job.pid is None:
+                reason = "it was marked running but never got a supervisor process"
+            else:
+                reason = (f"its supervisor process (pid {job.pid}) vanished without recording an exit status "
+                          "(machine restart, or the process was killed)")
+            child_left = job.child_pid and (process_alive(job.child_pid, job.child_start) or _group_alive(job.child_pid))
+            if child_left:
+                self._kill_job_tree(job, grace=CANCEL_GRACE_S)
+                reason += "; its leftover stage processes were stopped"
+            if self.finish(job.id, "failed", None, reason + ". Start it again from the Admin page."):
+                failed.append(job.id)
+        self.dispatch()
+        return failed
+
+    # -- reading --
+    def log_text(self, job: Job | int, tail_bytes: int | None = None) -> str:
+        job = self.get(job) if isinstance(job, int) else job
+        return read_log(job.log_path, tail_bytes)
+
+    def progress(self, job: Job | int) -> Progress | None:
+        """The stage module's progress() parsed from the job's log; None for unknown stages."""
+        job = self.get(job) if isinstance(job, int) else job
+        if job.kind not in STAGE_MODULES:
+            return None
+        try:
+            mod = stage_module(job.kind)
+        except ImportError:
+            return None
+        return mod.progress(self.log_text(job))
+
+
+def read_log(path: str | os.PathLike, tail_bytes: int | None = None) -> str:
+    """A log as text (undecodable bytes replaced); the last ``tail_bytes`` only when given."""
+    try:
+        with open(path, "rb") as f:
+            if tail_bytes:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - tail_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    return data.decode("utf-8", errors="replace")

@@ -1,0 +1,249 @@
+"""The Admin page through Streamlit's AppTest: the password gate, starting a real job from a form
+and watching its log, cancelling it, the System and Models sections."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from backend.jobs import JobRunner
+from backend.settings import load_settings
+from tests.conftest import ROOT
+
+PAGE = str(ROOT / "pages" / "admin.py")
+PASSWORD = "correct horse battery staple"
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def login(at: AppTest, password: str = PASSWORD) -> AppTest:
+    at.text_input(key="login_password").input(password)
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [e.value for kind in ("error", "warning", "info", "success", "caption", "markdown", "code")
+             for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def rerun_until(at: AppTest, pred, what: str, timeout: float = 120):
+    """Re-run the page until pred(at) holds (what the live fragment shows every second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        at.run()
+        assert not at.exception, at.exception
+        if pred(at):
+            return at
+        time.sleep(0.5)
+    raise AssertionError(f"gave up waiting for: {what}\n{texts(at)[-3000:]}")
+
+
+@pytest.fixture
+def admin_env(workspace, monkeypatch):
+    monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", PASSWORD)
+    s = load_settings()
+    s.ensure_dirs()
+    yield s
+    runner = JobRunner(s)
+    for job in runner.list(limit=1000):
+        if not job.finished:
+            runner.cancel(job.id)
+
+
+def test_without_the_password_nothing_can_be_started(settings):
+    at = page()
+    # only the login form: no sections, no stage forms, no buttons but "Log in"
+    assert [b.label for b in at.button] == ["Log in · 登录"]
+    assert len(at.radio) == 0 and len(at.selectbox) == 0
+    assert (settings.workspace / "admin_password").exists()  # generated at first start
+    for attempt in ("", "wrong", "admin"):
+        login(at, attempt)
+        assert "Wrong password" in texts(at)
+        assert [b.label for b in at.button] == ["Log in · 登录"]
+    assert JobRunner(settings).list() == []
+
+
+def test_generated_password_opens_the_page(settings):
+    at = page()
+    password = (settings.workspace / "admin_password").read_text().strip()
+    login(at, password)
+    assert at.radio(key="section") is not None
+    assert "Log out · 退出管理" in [b.label for b in at.button]
+
+
+def _conversation_data(settings, n=40):
+    from pipeline.recipe_format import SYSTEM_PROMPT
+
+    d = settings.data_dir / "d1"
+    d.mkdir(parents=True)
+    with open(d / "train.jsonl", "w", encoding="utf-8") as f:
+        for i in range(n):
+            f.write(json.dumps({"conversation": [{"system": SYSTEM_PROMPT, "input": f"第{i}道菜怎么做？",
+                                                  "output": "食材：\n- 盐 1勺\n\n步骤：\n1. 炒。"}]},
+                               ensure_ascii=False) + "\n")
+    return d
+
+
+def test_with_the_password_a_job_starts_and_its_log_appears(admin_env):
+    """Prepare data from the form (the bundled sample corpus): a real job whose output and
+    result appear on the page."""
+    at = login(page())
+    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    assert at.selectbox(key="stage_kind").value == "prepare"
+    at.text_input(key="prep_out").input("sample-run")
+    [b for b in at.button if b.label.startswith("Start prepare")][0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    jobs = JobRunner(admin_env).list()
+    assert [j.kind for j in jobs] == ["prepare"]
+    assert at.radio(key="section").value == "Jobs · 任务"  # the page switched to the job's live view
+    rerun_until(at, lambda a: any("Outputs in" in c.value and "sample-run" in c.value for c in a.code),
+                "prepare's own output in the page's log view")
+    rerun_until(at, lambda a: "succeeded" in texts(a), "the job's success on the page")
+    assert (admin_env.data_dir / "sample-run" / "train.jsonl").exists()
+
+
+def test_train_from_the_form_shows_xtuner_log_and_cancels(admin_env, monkeypatch, tiny_model, train_python, tmp_path):
+    """Train from the form (tiny model, CPU): the job runs as a real subprocess, its log shows
+    XTuner's own output on the page, and Cancel on the page ends it."""
+    from tests.test_chain import trainable
+
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(trainable(tiny_model, tmp_path)))
+    settings = load_settings()
+    _conversation_data(settings)
+    at = login(page())
+    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    at.selectbox(key="stage_kind").set_value("train").run()
+    assert not at.exception, at.exception
+    at.number_input(key="train_iters").set_value(200)
+    at.text_input(key="train_run").input("page-test")
+    start = [b for b in at.button if b.label.startswith("Start train")][0]
+    start.click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    jobs = JobRunner(settings).list()
+    assert len(jobs) == 1 and jobs[0].kind == "train"
+    assert at.radio(key="section").value == "Jobs · 任务"  # the page switched to the job's live view
+    # XTuner's own output (MMEngine's log records), not only the supervisor's header
+    rerun_until(at, lambda a: any("mmengine" in c.value for c in a.code), "XTuner's log in the page")
+    cancel = [b for b in at.button if b.label.startswith("Cancel job")]
+    assert cancel
+    cancel[0].click().run()
+    assert not at.exception, at.exception
+    assert JobRunner(settings).get(jobs[0].id).status == "cancelled"
+
+
+def test_live_view_shows_progress_chart_and_training_answers(admin_env):
+    """A running train job's log (XTuner's format, printed by a real subprocess) becomes a
+    progress bar with ETA, loss/lr charts and the evaluation answers, through train.progress()."""
+    import sys
+
+    from pipeline.stage import StageCommand
+
+    lines = [f"11/28 05:20:0{i} - mmengine - INFO - Iter(train) [ {i * 10}/100]  lr: 2.0000e-04  "
+             f"eta: 0:05:20  time: 0.5040  loss: {2.0 - i * 0.1:.4f}  grad_norm: 0.5000" for i in (1, 2, 3)]
+    lines += ["11/28 05:20:05 - mmengine - INFO - after_train_iter in EvaluateChatHook.",
+              "11/28 05:20:06 - mmengine - INFO - Sample output:\n<|im_start|>user\n红烧肉怎么做<|im_end|>\n"
+              "<|im_start|>assistant\n食材：猪肉<|im_end|>"]
+    code = f"import time\nfor line in {lines!r}:\n    print(line, flush=True)\ntime.sleep(120)\n"
+    runner = JobRunner(admin_env)
+    job_id = runner.submit(StageCommand(kind="train", argv=[sys.executable, "-c", code], cwd=admin_env.workspace,
+                                        gpu=True, outputs={"work_dir": str(admin_env.runs_dir)}))
+    at = login(page())
+    rerun_until(at, lambda a: len(a.get("progress")) == 1, "the progress bar")
+    bar = at.get("progress")[0].proto
+    assert bar.value == 30 and "iter 30/100" in bar.text and "05:20" in bar.text
+    assert len(at.get("vega_lite_chart")) == 2  # loss and learning rate
+    assert any("红烧肉怎么做" in t.value and "食材：猪肉" in t.value for t in at.text)
+    runner.cancel(job_id)
+
+
+def test_a_bad_form_value_is_a_message_and_starts_nothing(admin_env, monkeypatch, tmp_path, train_python):
+    monkeypatch.delenv("RECIPE_BASE_MODEL", raising=False)
+    at = login(page())
+    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    at.selectbox(key="stage_kind").set_value("train").run()
+    at.text_input(key="train_base_typed").input("../../etc")
+    [b for b in at.button if b.label.startswith("Start train")][0].click().run()
+    assert not at.exception, at.exception
+    assert at.error and "outside the workspace" in at.error[0].value
+    assert JobRunner(admin_env).list() == []
+
+
+def test_system_section_shows_the_facts(admin_env):
+    at = login(page())
+    at.radio(key="section").set_value("System · 系统").run()
+    assert not at.exception, at.exception
+    df = at.dataframe[0].value
+    assert {"machine", "GPU", "LMDeploy / TurboMind", "environment: train"} <= set(df["what"])
+
+
+def test_models_section_use_for_chat(admin_env, tiny_model):
+    folder = admin_env.models_dir / "recipe-m1"
+    shutil.copytree(tiny_model, folder)
+    (folder / "recipe_model.json").write_text(json.dumps({"base_model": "/models/base", "created": "2026-11-28"}))
+    at = login(page())
+    at.radio(key="section").set_value("Models · 模型").run()
+    assert "recipe-m1" in texts(at) and "/models/base" in texts(at)
+    at.button(key="use_recipe-m1").click().run()
+    assert not at.exception, at.exception
+    assert load_settings().model == str(folder.resolve())
+    assert "in use for chat" in texts(at)
+
+
+def test_failed_jobs_show_their_reason_and_log_tail(admin_env):
+    import sys
+
+    from pipeline.stage import StageCommand
+
+    runner = JobRunner(admin_env)
+    code = "import sys; print('reading corpus'); print('KeyError: recipeIngredient', file=sys.stderr); sys.exit(4)"
+    job_id = runner.submit(StageCommand(kind="test", argv=[sys.executable, "-c", code], cwd=admin_env.workspace))
+    deadline = time.monotonic() + 60
+    while not runner.get(job_id).finished and time.monotonic() < deadline:
+        time.sleep(0.1)
+    at = login(page())
+    assert "exited with code 4: KeyError: recipeIngredient" in texts(at)
+    assert any(e.label.startswith(f"❌ #{job_id}") for e in at.expander)
+    assert any("reading corpus" in c.value for c in at.code)
+    history = at.dataframe[0].value
+    assert list(history["return code"]) == [4]
+
+
+def test_retrain_from_the_page_runs_the_chain_and_can_be_cancelled(admin_env, monkeypatch, tiny_model, train_python,
+                                                                    tmp_path):
+    from tests.test_chain import trainable
+
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(trainable(tiny_model, tmp_path)))
+    settings = load_settings()
+    at = login(page())
+    at.radio(key="section").set_value("Retrain · 重新训练").run()
+    assert not at.exception, at.exception
+    at.text_input(key="rt_prep_out").input("rt-data")
+    at.text_input(key="rt_train_run").input("rt-run")
+    at.number_input(key="rt_train_iters").set_value(100_000)
+    [b for b in at.button if b.label.startswith("Start Retrain")][0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    from backend.chain import list_chains
+
+    (ch,) = list_chains(settings)
+    at.radio(key="section").set_value("Retrain · 重新训练").run()
+    rerun_until(at, lambda a: "🔄 train" in texts(a), "the chain's train step running")
+    assert "✅ prepare" in texts(at)
+    at.button(key=f"cancel_chain_{ch.id}").click().run()
+    assert not at.exception, at.exception
+    assert "cancelled" in texts(at)
+    assert [(j.kind, j.status) for j in JobRunner(settings).list()][::-1] == [("prepare", "succeeded"),
+                                                                          ("train", "cancelled")]

@@ -1,0 +1,145 @@
+"""The Retrain chain with the real stage modules and real subprocesses: steps run in order, each
+after the previous one succeeded, outputs feed the next step, and a failure stops the chain
+saying which step failed and why."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from backend import chain
+from backend.chain import cancel_chain, get_chain, start_chain
+from backend.jobs import JobRunner, process_alive
+from backend.registry import list_models
+from backend.settings import load_settings
+from pipeline.stage import StageError
+
+
+def wait_chain(settings, chain_id: int, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ch = get_chain(settings, chain_id)
+        if ch.status != "running":
+            return ch
+        time.sleep(0.2)
+    raise AssertionError(f"chain {chain_id} still running: {[(j.kind, j.status) for j in ch.jobs]}")
+
+
+def trainable(tiny_model: Path, tmp_path: Path) -> Path:
+    """The tiny model with a BOS token declared (XTuner puts one before every sample)."""
+    out = tmp_path / "tiny-bos"
+    shutil.copytree(tiny_model, out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.setdefault("bos_token", "<|im_start|>")
+    cfg_path.write_text(json.dumps(cfg, ensure_ascii=False))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_jobs(settings):
+    yield
+    runner = JobRunner(settings)
+    for job in runner.list(limit=1000):
+        if not job.finished:
+            runner.cancel(job.id)
+
+
+TRAIN_QUICK = {"run_name": "r1", "max_iters": 2, "max_length": 256, "log_interval": 1,
+               "evaluation_inputs": ["红烧肉怎么做？"], "evaluation_freq": 1}
+
+
+def test_prepare_train_convert_merge_run_in_order_into_the_registry(workspace, monkeypatch, tiny_model,
+                                                                    train_python, tmp_path):
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(trainable(tiny_model, tmp_path)))
+    settings = load_settings()
+    settings.ensure_dirs()
+    chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1"), "val": 2, "test": 2}),
+                                      ("train", TRAIN_QUICK), ("convert", {}), ("merge", {})])
+    ch = wait_chain(settings, chain_id)
+    assert ch.status == "succeeded", (ch.error, [(j.kind, j.status, j.error) for j in ch.jobs])
+    jobs = ch.jobs
+    assert [j.kind for j in jobs] == ["prepare", "train", "convert", "merge"]
+    assert all(j.status == "succeeded" and j.return_code == 0 for j in jobs)
+    for before, after in zip(jobs, jobs[1:]):  # each step started after the previous one ended
+        assert after.created_at >= before.ended_at
+    prepared = jobs[0].outputs["dir"]
+    assert Path(jobs[1].params["data"]).parent == Path(prepared)  # prepare's output fed train
+    assert jobs[3].params["run_name"] == "r1"  # train's run fed merge
+    models = list_models(settings)
+    assert [m.name for m in models] == ["r1"]
+    assert models[0].base_model == settings.base_model and models[0].data_stats["train"] > 0
+
+
+def test_a_step_that_cannot_start_stops_the_chain_with_the_reason(settings):
+    chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1")}),
+                                      ("train", {"lr": 5})])
+    ch = wait_chain(settings, chain_id)
+    assert ch.status == "failed"
+    assert ch.error.startswith("step 2 of 2 (train) could not start:")
+    assert [(j.kind, j.status) for j in ch.jobs] == [("prepare", "succeeded")]
+
+
+def test_a_failing_step_stops_the_chain_and_later_steps_never_run(settings):
+    bad = settings.workspace / "bad.jsonl"
+    bad.write_text('garbage\n{"x": 1}\n')
+    chain_id = start_chain(settings, [("prepare", {"input": str(bad), "out": str(settings.data_dir / "bad")}),
+                                      ("train", {})])
+    ch = wait_chain(settings, chain_id)
+    assert ch.status == "failed"
+    assert ch.error.startswith("step 1 of 2 (prepare) failed:") and "no training recipe" in ch.error
+    assert [j.kind for j in ch.jobs] == ["prepare"]
+
+
+def test_the_first_step_is_checked_before_anything_is_recorded(settings):
+    with pytest.raises(StageError, match="must be a positive"):
+        start_chain(settings, [("prepare", {"sample": -1}), ("train", {})])
+    with pytest.raises(StageError, match="unknown stage"):
+        start_chain(settings, [("prepare", {}), ("bake", {})])
+    assert chain.list_chains(settings) == [] and JobRunner(settings).list() == []
+
+
+def _start_long_training(settings, monkeypatch, tiny_model, tmp_path):
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(trainable(tiny_model, tmp_path)))
+    settings = load_settings()
+    chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1")}),
+                                      ("train", {**TRAIN_QUICK, "max_iters": 100_000}), ("convert", {})])
+    runner = JobRunner(settings)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        jobs = get_chain(settings, chain_id).jobs
+        if len(jobs) == 2 and jobs[1].status == "running" and jobs[1].child_pid:
+            return settings, chain_id, jobs[1]
+        time.sleep(0.2)
+    raise AssertionError(f"training did not start: {[(j.kind, j.status, j.error) for j in runner.list()]}")
+
+
+def test_cancel_a_chain_ends_its_running_step_and_starts_nothing_more(workspace, monkeypatch, tiny_model,
+                                                                      train_python, tmp_path):
+    settings, chain_id, train_job = _start_long_training(load_settings(), monkeypatch, tiny_model, tmp_path)
+    ch = cancel_chain(settings, chain_id)
+    assert ch.status == "cancelled"
+    assert [(j.kind, j.status) for j in ch.jobs] == [("prepare", "succeeded"), ("train", "cancelled")]
+    deadline = time.monotonic() + 60  # the supervisor advances the chain after recording: let it finish
+    while process_alive(train_job.pid, train_job.pid_start) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not process_alive(train_job.pid, train_job.pid_start)
+    assert len(get_chain(settings, chain_id).jobs) == 2
+
+
+def test_app_restart_fails_the_chain_of_a_vanished_job(workspace, monkeypatch, tiny_model, train_python, tmp_path):
+    settings, chain_id, train_job = _start_long_training(load_settings(), monkeypatch, tiny_model, tmp_path)
+    os.kill(train_job.pid, signal.SIGKILL)  # the supervisor dies without recording anything
+    chain.reconcile(settings)  # what app startup runs
+    ch = get_chain(settings, chain_id)
+    assert ch.status == "failed"
+    assert ch.error.startswith("step 2 of 3 (train) failed:") and "vanished" in ch.error
+    job = JobRunner(settings).get(train_job.id)
+    assert job.status == "failed"
+    stat = Path(f"/proc/{job.child_pid}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] in "ZX"  # its training stopped

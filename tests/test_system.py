@@ -1,0 +1,92 @@
+"""The System panel's facts, checked against this machine and against broken setups."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from backend import system
+from backend.settings import load_settings
+from tests.conftest import require
+
+
+def by_topic(facts):
+    return {f.topic: f for f in facts}
+
+
+def test_gpu_fact_agrees_with_torch():
+    import torch
+
+    f = system.gpu_fact()
+    assert f.ok == torch.cuda.is_available()
+    assert torch.__version__ in f.summary
+    if not f.ok:
+        assert f.hint  # says what to do
+
+
+def test_lmdeploy_fact_on_this_machine():
+    f = system.lmdeploy_fact()
+    try:
+        import lmdeploy  # noqa: F401
+        installed = True
+    except Exception:  # noqa: BLE001
+        installed = False
+    if not installed:
+        assert f.ok is False and "not installed" in f.summary and "requirements-gpu.txt" in f.hint
+
+
+def test_lmdeploy_probe_survives_an_interpreter_that_exits(tmp_path):
+    """LMDeploy's failed environment check may call exit(1): the probe runs in its own
+    interpreter and reports a reason instead of ending the app."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(1)\n")
+    fake.chmod(0o755)
+    f = system.lmdeploy_fact(python=str(fake))
+    assert f.ok is False and "could not check" in f.summary
+
+
+def test_env_facts_report_missing_environments(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECIPE_TRAIN_VENV", str(tmp_path / "nope"))
+    f = by_topic(system.env_facts())["environment: train"]
+    assert f.ok is False and "not installed" in f.summary and "setup-env.sh train" in f.hint
+
+
+def test_env_facts_list_the_training_packages(train_python):
+    f = by_topic(system.env_facts())["environment: train"]
+    assert f.ok and "xtuner 0.2.0" in f.summary and str(train_python) in f.summary
+
+
+def test_env_facts_list_the_eval_packages(eval_python):
+    f = by_topic(system.env_facts())["environment: eval"]
+    assert f.ok and "opencompass" in f.summary
+
+
+def test_config_facts(workspace, monkeypatch, tmp_path):
+    s = load_settings()
+    facts = by_topic(system.config_facts(s))
+    assert all(f.ok is False and f.summary == "not configured" for f in facts.values())
+    assert "RECIPE_BASE_MODEL" in facts["base model"].hint and "RECIPE_CORPUS" in facts["corpus"].hint
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(empty))
+    monkeypatch.setenv("RECIPE_CORPUS", str(tmp_path / "missing.jsonl"))
+    facts = by_topic(system.config_facts(load_settings()))
+    assert facts["base model"].ok is False and "config.json" in facts["base model"].summary
+    assert facts["corpus"].ok is False and "does not exist" in facts["corpus"].summary
+
+
+def test_config_facts_with_a_real_model_and_corpus(workspace, monkeypatch, tiny_model):
+    corpus = Path(__file__).resolve().parent.parent / "data" / "sample_recipes.jsonl"
+    require(corpus.exists(), "data/sample_recipes.jsonl is not in the project yet")
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
+    monkeypatch.setenv("RECIPE_MODEL", str(tiny_model))
+    monkeypatch.setenv("RECIPE_CORPUS", str(corpus))
+    facts = by_topic(system.config_facts(load_settings()))
+    assert facts["base model"].ok and facts["chat model"].ok and facts["corpus"].ok
+
+
+def test_system_facts_is_the_whole_panel(settings):
+    facts = system.system_facts(settings)
+    topics = [f.topic for f in facts]
+    assert topics[:3] == ["machine", "GPU", "LMDeploy / TurboMind"]
+    assert {"environment: app", "environment: train", "environment: eval", "chat model", "corpus"} <= set(topics)
+    assert "CPU cores" in facts[0].summary
