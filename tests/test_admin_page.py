@@ -117,9 +117,8 @@ def test_with_the_password_a_job_starts_and_its_log_appears(admin_env):
 def test_train_from_the_form_shows_xtuner_log_and_cancels(admin_env, monkeypatch, tiny_model, train_python, tmp_path):
     """Train from the form (tiny model, CPU): the job runs as a real subprocess, its log shows
     XTuner's own output on the page, and Cancel on the page ends it."""
-    from tests.test_chain import trainable
 
-    monkeypatch.setenv("RECIPE_BASE_MODEL", str(trainable(tiny_model, tmp_path)))
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
     _conversation_data(settings)
     at = login(page())
@@ -223,9 +222,8 @@ def test_failed_jobs_show_their_reason_and_log_tail(admin_env):
 
 def test_retrain_from_the_page_runs_the_chain_and_can_be_cancelled(admin_env, monkeypatch, tiny_model, train_python,
                                                                     tmp_path):
-    from tests.test_chain import trainable
 
-    monkeypatch.setenv("RECIPE_BASE_MODEL", str(trainable(tiny_model, tmp_path)))
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
     at = login(page())
     at.radio(key="section").set_value("Retrain · 重新训练").run()

@@ -3,9 +3,7 @@ after the previous one succeeded, outputs feed the next step, and a failure stop
 saying which step failed and why."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -30,17 +28,6 @@ def wait_chain(settings, chain_id: int, timeout: float = 300):
     raise AssertionError(f"chain {chain_id} still running: {[(j.kind, j.status) for j in ch.jobs]}")
 
 
-def trainable(tiny_model: Path, tmp_path: Path) -> Path:
-    """The tiny model with a BOS token declared (XTuner puts one before every sample)."""
-    out = tmp_path / "tiny-bos"
-    shutil.copytree(tiny_model, out)
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg.setdefault("bos_token", "<|im_start|>")
-    cfg_path.write_text(json.dumps(cfg, ensure_ascii=False))
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _no_leftover_jobs(settings):
     yield
@@ -56,7 +43,7 @@ TRAIN_QUICK = {"run_name": "r1", "max_iters": 2, "max_length": 256, "log_interva
 
 def test_prepare_train_convert_merge_run_in_order_into_the_registry(workspace, monkeypatch, tiny_model,
                                                                     train_python, tmp_path):
-    monkeypatch.setenv("RECIPE_BASE_MODEL", str(trainable(tiny_model, tmp_path)))
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
     settings.ensure_dirs()
     chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1"), "val": 2, "test": 2}),
@@ -105,7 +92,7 @@ def test_the_first_step_is_checked_before_anything_is_recorded(settings):
 
 
 def _start_long_training(settings, monkeypatch, tiny_model, tmp_path):
-    monkeypatch.setenv("RECIPE_BASE_MODEL", str(trainable(tiny_model, tmp_path)))
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
     chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1")}),
                                       ("train", {**TRAIN_QUICK, "max_iters": 100_000}), ("convert", {})])

@@ -1,0 +1,142 @@
+"""Convert stage: turn a training checkpoint (``iter_N.pth``) into a Hugging Face LoRA adapter.
+
+Runs XTuner's ``pth_to_hf`` (what ``xtuner convert pth_to_hf CONFIG PTH ADAPTER_DIR`` runs) in the
+train environment, through this module's ``main()``: it picks the newest ``iter_*.pth`` of the
+run when no checkpoint is named (at run time, so the job can be queued before training ends),
+writes into a hidden ``.hf_adapter.partial`` folder and renames it to ``<run>/hf_adapter`` only
+when the adapter is complete, with ``recipe_adapter.json`` saying which checkpoint it came from.
+
+    <train python> -P -m pipeline.convert --config <run>/config.py --work-dir <run>/work_dir \
+        --out <run>/hf_adapter [--checkpoint <run>/work_dir/iter_N.pth]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from pipeline.stage import Progress, StageCommand, StageError
+from pipeline import xtuner_log
+
+ADAPTER_DIR = "hf_adapter"
+ADAPTER_MANIFEST = "recipe_adapter.json"
+STEPS = 2
+
+
+def load_run(settings, run_name: str) -> tuple[Path, dict]:
+    """A training run's folder and its train_params.json (written by pipeline.train.command)."""
+    from pipeline.train import PARAMS_FILE, run_dir
+
+    if not run_name:
+        raise StageError("choose a training run (run_name)")
+    rdir = run_dir(settings, str(run_name))
+    params_file = rdir / PARAMS_FILE
+    if not (rdir / "config.py").is_file() or not params_file.is_file():
+        raise StageError(f"no training run named {run_name!r} in {settings.runs_dir}; start a training job first")
+    try:
+        return rdir, json.loads(params_file.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise StageError(f"{params_file} is damaged ({e}); train the run again") from None
+
+
+def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = False) -> StageCommand:
+    from backend.settings import PROJECT_ROOT, SettingsError
+    from pipeline.train import train_python
+
+    python = train_python()
+    rdir, record = load_run(settings, run_name)
+    work = rdir / "work_dir"
+    argv = [str(python), "-P", "-m", "pipeline.convert", "--config", str(rdir / "config.py"),
+            "--work-dir", str(work), "--out", str(rdir / ADAPTER_DIR)]
+    if checkpoint:
+        p = Path(checkpoint)
+        try:
+            ckpt = settings.inside_workspace(p if p.is_absolute() or len(p.parts) > 1 else work / p)
+        except SettingsError as e:
+            raise StageError(f"checkpoint: {e}") from None
+        if ckpt.parent != work.resolve() or not re.fullmatch(r"iter_\d+\.pth", ckpt.name):
+            raise StageError(f"checkpoint must be one of the run's iter_N.pth files in {work}")
+        if not ckpt.exists():
+            have = ", ".join(c.name for c in _checkpoints(work)) or "none yet"
+            raise StageError(f"checkpoint {ckpt.name} does not exist; the run has: {have}")
+        argv += ["--checkpoint", str(ckpt)]
+    if fp32:
+        argv.append("--fp32")
+    return StageCommand(
+        kind="convert", argv=argv, cwd=rdir,
+        env={"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+             "TRANSFORMERS_OFFLINE": "1"},
+        # a QLoRA config rebuilds the 4-bit model, which needs the GPU
+        gpu=bool(record.get("qlora")),
+        outputs={"adapter": str(rdir / ADAPTER_DIR), "run_dir": str(rdir)},
+        params={"run_name": run_name, "checkpoint": checkpoint or "latest", "fp32": bool(fp32)},
+    )
+
+
+def _checkpoints(work: Path) -> list[Path]:
+    from pipeline.train import checkpoints
+
+    return checkpoints(work)
+
+
+def progress(log_text: str) -> Progress:
+    return xtuner_log.step_progress(log_text, "convert")
+
+
+def verify(cmd: StageCommand, log_text: str) -> str | None:
+    out = Path(cmd.outputs.get("adapter", ""))
+    if not (out / "adapter_config.json").is_file():
+        return f"no adapter_config.json in {out}; see the log"
+    if not any((out / f).is_file() for f in ("adapter_model.safetensors", "adapter_model.bin")):
+        return f"no adapter weights in {out}; see the log"
+    return None
+
+
+# ---- the job process (train environment) --------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    import runpy
+
+    from pipeline.merge import publish_dir
+    from pipeline.train import checkpoints
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--work-dir", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--checkpoint")
+    ap.add_argument("--fp32", action="store_true")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    if a.checkpoint:
+        ckpt = Path(a.checkpoint)
+    else:
+        found = checkpoints(a.work_dir)
+        if not found:
+            print(f"[convert] no checkpoint iter_*.pth in {a.work_dir}: train the run first", file=sys.stderr)
+            return 2
+        ckpt = found[-1]
+    print(f"[convert] (0/{STEPS}) converting {ckpt} with XTuner pth_to_hf", flush=True)
+    tmp = out.parent / f".{out.name}.partial"
+    xt_argv = ["pth_to_hf", a.config, str(ckpt), str(tmp), "--safe-serialization", "--max-shard-size", "2GB"]
+    if a.fp32:
+        xt_argv.append("--fp32")
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    sys.argv = xt_argv
+    runpy.run_module("xtuner.tools.model_converters.pth_to_hf", run_name="__main__", alter_sys=True)
+    print(f"[convert] (1/{STEPS}) adapter written; recording its origin", flush=True)
+    m = re.fullmatch(r"iter_(\d+)\.pth", ckpt.name)
+    manifest = {"checkpoint": str(ckpt), "iteration": int(m.group(1)) if m else None, "config": a.config,
+                "run_dir": str(Path(a.work_dir).parent), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (tmp / ADAPTER_MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+    publish_dir(tmp, out)
+    print(f"[convert] ({STEPS}/{STEPS}) adapter ready: {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

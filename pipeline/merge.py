@@ -1,0 +1,235 @@
+"""Merge stage: fold a LoRA adapter into its base model -> a plain Hugging Face model folder.
+
+Runs XTuner's merge (what ``xtuner convert merge BASE ADAPTER OUT --max-shard-size 2GB
+--safe-serialization`` runs) in the train environment through this module's ``main()``, which
+writes into a hidden ``<models_dir>/.<name>.partial`` folder, adds the ``recipe_model.json``
+manifest (read by the Admin page's model registry), and renames the folder to
+``<models_dir>/<name>`` only when all of it is there. A folder under models/ without
+``recipe_model.json`` is not a finished model.
+
+``recipe_model.json`` (format "recipe-model/1")::
+
+    name, kind ("merged" | "awq-w4a16"), path, created (ISO time), base_model, adapter,
+    checkpoint, iteration, run_name, run_dir,
+    training: {template, prompt_template, max_length, pack_to_max_length, batch_size,
+               accumulative_counts, lr, max_epochs, max_iters, warmup_ratio, lora_r, lora_alpha,
+               lora_dropout, qlora, deepspeed, device, cpu_adaptations, seed, evaluation_inputs},
+    data: {train_file, stats_file, stats (stats.json's content or null)},
+    training_log: {iterations, total_iters, final_loss, samples (last evaluation answers)},
+    dtype, quantization (null, or {method, w_bits, w_group_size, calib, source_model})
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from pipeline.stage import Progress, StageCommand, StageError
+from pipeline import xtuner_log
+
+MANIFEST = "recipe_model.json"
+MANIFEST_FORMAT = "recipe-model/1"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+STEPS = 2
+TRAINING_KEYS = ("template", "prompt_template", "max_length", "pack_to_max_length", "batch_size",
+                 "accumulative_counts", "lr", "max_epochs", "max_iters", "warmup_ratio", "lora_r", "lora_alpha",
+                 "lora_dropout", "qlora", "deepspeed", "device", "cpu_adaptations", "seed", "evaluation_inputs")
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Put a finished folder in place: readers see the old folder or the new one, never a half."""
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(model_dir: str | Path) -> dict | None:
+    """The manifest of a finished model folder, or None (not ours, unfinished, or damaged)."""
+    p = Path(model_dir) / MANIFEST
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+
+
+def model_name(value: str) -> str:
+    if not MODEL_NAME.match(value or ""):
+        raise StageError(f"model name {value!r}: use 1-64 letters, digits, '.', '_' or '-' "
+                         "(not starting with . or -)")
+    return value
+
+
+def command(settings, run_name: str = "", adapter: str = "", base_model: str = "", name: str = "",
+            device: str = "auto") -> StageCommand:
+    from backend.settings import PROJECT_ROOT, SettingsError
+    from pipeline.convert import ADAPTER_DIR, load_run
+    from pipeline.train import _model_dir, cuda_available, train_python
+
+    python = train_python()
+    record: dict = {}
+    rdir = None
+    if run_name:
+        rdir, record = load_run(settings, run_name)
+    if adapter:
+        try:
+            adapter_dir = settings.inside_workspace(adapter)
+        except SettingsError as e:
+            raise StageError(f"adapter: {e}") from None
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise StageError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json); run the convert stage")
+    elif rdir is not None:
+        adapter_dir = rdir / ADAPTER_DIR  # may be written by a convert job still queued
+    else:
+        raise StageError("choose a training run (run_name) or an adapter folder to merge")
+    base = _model_dir(settings, base_model) if base_model else (
+        Path(record["base_model"]) if record.get("base_model") else None)
+    if base is None:
+        raise StageError("choose the base model the adapter was trained on (base_model)")
+    if not (base / "config.json").is_file():
+        raise StageError(f"base model folder {base} has no config.json")
+    name = model_name(name or run_name or adapter_dir.parent.name)
+    out = settings.models_dir / name
+    if out.exists():
+        raise StageError(f"a model named {name!r} already exists in {settings.models_dir}; choose another name")
+    if device not in ("auto", "cpu", "cuda"):
+        raise StageError(f"device must be auto, cpu or cuda, got {device!r}")
+    gpu = cuda_available()
+    if device == "cuda" and not gpu:
+        raise StageError("device=cuda but no CUDA GPU is visible; choose auto or cpu")
+    dev = "cuda" if gpu and device != "cpu" else "cpu"
+    argv = [str(python), "-P", "-m", "pipeline.merge", "--base", str(base), "--adapter", str(adapter_dir),
+            "--out", str(out), "--device", dev]
+    if rdir is not None:
+        argv += ["--run-dir", str(rdir)]
+    return StageCommand(
+        kind="merge", argv=argv, cwd=settings.models_dir,
+        env={"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+             "TRANSFORMERS_OFFLINE": "1"},
+        gpu=dev == "cuda", outputs={"model": str(out)},
+        params={"run_name": run_name, "adapter": str(adapter_dir), "base_model": str(base), "name": name,
+                "device": dev},
+    )
+
+
+def progress(log_text: str) -> Progress:
+    return xtuner_log.step_progress(log_text, "merge")
+
+
+def verify(cmd: StageCommand, log_text: str) -> str | None:
+    out = Path(cmd.outputs.get("model", ""))
+    if read_manifest(out) is None:
+        return f"{out} has no {MANIFEST}; the merge did not finish: see the log"
+    if not list(out.glob("*.safetensors")):
+        return f"{out} has no .safetensors weights; see the log"
+    return None
+
+
+# ---- the manifest -------------------------------------------------------------------------
+def training_log_summary(run_dir: Path | None) -> dict:
+    """Iterations, final loss and the last evaluation answers, from MMEngine's own log file."""
+    if run_dir is None:
+        return {}
+    logs = sorted((Path(run_dir) / "work_dir").glob("*/*.log"))
+    if not logs:
+        return {}
+    text = logs[-1].read_text(encoding="utf-8", errors="replace")
+    recs = xtuner_log.iter_records(text)
+    samples = xtuner_log.samples(text)
+    last_iter = samples[-1].iter if samples else None
+    last: dict[str, str] = {}  # question -> answer at the last evaluation (hooks may print it twice)
+    for s in samples:
+        if s.iter == last_iter:
+            last[xtuner_log.question_of(s.text)] = xtuner_log.answer_of(s.text)
+    return {
+        "log_file": str(logs[-1]),
+        "iterations": recs[-1].iter if recs else None,
+        "total_iters": recs[-1].total if recs else None,
+        "final_loss": recs[-1].metrics.get("loss") if recs else None,
+        "samples": [{"question": q, "answer": a} for q, a in last.items()][:8],
+    }
+
+
+def build_manifest(name: str, out: Path, base: str, adapter: Path, run_dir: Path | None) -> dict:
+    from pipeline.convert import ADAPTER_MANIFEST
+    from pipeline.train import PARAMS_FILE
+
+    origin, params = {}, {}
+    try:
+        origin = json.loads((adapter / ADAPTER_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    run_dir = run_dir or (Path(origin["run_dir"]) if origin.get("run_dir") else None)
+    if run_dir is not None:
+        try:
+            params = json.loads((run_dir / PARAMS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            params = {}
+    stats_file = params.get("data_stats")
+    stats = None
+    if stats_file:
+        try:
+            stats = json.loads(Path(stats_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stats = None
+    return {
+        "format": MANIFEST_FORMAT,
+        "name": name,
+        "kind": "merged",
+        "path": str(out),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base_model": base,
+        "adapter": str(adapter),
+        "checkpoint": origin.get("checkpoint"),
+        "iteration": origin.get("iteration"),
+        "run_name": params.get("run_name") or (run_dir.name if run_dir else None),
+        "run_dir": str(run_dir) if run_dir else None,
+        "training": {k: params.get(k) for k in TRAINING_KEYS},
+        "data": {"train_file": params.get("data"), "stats_file": stats_file, "stats": stats},
+        "training_log": training_log_summary(run_dir),
+        "dtype": "float16",
+        "quantization": None,
+    }
+
+
+# ---- the job process (train environment) --------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    import runpy
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True)
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    ap.add_argument("--run-dir")
+    a = ap.parse_args(argv)
+    out, adapter = Path(a.out), Path(a.adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        print(f"[merge] no adapter in {adapter}: run the convert stage first", file=sys.stderr)
+        return 2
+    tmp = out.parent / f".{out.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[merge] (0/{STEPS}) merging {adapter} into {a.base} with XTuner merge", flush=True)
+    sys.argv = ["merge", a.base, str(adapter), str(tmp), "--max-shard-size", "2GB", "--safe-serialization",
+                "--device", a.device]
+    runpy.run_module("xtuner.tools.model_converters.merge", run_name="__main__", alter_sys=True)
+    print(f"[merge] (1/{STEPS}) merged model written; adding {MANIFEST}", flush=True)
+    manifest = build_manifest(out.name, out, a.base, adapter, Path(a.run_dir) if a.run_dir else None)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
+    publish_dir(tmp, out)
+    print(f"[merge] ({STEPS}/{STEPS}) model ready: {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

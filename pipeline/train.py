@@ -1,0 +1,493 @@
+"""Train stage: fine-tune a chat model with XTuner 0.2.0 (LoRA / QLoRA) in the train environment.
+
+``command()`` renders an XTuner config from XTuner's own template (the file inside the installed
+``xtuner`` package) with the operator's choices, into ``<runs_dir>/<run>/config.py``, and returns
+the argument list ``<train python> -m xtuner.tools.train config.py --work-dir <run>/work_dir
+[--deepspeed deepspeed_zero2]``. (``xtuner train`` itself runs that script through a bare
+``python`` found on PATH and always exits 0, so the job runner calls the module directly.)
+
+Rendering: the ``PART 1 Settings`` assignments of the template are replaced one by one (each must
+occur exactly once, else the template changed upstream and we say so), then an override block is
+appended: the training data as a JSON dataset in XTuner's conversation format, LoRA r/alpha, QLoRA
+off when asked, the evaluation hook, logging interval, seed, an iteration budget.
+
+On a machine without CUDA the CPU adaptations are applied automatically (and listed in the run's
+``train_params.json``): float32 weights, ``OptimWrapper`` instead of ``AmpOptimWrapper``, no
+QLoRA (bitsandbytes 0.45 quantises on CUDA only), no DeepSpeed, ``torch.cpu.is_bf16_supported``
+defined, a short ``max_new_tokens`` for the evaluation answers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline.stage import Progress, StageCommand, StageError
+from pipeline import xtuner_log
+
+# template name -> path under xtuner/configs; the variable that holds its dataset path
+TEMPLATES = {
+    "internlm2_5_chat_7b_qlora_alpaca_e3": ("internlm/internlm2_5_chat_7b/internlm2_5_chat_7b_qlora_alpaca_e3.py",
+                                            "alpaca_en_path"),
+    "internlm_chat_7b_qlora_oasst1_e3": ("internlm/internlm_chat_7b/internlm_chat_7b_qlora_oasst1_e3.py",
+                                         "data_path"),
+}
+DEFAULT_TEMPLATE = "internlm2_5_chat_7b_qlora_alpaca_e3"
+DEEPSPEED_CONFIG = "deepspeed_zero2"  # resolved by xtuner.tools.train to its bundled JSON
+PARAMS_FILE = "train_params.json"
+CPU_EVAL_MAX_NEW_TOKENS = 16
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+# operator-facing defaults (those of internlm2_5_chat_7b_qlora_alpaca_e3)
+DEFAULTS = dict(
+    template=DEFAULT_TEMPLATE, prompt_template="internlm2_chat", max_length=2048, pack_to_max_length=True,
+    batch_size=1, accumulative_counts=1, lr=2e-4, max_epochs=3, max_iters=0, warmup_ratio=0.03,
+    lora_r=64, lora_alpha=16, lora_dropout=0.1, qlora=True, deepspeed=True, evaluation_inputs=None,
+    evaluation_freq=500, eval_max_new_tokens=600, save_steps=500, save_total_limit=2, log_interval=10,
+    seed=None, device="auto",
+)
+
+
+# ---- the training environment -------------------------------------------------------------
+def train_python() -> Path:
+    from backend.envs import env_installed, env_python, setup_hint
+
+    if not env_installed("train"):
+        raise StageError(f"the training environment is missing: {setup_hint('train')}")
+    return env_python("train")
+
+
+def xtuner_dir() -> Path:
+    """The installed ``xtuner`` package of the train environment (found without running it)."""
+    from backend.envs import env_dir, setup_hint
+
+    found = sorted(env_dir("train").glob("lib/python3*/site-packages/xtuner/configs"))
+    if not found:
+        raise StageError(f"XTuner is not installed in the training environment: {setup_hint('train')}")
+    return found[-1].parent
+
+
+def template_path(name: str) -> Path:
+    if name not in TEMPLATES:
+        raise StageError(f"unknown XTuner template {name!r}; choose one of: {', '.join(TEMPLATES)}")
+    p = xtuner_dir() / "configs" / TEMPLATES[name][0]
+    if not p.exists():
+        raise StageError(f"XTuner's template {p} is missing; rebuild the training environment")
+    return p
+
+
+def prompt_templates() -> list[str]:
+    """Names of XTuner's PROMPT_TEMPLATE entries (internlm2_chat, qwen_chat, llama3_chat, ...)."""
+    text = (xtuner_dir() / "utils" / "templates.py").read_text(encoding="utf-8")
+    block = text.split("PROMPT_TEMPLATE = ConfigDict(", 1)[-1].split("SYSTEM_TEMPLATE", 1)[0]
+    return re.findall(r"^    (\w+)=dict\(", block, re.M)
+
+
+@lru_cache(maxsize=1)
+def cuda_available() -> bool:
+    """A CUDA GPU is visible (same test as scripts/setup-env.sh, which picks the torch build)."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        return subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+# ---- parameters ---------------------------------------------------------------------------
+def _int(params: dict, key: str, lo: int, hi: int) -> int:
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {v!r}")
+    try:
+        f = float(v)
+    except ValueError:
+        raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {v!r}") from None
+    if not f.is_integer() or not lo <= f <= hi:
+        raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {v!r}")
+    return int(f)
+
+
+def _float(params: dict, key: str, lo: float, hi: float, lo_open: bool = True) -> float:
+    v = params[key]
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise StageError(f"{key} must be a number, got {v!r}") from None
+    if isinstance(v, bool) or not math.isfinite(f) or (f <= lo if lo_open else f < lo) or f >= hi:
+        raise StageError(f"{key} must be {'>' if lo_open else '>='} {lo} and < {hi}, got {v!r}")
+    return f
+
+
+def _bool(params: dict, key: str) -> bool:
+    v = params[key]
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise StageError(f"{key} must be true or false, got {v!r}")
+
+
+def _questions(v) -> list[str]:
+    if v is None:
+        from pipeline.recipe_format import question
+
+        return [question("红烧肉", 0), question("西红柿炒鸡蛋", 1)]
+    if isinstance(v, str):
+        v = v.splitlines()
+    if not isinstance(v, (list, tuple)) or not all(isinstance(q, str) for q in v):
+        raise StageError("evaluation_inputs must be a list of questions (one per line)")
+    qs = [q.strip() for q in v if q.strip()]
+    if len(qs) > 8 or any(len(q) > 500 for q in qs):
+        raise StageError("evaluation_inputs: at most 8 questions of at most 500 characters each")
+    return qs
+
+
+def _model_dir(settings, value: str) -> Path:
+    """The base model folder: the configured ``base_model`` setting, or a folder in the workspace."""
+    from backend.settings import SettingsError
+
+    if not value:
+        raise StageError("no base model: set base_model in Settings (RECIPE_BASE_MODEL) or choose a "
+                         "model folder inside the workspace")
+    def absolute(v: str) -> Path:
+        p = Path(v).expanduser()
+        return (p if p.is_absolute() else settings.workspace / p).resolve()
+
+    configured = absolute(settings.base_model) if settings.base_model else None
+    if configured is not None and absolute(value) == configured:
+        path = configured  # the machine's configured base model may live outside the workspace
+    else:
+        try:
+            path = settings.inside_workspace(value)
+        except SettingsError as e:
+            raise StageError(f"base model: {e} (or set it as base_model in Settings)") from None
+    if not (path / "config.json").is_file():
+        raise StageError(f"base model folder {path} has no config.json; give a local Hugging Face model "
+                         "folder (nothing is downloaded)")
+    check_tokenizer(path)
+    return path
+
+
+# tokenizers XTuner knows to start without a BOS token (xtuner/dataset/utils.py)
+NO_BOS_TOKENIZERS = {"QWenTokenizer", "Qwen2Tokenizer", "Qwen2TokenizerFast", "ChatGLMTokenizer"}
+
+
+def check_tokenizer(model: Path) -> None:
+    """XTuner prepends the tokenizer's BOS token to every sample, except for the Qwen and
+    ChatGLM tokenizers; a tokenizer without one fails deep inside data processing."""
+    try:
+        cfg = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no tokenizer_config.json (e.g. remote code): XTuner will say what it misses
+    try:
+        special = json.loads((model / "special_tokens_map.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        special = {}
+    cls = str(cfg.get("tokenizer_class") or "")
+    if not (cfg.get("bos_token") or special.get("bos_token")) and cls not in NO_BOS_TOKENIZERS:
+        raise StageError(f"the tokenizer of {model} ({cls or 'unknown class'}) has no BOS token, which XTuner "
+                         "puts before every sample; set bos_token in its tokenizer_config.json (or, for a "
+                         "Qwen-style ChatML model, tokenizer_class \"Qwen2Tokenizer\")")
+
+
+def _data_file(settings, value: str) -> Path:
+    from backend.settings import SettingsError
+
+    if not value:
+        found = sorted(settings.data_dir.glob("*/train.jsonl"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise StageError(f"no training data in {settings.data_dir}: run the prepare stage first")
+        path = found[-1]
+    else:
+        try:
+            path = settings.inside_workspace(value)
+        except SettingsError as e:
+            raise StageError(f"data: {e}") from None
+        if path.is_dir():
+            path = path / "train.jsonl"
+    if not path.is_file():
+        raise StageError(f"training data {path} does not exist: run the prepare stage first")
+    check_conversation_file(path)
+    return path
+
+
+def check_conversation_file(path: Path) -> int:
+    """Check the first lines are XTuner conversation records; return the number of records."""
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n += 1
+            if n > 5:
+                continue
+            try:
+                rec = json.loads(line)
+                turns = rec["conversation"]
+                ok = isinstance(turns, list) and turns and all(
+                    isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
+                    for t in turns)
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise StageError(f"{path} line {lineno} is not an XTuner conversation record "
+                                 '{"conversation": [{"system": ..., "input": ..., "output": ...}]}; '
+                                 "build the file with the prepare stage")
+    if n == 0:
+        raise StageError(f"{path} holds no training records")
+    return n
+
+
+def resolve_params(settings, params: dict) -> dict:
+    unknown = sorted(set(params) - set(DEFAULTS) - {"run_name", "base_model", "data"})
+    if unknown:
+        raise StageError(f"unknown train parameters {unknown}; known: "
+                         f"{', '.join(['run_name', 'base_model', 'data', *DEFAULTS])}")
+    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None or k == "seed"}}
+    out: dict = {}
+    run = str(params.get("run_name") or time.strftime("train-%Y%m%d-%H%M%S"))
+    if not RUN_NAME.match(run):
+        raise StageError(f"run name {run!r}: use 1-64 letters, digits, '.', '_' or '-' (not starting with . or -)")
+    out["run_name"] = run
+    out["base_model"] = str(_model_dir(settings, str(params.get("base_model") or settings.base_model or "")))
+    data = _data_file(settings, str(params.get("data") or ""))
+    out["data"] = str(data)
+    stats = data.parent / "stats.json"
+    out["data_stats"] = str(stats) if stats.is_file() else None
+    if p["template"] not in TEMPLATES:
+        raise StageError(f"unknown XTuner template {p['template']!r}; choose one of: {', '.join(TEMPLATES)}")
+    out["template"] = p["template"]
+    names = prompt_templates()
+    if p["prompt_template"] not in names:
+        raise StageError(f"unknown prompt template {p['prompt_template']!r}; XTuner has: {', '.join(names)}")
+    out["prompt_template"] = p["prompt_template"]
+    out["max_length"] = _int(p, "max_length", 16, 32768)
+    out["pack_to_max_length"] = _bool(p, "pack_to_max_length")
+    out["batch_size"] = _int(p, "batch_size", 1, 256)
+    out["accumulative_counts"] = _int(p, "accumulative_counts", 1, 1024)
+    out["lr"] = _float(p, "lr", 0.0, 1.0)
+    out["max_epochs"] = _int(p, "max_epochs", 1, 100)
+    out["max_iters"] = _int(p, "max_iters", 0, 10_000_000)
+    out["warmup_ratio"] = _float(p, "warmup_ratio", 0.0, 1.0, lo_open=False)
+    out["lora_r"] = _int(p, "lora_r", 1, 1024)
+    out["lora_alpha"] = _int(p, "lora_alpha", 1, 4096)
+    out["lora_dropout"] = _float(p, "lora_dropout", 0.0, 1.0, lo_open=False)
+    out["qlora"] = _bool(p, "qlora")
+    out["deepspeed"] = _bool(p, "deepspeed")
+    out["evaluation_inputs"] = _questions(p["evaluation_inputs"])
+    out["evaluation_freq"] = _int(p, "evaluation_freq", 1, 10_000_000)
+    out["eval_max_new_tokens"] = _int(p, "eval_max_new_tokens", 1, 8192)
+    out["save_steps"] = _int(p, "save_steps", 1, 10_000_000)
+    out["save_total_limit"] = _int(p, "save_total_limit", -1, 1000)
+    if out["save_total_limit"] == 0:
+        raise StageError("save_total_limit must be -1 (keep all) or at least 1")
+    out["log_interval"] = _int(p, "log_interval", 1, 100_000)
+    out["seed"] = None if p["seed"] in (None, "") else _int(p, "seed", 0, 2**31 - 1)
+    if p["device"] not in ("auto", "cpu", "cuda"):
+        raise StageError(f"device must be auto, cpu or cuda, got {p['device']!r}")
+    gpu = cuda_available()
+    if p["device"] == "cuda" and not gpu:
+        raise StageError("device=cuda but no CUDA GPU is visible (nvidia-smi); choose auto or cpu")
+    out["device"] = "cuda" if (gpu and p["device"] != "cpu") else "cpu"
+    adaptations = []
+    if out["device"] == "cpu":
+        adaptations.append("float32 weights, OptimWrapper (no mixed precision)")
+        if out["qlora"]:
+            out["qlora"] = False
+            adaptations.append("QLoRA off: 4-bit quantisation needs CUDA (plain LoRA instead)")
+        if out["deepspeed"]:
+            out["deepspeed"] = False
+            adaptations.append("DeepSpeed off (single CPU process)")
+        if "eval_max_new_tokens" not in params or params.get("eval_max_new_tokens") is None:
+            out["eval_max_new_tokens"] = CPU_EVAL_MAX_NEW_TOKENS
+            adaptations.append(f"evaluation answers limited to {CPU_EVAL_MAX_NEW_TOKENS} new tokens")
+    out["map_num_proc"] = max(1, min(8, os.cpu_count() or 1))  # XTuner's default is 32 processes
+    out["cpu_adaptations"] = adaptations
+    return out
+
+
+# ---- rendering ----------------------------------------------------------------------------
+_PART1 = re.compile(r"^#+\s*\n#\s*PART 1\s+Settings\s*#\s*\n#+\s*\n(?P<body>.*?)(?=^#+\s*\n#\s*PART 2)", re.S | re.M)
+
+
+def _set(body: str, name: str, expr: str, template: str) -> str:
+    pattern = re.compile(rf"^{re.escape(name)}\s*=(?!=).*$", re.M)
+    hits = pattern.findall(body)
+    if len(hits) != 1:
+        raise StageError(f"XTuner template {template}: expected one assignment of {name!r} in PART 1, found "
+                         f"{len(hits)}; the template changed upstream: update pipeline/train.py")
+    return pattern.sub(lambda m: f"{name} = {expr}", body, count=1)
+
+
+def render_config(template_text: str, p: dict, template: str = DEFAULT_TEMPLATE) -> str:
+    """The XTuner config for resolved parameters ``p`` (see resolve_params)."""
+    from pipeline.recipe_format import SYSTEM_PROMPT
+
+    m = _PART1.search(template_text)
+    if not m:
+        raise StageError(f"XTuner template {template}: no 'PART 1 Settings' section; the template changed "
+                         "upstream: update pipeline/train.py")
+    data_var = TEMPLATES[template][1]
+    body = m.group("body")
+    for name, expr in [
+        ("pretrained_model_name_or_path", repr(p["base_model"])),
+        (data_var, repr([p["data"]])),
+        ("prompt_template", f"PROMPT_TEMPLATE.{p['prompt_template']}"),
+        ("max_length", repr(p["max_length"])),
+        ("pack_to_max_length", repr(p["pack_to_max_length"])),
+        ("batch_size", f"{p['batch_size']}  # per_device"),
+        ("accumulative_counts", repr(p["accumulative_counts"])),
+        ("max_epochs", repr(p["max_epochs"])),
+        ("lr", repr(p["lr"])),
+        ("warmup_ratio", repr(p["warmup_ratio"])),
+        ("save_steps", repr(p["save_steps"])),
+        ("save_total_limit", f"{p['save_total_limit']}  # Maximum checkpoints to keep (-1 means unlimited)"),
+        ("evaluation_freq", repr(p["evaluation_freq"])),
+        ("SYSTEM", repr(SYSTEM_PROMPT)),
+        ("evaluation_inputs", repr(p["evaluation_inputs"])),
+    ]:
+        body = _set(body, name, expr, template)
+    text = template_text[:m.start("body")] + body + template_text[m.end("body"):]
+    return text.rstrip("\n") + "\n\n" + _overrides(p, data_var) + "\n"
+
+
+def _overrides(p: dict, data_var: str) -> str:
+    cpu = p["device"] == "cpu"
+    lines = [
+        "#" * 71,
+        "#      Recipe Assistant overrides (rendered by pipeline/train.py)     #",
+        "#" * 71,
+        "# The training data: XTuner conversation records in JSON Lines, no map function.",
+        'train_dataloader["dataset"]["dataset"] = dict(type=load_dataset, path="json", '
+        f"data_files=dict(train={data_var}))",
+        'train_dataloader["dataset"]["dataset_map_fn"] = None',
+        f'train_dataloader["dataset"]["map_num_proc"] = {p["map_num_proc"]}',
+        "# LoRA",
+        f'model["lora"]["r"] = {p["lora_r"]}',
+        f'model["lora"]["lora_alpha"] = {p["lora_alpha"]}',
+        f'model["lora"]["lora_dropout"] = {p["lora_dropout"]!r}',
+    ]
+    if not p["qlora"]:
+        lines += ["# QLoRA off: the base model is loaded unquantised (plain LoRA)",
+                  'model["llm"].pop("quantization_config", None)']
+    if cpu:
+        lines += [
+            "# CPU adaptations (no CUDA on this machine)",
+            'model["llm"]["torch_dtype"] = torch.float32',
+            'optim_wrapper = dict(type="OptimWrapper", optimizer=optim_wrapper["optimizer"], '
+            'clip_grad=optim_wrapper["clip_grad"], accumulative_counts=accumulative_counts)',
+            "# XTuner asks torch.<device>.is_bf16_supported(), which torch.cpu lacks",
+            'setattr(__import__("torch").cpu, "is_bf16_supported", lambda *a, **k: False)',
+        ]
+    hooks = ["    dict(type=DatasetInfoHook, tokenizer=tokenizer),"]
+    if p["evaluation_inputs"]:
+        hooks += [
+            "    dict(",
+            "        type=EvaluateChatHook,",
+            "        tokenizer=tokenizer,",
+            "        every_n_iters=evaluation_freq,",
+            "        evaluation_inputs=evaluation_inputs,",
+            "        system=SYSTEM,",
+            "        prompt_template=prompt_template,",
+            f"        max_new_tokens={p['eval_max_new_tokens']},",
+            "    ),",
+        ]
+    lines += ["# Hooks: dataset info, and the evaluation answers printed during training",
+              "custom_hooks = [", *hooks, "]",
+              f'default_hooks["logger"]["interval"] = {p["log_interval"]}',
+              f"randomness = dict(seed={p['seed']!r}, deterministic=False)"]
+    if p["max_iters"]:
+        n = p["max_iters"]
+        # MMEngine's LinearLR reaches the full rate only after end - begin >= 2 steps
+        warm = max(2, math.ceil(p["warmup_ratio"] * n)) if n >= 4 and p["warmup_ratio"] > 0 else 0
+        lines += [f"# An iteration budget instead of epochs: {n} iterations, {warm} of warm-up",
+                  f"train_cfg = dict(type=TrainLoop, max_iters={n})",
+                  "param_scheduler = ["]
+        if warm:
+            lines.append(f"    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm}),")
+        lines += [f"    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin={warm}, end={n}),", "]"]
+    return "\n".join(lines)
+
+
+# ---- the stage interface ------------------------------------------------------------------
+def run_dir(settings, run_name: str) -> Path:
+    if not RUN_NAME.match(run_name or ""):
+        raise StageError(f"run name {run_name!r}: use letters, digits, '.', '_' or '-'")
+    return settings.runs_dir / run_name
+
+
+def command(settings, **params) -> StageCommand:
+    from backend.fileio import atomic_write_text
+
+    python = train_python()
+    p = resolve_params(settings, params)
+    tpl = template_path(p["template"])
+    rdir = run_dir(settings, p["run_name"])
+    work = rdir / "work_dir"
+    if list(work.glob("iter_*.pth")):
+        raise StageError(f"run {p['run_name']!r} already has checkpoints in {work}; choose another run name")
+    text = render_config(tpl.read_text(encoding="utf-8"), p, p["template"])
+    config = rdir / "config.py"
+    atomic_write_text(config, text)
+    record = {**p, "config": str(config), "work_dir": str(work), "template_file": str(tpl),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(rdir / PARAMS_FILE, json.dumps(record, ensure_ascii=False, indent=2))
+    argv = [str(python), "-P", "-m", "xtuner.tools.train", str(config), "--work-dir", str(work)]
+    if p["deepspeed"]:
+        argv += ["--deepspeed", DEEPSPEED_CONFIG]
+    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return StageCommand(kind="train", argv=argv, cwd=rdir, env=env, gpu=True,
+                        outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
+                        params=record)
+
+
+def checkpoints(work_dir: str | Path) -> list[Path]:
+    """iter_N.pth checkpoints (files, or folders under DeepSpeed), oldest iteration first."""
+    found = []
+    for p in Path(work_dir).glob("iter_*.pth"):
+        m = re.fullmatch(r"iter_(\d+)\.pth", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def progress(log_text: str) -> Progress:
+    recs = xtuner_log.iter_records(log_text)
+    metrics = [{"iter": r.iter, "loss": r.metrics.get("loss"), "lr": r.metrics.get("lr")} for r in recs]
+    samples = [f"iter {s.iter} · {xtuner_log.question_of(s.text) or '?'} → "
+               f"{xtuner_log.answer_of(s.text) or '(empty answer)'}"
+               for s in xtuner_log.samples(log_text)]
+    if not recs:
+        msg = "evaluating before training" if "before_train in EvaluateChatHook" in log_text else \
+            "loading the model and tokenising the data"
+        return Progress(message=msg, samples=samples)
+    last = recs[-1]
+    parts = [f"iter {last.iter}/{last.total}"]
+    if "loss" in last.metrics:
+        parts.append(f"loss {last.metrics['loss']:.4g}")
+    if "lr" in last.metrics:
+        parts.append(f"lr {last.metrics['lr']:.2e}")
+    if last.eta_s is not None:
+        parts.append(f"eta {time.strftime('%H:%M:%S', time.gmtime(last.eta_s)) if last.eta_s < 86400 else f'{last.eta_s / 86400:.1f} d'}")
+    return Progress(fraction=min(1.0, last.iter / last.total) if last.total else None, done=last.iter,
+                    total=last.total, eta_s=last.eta_s, message=" · ".join(parts), metrics=metrics, samples=samples)
+
+
+def verify(cmd: StageCommand, log_text: str) -> str | None:
+    work = cmd.outputs.get("work_dir")
+    if not work:
+        return "the job records no work_dir"
+    if not checkpoints(work):
+        return f"training ended without a checkpoint (no iter_*.pth in {work}); see the log"
+    return None

@@ -1,0 +1,142 @@
+"""End to end on CPU, for real: recipes -> conversation data -> XTuner training of a tiny local
+model for a few iterations in the training environment -> pth_to_hf -> merge -> the merged model
+answers a chat through the app's transformers engine.
+
+Each stage runs exactly as the job runner runs it: the StageCommand's argv, cwd and env, as a
+subprocess, then the stage's progress() and verify() on the log it wrote."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import convert, merge, train
+from pipeline.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_RECIPES = ROOT / "data" / "sample_recipes.jsonl"
+HAND_WRITTEN = [
+    {"name": "红烧肉", "keywords": ["红烧肉的做法"],
+     "recipeIngredient": ["五花肉 500g", "冰糖 30g", "生抽 2勺", "老抽 1勺", "姜 3片"],
+     "recipeInstructions": ["五花肉切块焯水", "小火炒糖色", "下肉翻炒上色", "加生抽老抽和热水", "小火炖一小时收汁"]},
+    {"name": "西红柿炒鸡蛋", "keywords": ["西红柿炒鸡蛋的做法"],
+     "recipeIngredient": ["西红柿 2个", "鸡蛋 3个", "盐 适量", "糖 少许"],
+     "recipeInstructions": ["鸡蛋打散炒熟盛出", "西红柿切块炒出汁", "倒回鸡蛋", "加盐和糖翻匀出锅"]},
+    {"name": "凉拌黄瓜", "keywords": ["凉拌黄瓜的做法"],
+     "recipeIngredient": ["黄瓜 2根", "蒜 3瓣", "醋 2勺", "香油 1勺"],
+     "recipeInstructions": ["黄瓜拍碎切段", "蒜切末", "加醋香油和盐拌匀"]},
+    {"name": "蛋炒饭", "keywords": ["蛋炒饭的做法"],
+     "recipeIngredient": ["米饭 1碗", "鸡蛋 2个", "葱 1根", "盐 适量"],
+     "recipeInstructions": ["鸡蛋炒散", "下米饭炒松", "加盐和葱花翻匀"]},
+]
+ITERS = 6
+TIMINGS: dict[str, float] = {}
+
+
+def recipes() -> list[dict]:
+    if SAMPLE_RECIPES.exists():
+        out = [json.loads(line) for line in SAMPLE_RECIPES.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        if out:
+            return out[:40]
+    return HAND_WRITTEN
+
+
+def write_training_data(path: Path) -> int:
+    """XTuner conversation records, one per recipe (the format pipeline.prepare_data writes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, r in enumerate(recipes()):
+        name = dish_name(r)
+        if name and r.get("recipeInstructions"):
+            lines.append(json.dumps({"conversation": [{"system": SYSTEM_PROMPT, "input": question(name, i),
+                                                       "output": recipe_answer(r)}]}, ensure_ascii=False))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return len(lines)
+
+
+def run_stage(mod, cmd, log: Path) -> str:
+    """Run a StageCommand the way backend.jobs does; return the log text after verify()."""
+    t = time.monotonic()
+    with open(log, "wb") as f:
+        rc = subprocess.run(cmd.argv, cwd=cmd.cwd, env={**os.environ, **cmd.env}, stdin=subprocess.DEVNULL,
+                            stdout=f, stderr=subprocess.STDOUT, timeout=900).returncode
+    TIMINGS[cmd.kind] = time.monotonic() - t
+    text = log.read_text(encoding="utf-8", errors="replace")
+    assert rc == 0, f"{cmd.kind} exited {rc}:\n{text[-4000:]}"
+    assert mod.verify(cmd, text) is None, text[-4000:]
+    return text
+
+
+def test_prepare_train_convert_merge_chat(settings, tiny_model, train_python):
+    base = settings.workspace / "base" / "tiny"
+    shutil.copytree(tiny_model, base)
+    n = write_training_data(settings.data_dir / "e2e" / "train.jsonl")
+    assert n >= 4
+
+    # ---- train -------------------------------------------------------------------------------
+    cmd = train.command(settings, run_name="e2e", base_model="base/tiny", data="data/e2e", max_iters=ITERS,
+                        max_length=256, lr=1e-3, lora_r=8, lora_alpha=16, log_interval=1, evaluation_freq=3,
+                        save_steps=3, save_total_limit=2, seed=0)
+    assert cmd.gpu is True and "--deepspeed" not in cmd.argv  # CPU: no DeepSpeed, queued on the GPU slot
+    log = run_stage(train, cmd, settings.logs_dir / "train.log")
+    p = train.progress(log)
+    assert (p.done, p.total, p.fraction) == (ITERS, ITERS, 1.0)
+    assert [m["iter"] for m in p.metrics] == list(range(1, ITERS + 1))
+    assert all(isinstance(m["loss"], float) and math.isfinite(m["loss"]) for m in p.metrics)
+    assert max(m["lr"] for m in p.metrics) == pytest.approx(1e-3, rel=0.05)  # warm-up reached the full rate
+    assert any(s.startswith("iter 0 · 红烧肉的做法 → ") for s in p.samples)  # EvaluateChatHook before training
+    assert any(s.startswith(f"iter {ITERS} · ") for s in p.samples)
+    work = settings.runs_dir / "e2e" / "work_dir"
+    assert [c.name for c in train.checkpoints(work)] == ["iter_3.pth", f"iter_{ITERS}.pth"]
+
+    # ---- pth_to_hf ---------------------------------------------------------------------------
+    cmd = convert.command(settings, run_name="e2e")
+    log = run_stage(convert, cmd, settings.logs_dir / "convert.log")
+    assert convert.progress(log).fraction == 1.0
+    adapter = settings.runs_dir / "e2e" / "hf_adapter"
+    origin = json.loads((adapter / convert.ADAPTER_MANIFEST).read_text(encoding="utf-8"))
+    assert origin["iteration"] == ITERS  # the newest checkpoint by default
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+
+    # ---- merge -------------------------------------------------------------------------------
+    cmd = merge.command(settings, run_name="e2e", name="e2e-model")
+    log = run_stage(merge, cmd, settings.logs_dir / "merge.log")
+    assert merge.progress(log).fraction == 1.0
+    out = settings.models_dir / "e2e-model"
+    assert not list(settings.models_dir.glob(".*"))  # no partial folder left behind
+    m = merge.read_manifest(out)
+    assert m["name"] == "e2e-model" and m["kind"] == "merged" and m["base_model"] == str(base)
+    assert m["run_name"] == "e2e" and m["iteration"] == ITERS and m["adapter"] == str(adapter)
+    assert m["training"]["lora_r"] == 8 and m["training"]["max_iters"] == ITERS and m["training"]["device"] == "cpu"
+    assert m["data"]["train_file"] == str(settings.data_dir / "e2e" / "train.jsonl")
+    assert m["training_log"]["iterations"] == ITERS
+    assert m["training_log"]["final_loss"] == pytest.approx(p.metrics[-1]["loss"])
+    assert [s["question"] for s in m["training_log"]["samples"]] == [question("红烧肉", 0), question("西红柿炒鸡蛋", 1)]
+
+    # the adapter really changed the weights
+    from safetensors.torch import load_file
+
+    before, after = load_file(base / "model.safetensors"), load_file(next(out.glob("*.safetensors")))
+    key = next(k for k in after if k.endswith("self_attn.q_proj.weight"))
+    assert (after[key].float() - before[key].float()).abs().max() > 1e-4
+
+    # ---- chat through the app's transformers engine (transformers 5 in the app environment) ----
+    from backend.engines.base import GenerationParams
+    from backend.engines.transformers_engine import TransformersEngine
+
+    t = time.monotonic()
+    engine = TransformersEngine(out, device="cpu")
+    deltas = list(engine.stream([{"role": "system", "content": SYSTEM_PROMPT},
+                                 {"role": "user", "content": question("红烧肉", 0)}],
+                                GenerationParams(max_new_tokens=8, temperature=0)))
+    TIMINGS["chat"] = time.monotonic() - t
+    assert deltas[-1].finish_reason in ("stop", "length")
+    assert deltas[-1].completion_tokens >= 1 and deltas[-1].prompt_tokens > 10
+    assert isinstance("".join(d.text for d in deltas), str)
+    print("\nstage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))
