@@ -56,7 +56,8 @@ def build_tiny_model(out_dir: str | Path, texts_file: str | Path | None = None, 
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_texts(Path(texts_file) if texts_file else DEFAULT_TEXTS), trainer=trainer)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                     unk_token=None, additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+                                     unk_token=None, additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+                                     model_input_names=["input_ids", "attention_mask"])
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.model_max_length = 2048
     hf_tok.save_pretrained(out)

@@ -4,6 +4,8 @@
 #   scripts/setup-env.sh dev     -> .venv          (app + requirements-dev.txt)
 #   scripts/setup-env.sh train   -> .venvs/train   (pipeline/envs/train.txt, XTuner)
 #   scripts/setup-env.sh eval    -> .venvs/eval    (pipeline/envs/eval.txt, OpenCompass)
+# On a machine where nvidia-smi sees a GPU, requirements-gpu.txt / pipeline/envs/NAME-gpu.txt
+# are installed first (LMDeploy and the torch it pins); elsewhere torch 2.13.0's CPU build is.
 # A stamp file holds the hash of every input; a second run with nothing changed takes a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,9 @@ case "$name" in
     nodeps=() ; post=() ;;
   train|eval)
     venv=.venvs/$name
-    reqs=(pipeline/envs/$name.txt)
+    reqs=()
+    if has_gpu && [ -f pipeline/envs/$name-gpu.txt ]; then reqs+=(pipeline/envs/$name-gpu.txt); fi
+    reqs+=(pipeline/envs/$name.txt)
     nodeps=(); [ -f pipeline/envs/$name-nodeps.txt ] && nodeps=(pipeline/envs/$name-nodeps.txt)
     post=(); [ -f pipeline/envs/${name}_post.py ] && post=(pipeline/envs/${name}_post.py) ;;
   *) echo "unknown environment '$name' (app, dev, train, eval)" >&2; exit 2 ;;
