@@ -13,12 +13,12 @@ from backend.settings import Settings
 def _startup(workspace: str) -> None:
     from backend.auth import ensure_admin_password
     from backend.chain import reconcile
-    from backend.library import ensure_library
+    from backend.chat_service import open_library
     from backend.settings import load_settings
 
     settings = load_settings()
     settings.ensure_dirs()
-    ensure_library(settings)
+    open_library(settings)
     ensure_admin_password(settings)
     reconcile(settings)
 

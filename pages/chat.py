@@ -1,4 +1,223 @@
+"""Chat page: ask for a dish, get ingredients and numbered steps streamed from the engine.
+
+UI only: the engine, the prompt, the history and the timings live in backend.chat_service,
+backend.engines and backend.history. The open conversation id is the URL query parameter `c`.
+"""
+from pathlib import Path
+
 import streamlit as st
 
-st.title("chat")
-st.info("Coming soon.")
+from backend.chat_service import (ChatService, answer_markdown, library_count, library_error, open_library)
+from backend.engines import GenerationParams, get_engine, is_loaded
+from backend.history import History, HistoryError
+from backend.settings import SettingsError, load_settings
+from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
+
+try:
+    settings = load_settings()
+except SettingsError as e:
+    st.error(f"设置有误 / Settings error: {e}")
+    st.stop()
+
+history = History(settings.app_db)
+library = open_library(settings)
+n_recipes = library_count(library)
+try:
+    if is_loaded(settings):
+        choice = get_engine(settings, library)
+    else:
+        with st.spinner("正在加载模型… / loading the model…"):
+            choice = get_engine(settings, library)
+except Exception as e:  # noqa: BLE001 - never a traceback in the page
+    st.error(f"聊天引擎无法启动 / the chat engine could not start: {type(e).__name__}: {e}")
+    st.stop()
+engine = choice.engine
+service = ChatService(engine, history, library, settings.session_len)
+
+# An answer of this browser session still unwinding from an interrupted run (Streamlit starts the
+# rerun at once after a click, e.g. on Stop): stop it and wait until its partial answer is saved.
+unfinished = st.session_state.pop("answering", None)
+if unfinished is not None:
+    unfinished.finish()
+
+# ---- the open conversation (URL ?c=...) ------------------------------------------------------------
+cid = st.query_params.get("c")
+if cid and history.get_conversation(cid) is None:
+    st.info("这个对话不存在（可能已被删除），已为您打开新对话。 / This conversation no longer exists.")
+    del st.query_params["c"]
+    cid = None
+
+
+def open_conversation(conversation_id: str | None) -> None:
+    st.session_state.pop("confirm_delete", None)
+    if conversation_id:
+        st.query_params["c"] = conversation_id
+    elif "c" in st.query_params:
+        del st.query_params["c"]
+
+
+# ---- sidebar: conversations ------------------------------------------------------------------------
+with st.sidebar:
+    st.subheader("💬 对话 / Conversations")
+    st.button("➕ 新对话 / New chat", on_click=open_conversation, args=(None,), width="stretch")
+    query = st.text_input("🔍 搜索对话 / Search", key="conv_search", placeholder="菜名、食材…")
+    conversations = history.search(query) if query.strip() else history.list_conversations()
+    if query.strip() and not conversations:
+        st.caption("没有找到匹配的对话。")
+    for conv in conversations:
+        st.button(conv["title"] or "新对话", key=f"conv_{conv['id']}", on_click=open_conversation,
+                  args=(conv["id"],), type="primary" if conv["id"] == cid else "secondary",
+                  width="stretch")
+
+    if cid:
+        conv = history.get_conversation(cid)
+        with st.expander("管理当前对话 / Manage", expanded=False):
+            new_title = st.text_input("标题 / Title", value=conv["title"], key=f"title_{cid}")
+            if st.button("✏️ 重命名 / Rename", key="rename"):
+                try:
+                    history.rename_conversation(cid, new_title)
+                    st.rerun()
+                except HistoryError as e:
+                    st.error(str(e))
+            st.download_button("⬇️ 导出 Markdown", history.export_markdown(cid), file_name=f"chat-{cid}.md",
+                               mime="text/markdown", key="export_md")
+            st.download_button("⬇️ 导出 JSON", history.export_json(cid), file_name=f"chat-{cid}.json",
+                               mime="application/json", key="export_json")
+            if st.session_state.get("confirm_delete") == cid:
+                st.warning("确定删除这个对话吗？删除后无法恢复。 / Delete this conversation for good?")
+                c1, c2 = st.columns(2)
+                if c1.button("确认删除 / Delete", key="delete_confirm", type="primary"):
+                    history.delete_conversation(cid)
+                    open_conversation(None)
+                    st.rerun()
+                c2.button("取消 / Cancel", key="delete_cancel", on_click=st.session_state.pop,
+                          args=("confirm_delete", None))
+            elif st.button("🗑️ 删除 / Delete", key="delete"):
+                st.session_state["confirm_delete"] = cid
+                st.rerun()
+
+    # ---- sidebar: generation settings --------------------------------------------------------------
+    with st.expander("⚙️ 生成参数 / Generation", expanded=False):
+        max_cap = max(settings.session_len - 64, 1)
+        max_new_tokens = st.number_input("max new tokens", 1, max_cap, min(settings.max_new_tokens, max_cap),
+                                         step=64, key="max_new_tokens")
+        temperature = st.slider("temperature", 0.0, 2.0, 0.7, 0.05, key="temperature",
+                                help="0 = greedy decoding")
+        top_p = st.slider("top-p", 0.05, 1.0, 0.8, 0.05, key="top_p")
+        top_k = st.slider("top-k", 0, 100, 40, 1, key="top_k", help="0 = off")
+        repetition_penalty = st.slider("repetition penalty", 1.0, 2.0, 1.005, 0.005, format="%.3f",
+                                       key="repetition_penalty")
+        grounding = st.toggle("参考菜谱库 / Ground in the recipe library", value=n_recipes > 0, key="grounding",
+                              disabled=n_recipes == 0,
+                              help="把最匹配的菜谱放进提示词，并在回答下方列出")
+        st.session_state.setdefault("system_prompt", SYSTEM_PROMPT)
+        if st.button("恢复默认提示词 / Reset prompt", key="reset_prompt"):
+            st.session_state["system_prompt"] = SYSTEM_PROMPT
+        system_prompt = st.text_area("系统提示词 / System prompt", height=140, key="system_prompt")
+
+params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+                          top_k=int(top_k), repetition_penalty=float(repetition_penalty))
+
+# ---- header ----------------------------------------------------------------------------------------
+st.title("🍳 菜谱小管家")
+info = engine.describe()
+model_name = Path(info["model"]).name if info["name"] != "library" else "菜谱库"
+st.caption(f"引擎 engine: **{info['name']}** · 模型 model: {model_name} · 设备 device: {info['device']} · "
+           f"菜谱库 {n_recipes} 道菜")
+for note in choice.notes:
+    st.warning(note, icon="ℹ️")
+if library_error(settings):
+    st.warning(f"菜谱库无法打开 / recipe library unavailable: {library_error(settings)}")
+
+
+# ---- what to answer in this run ----------------------------------------------------------------------
+prompt = st.chat_input("想做什么菜？例如：番茄炒蛋的做法")
+answer = None
+try:
+    if prompt and prompt.strip():
+        if not cid:
+            cid = history.create_conversation()
+            st.query_params["c"] = cid
+        answer = service.ask(cid, prompt, params, system_prompt, grounding)
+    elif st.session_state.pop("regenerate", False) and cid:
+        answer = service.regenerate(cid, params, system_prompt, grounding)
+except HistoryError as e:
+    st.error(str(e))
+
+
+def set_feedback(message_id: int, key: str) -> None:
+    value = st.session_state.get(key)
+    history.set_feedback(message_id, None if value is None else (1 if value == 1 else -1),
+                         st.session_state.get(f"comment_{message_id}", ""))
+
+
+def show_sources(sources: list[dict]) -> None:
+    with st.expander(f"📖 参考菜谱（{len(sources)}）"):
+        for s in sources:
+            st.markdown(f"**{s['name']}**")
+            st.markdown(answer_markdown(format_answer(s.get("ingredients") or [], s.get("steps") or [])))
+
+
+def show_assistant(m: dict, last: bool) -> None:
+    st.markdown(answer_markdown(m["content"]) if m["content"] else "_（没有生成内容）_")
+    if m.get("finish_reason") == "stopped":
+        st.warning("⏹ 已停止生成，以上是部分回答。 / Stopped: partial answer.")
+    elif m.get("finish_reason") == "error":
+        st.error(f"生成出错，以上是部分回答：{m.get('error')}。可点「重新生成」再试。")
+    elif m.get("finish_reason") == "length":
+        st.caption("（已达到 max new tokens 上限，回答可能不完整）")
+    if m.get("sources"):
+        show_sources(m["sources"])
+    figures = [m.get("engine") or "?"]
+    if m.get("ttft_ms") is not None:
+        figures.append(f"首字 TTFT {m['ttft_ms']:.0f} ms")
+    if m.get("tokens_per_s"):
+        figures.append(f"{m['tokens_per_s']:.1f} tokens/s")
+    if m.get("completion_tokens"):
+        figures.append(f"{m['completion_tokens']} tokens")
+    st.caption(" · ".join(figures))
+    c1, c2, c3, c4 = st.columns([2, 1, 1, 3])
+    with c1:
+        key = f"fb_{m['id']}"
+        rating = m.get("feedback_rating")
+        st.feedback("thumbs", key=key, default=None if rating is None else (1 if rating == 1 else 0),
+                    on_change=set_feedback, args=(m["id"], key))
+    with c2.popover("💬", help="评论 / comment"):
+        st.text_input("评论 / Comment", value=m.get("feedback_comment") or "", key=f"comment_{m['id']}")
+        if st.button("保存 / Save", key=f"save_comment_{m['id']}"):
+            rating = st.session_state.get(key)
+            history.set_feedback(m["id"], None if rating is None else (1 if rating == 1 else -1),
+                                 st.session_state[f"comment_{m['id']}"])
+            st.toast("已保存评论 / saved")
+    with c3.popover("📋", help="复制 / copy"):
+        st.code(m["content"], language="markdown")
+    if last and answer is None:
+        c4.button("🔄 重新生成 / Regenerate", key="regen", on_click=st.session_state.__setitem__,
+                  args=("regenerate", True))
+
+
+messages = history.messages(cid) if cid else []
+if not messages and answer is None:
+    st.markdown("问我任何一道菜的做法，例如 **番茄炒蛋的做法**、**红烧肉怎么做？**")
+for i, m in enumerate(messages):
+    with st.chat_message(m["role"], avatar="🧑" if m["role"] == "user" else "🍳"):
+        if m["role"] == "assistant":
+            show_assistant(m, last=i == len(messages) - 1)
+        else:
+            st.markdown(m["content"])
+if messages and messages[-1]["role"] == "user" and answer is None:
+    st.button("🔄 回答这个问题 / Answer", key="regen_missing", on_click=st.session_state.__setitem__,
+              args=("regenerate", True))
+
+if answer is not None:
+    with st.chat_message("assistant", avatar="🍳"):
+        # Clicking Stop (or anything else) interrupts this run; closing the answer stops the
+        # engine and keeps the partial answer, marked as stopped.
+        st.button("⏹ 停止生成 / Stop", key="stop")
+        st.session_state["answering"] = answer
+        try:
+            st.write_stream(answer)
+        finally:
+            answer.close()
+    st.session_state.pop("answering", None)
+    st.rerun()
