@@ -1,0 +1,436 @@
+"""The recipe library: clean recipes in SQLite (sqlite-utils, WAL) with a search that works for
+Chinese dish names and ingredients.
+
+SQLite's FTS5 does not split Chinese (unicode61 keeps a run of Han characters as one token;
+trigram misses 2-character words like 鸡蛋). So the index holds our own tokens: the overlapping
+character bigrams of each run plus its last character ("红烧肉" -> "红烧 烧肉 肉"), computed from
+a canonical text in which synonyms are unified (西红柿 -> 番茄, 马铃薯/洋芋 -> 土豆, 蛋 -> 鸡蛋, ...).
+A query is cut into terms (question words removed), looked up first as an exact dish name
+(B-tree index), then as FTS5 phrases; candidates are re-scored by how much of the query they
+cover in the name and the ingredients, so unrelated queries return nothing.
+
+    lib = Library(path); lib.add_recipes(recipes); lib.search("番茄炒蛋怎么做？")
+    ensure_library(settings)  # the library of settings.library_db, filled from the sample corpus
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import sqlite_utils
+
+from backend.settings import PROJECT_ROOT
+from pipeline.corpus import Recipe, fingerprint, iter_recipes
+from pipeline.recipe_format import dish_name
+
+SAMPLE_RECIPES = PROJECT_ROOT / "data" / "sample_recipes.jsonl"
+
+# ---- text canonicalisation ------------------------------------------------------------------
+# variant -> canonical spelling; applied to recipe text and queries alike
+SYNONYMS = {
+    "西红柿": "番茄", "蕃茄": "番茄",
+    "马铃薯": "土豆", "洋芋": "土豆", "山药蛋": "土豆",
+    "地瓜": "红薯", "番薯": "红薯", "甘薯": "红薯", "白薯": "红薯",
+    "芫荽": "香菜",
+    "卷心菜": "包菜", "圆白菜": "包菜", "洋白菜": "包菜", "包心菜": "包菜", "甘蓝": "包菜",
+    "西兰花": "西蓝花", "青花菜": "西蓝花", "绿菜花": "西蓝花",
+    "青瓜": "黄瓜", "芋艿": "芋头", "淮山": "山药", "凤梨": "菠萝", "奇异果": "猕猴桃",
+    "生粉": "淀粉", "粟粉": "淀粉", "苞米": "玉米", "包谷": "玉米", "苞谷": "玉米",
+    "胡豆": "蚕豆", "香葱": "小葱", "葱花": "小葱", "粉条": "粉丝", "冬粉": "粉丝",
+    "豇豆": "豆角", "扁豆": "豆角", "四季豆": "豆角", "芸豆": "豆角",
+    "鸡翅膀": "鸡翅", "猪五花": "五花肉", "三层肉": "五花肉", "老抽酱油": "老抽", "生抽酱油": "生抽",
+    "鸡子": "鸡蛋", "鸡卵": "鸡蛋", "土鸡蛋": "鸡蛋", "大米饭": "米饭", "白米饭": "米饭",
+}
+_SYN = re.compile("|".join(sorted(map(re.escape, SYNONYMS), key=len, reverse=True)))
+# a bare 蛋 is a hen's egg (炒蛋, 蛋炒饭, 番茄炒蛋), but not in 鸭蛋, 皮蛋, 咸蛋, 蛋糕, 蛋挞
+_EGG = re.compile(r"(?<![鸡鸭鹅鸽皮咸卤茶松变笨滚鹑])蛋(?![糕挞])")
+_NOT_WORD = re.compile(r"[\W_]+")
+_BRACKETS = re.compile(r"[（(【\[「『<《][^）)】\]」』>》]*[）)】\]」』>》]")
+
+
+def canon(text: str) -> str:
+    """Lower-case, punctuation and spaces removed, synonyms unified."""
+    t = _NOT_WORD.sub("", text.lower())
+    t = _SYN.sub(lambda m: SYNONYMS[m.group(0)], t)
+    return _EGG.sub("鸡蛋", t)
+
+
+def name_key(name: str) -> str:
+    """The canonical dish name: brackets removed ("红烧肉（简单版）" -> "红烧肉")."""
+    return canon(_BRACKETS.sub("", name)) or canon(name)
+
+
+_UNITS = (
+    "kg|mg|ml|g|l|cm|千克|公斤|毫升|克|升|厘米|小碗|大碗|小把|汤匙|茶匙|小勺|大勺|小匙|大匙|"
+    "个|只|颗|瓣|根|片|块|勺|匙|斤|两|条|把|碗|杯|张|朵|粒|棵|头|节|段|袋|包|盒|罐|瓶|滴|撮|束|枚|份|cm"
+)
+_QTY = re.compile(
+    rf"(?:约|大约)?[\d０-９.．/／~～\-—]+\s*(?:{_UNITS})?|[一二两三四五六七八九十半几数]+(?:{_UNITS})"
+    r"|适量|少许|若干|少量|一些|左右|可选|备用"
+)
+
+
+def ingredient_name(entry: str) -> str:
+    """'500g五花肉（带皮）' -> '五花肉' (canonical), for indexing and matching."""
+    return canon(_QTY.sub(" ", _BRACKETS.sub(" ", entry.lower())))
+
+
+_CJK_RUNS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[a-z0-9]+")
+
+
+def grams(canonical: str) -> str:
+    """Index tokens of a canonical text: each Han run as bigrams plus its last character."""
+    out = []
+    for run in _CJK_RUNS.findall(canonical):
+        if run[0] < "\u3400":  # latin letters / digits: one token
+            out.append(run)
+            continue
+        out.extend(run[i:i + 2] for i in range(len(run) - 1))
+        out.append(run[-1])
+    return " ".join(out)
+
+
+def _quality(ingredients: list[str], steps: list[str]) -> float:
+    """0..1: ingredients with amounts and a real method make a better answer."""
+    with_amount = sum(1 for i in ingredients if _QTY.search(i)) / max(len(ingredients), 1)
+    return round(0.6 * with_amount + 0.4 * min(len(steps), 8) / 8, 3)
+
+
+def _signed(fp: int) -> int:
+    return fp - (1 << 64) if fp >= 1 << 63 else fp
+
+
+def recipe_row(recipe) -> tuple | None:
+    """Library row for a recipe (a corpus-format dict, a {name, ingredients, steps} dict or a
+    pipeline.corpus.Recipe); None when it lacks a name, ingredients or steps.
+
+    (fp, name, name_key, ingredients_json, steps_json, description, author, ing_text, quality,
+    fts_name, fts_ing)"""
+    if isinstance(recipe, Recipe):
+        name, ings, steps = recipe.name, recipe.ingredients, recipe.steps
+        desc, author = recipe.description, recipe.author
+    else:
+        if "recipeIngredient" in recipe:
+            name = dish_name(recipe)
+            ings, steps = recipe.get("recipeIngredient"), recipe.get("recipeInstructions")
+        else:
+            name, ings, steps = recipe.get("name") or "", recipe.get("ingredients"), recipe.get("steps")
+        desc, author = recipe.get("description") or "", recipe.get("author") or ""
+    if not name or not ings or not steps:
+        return None
+    key = name_key(name)
+    ing_names = [n for n in map(ingredient_name, ings) if n]
+    return (
+        _signed(fingerprint(name, ings)), name, key, orjson.dumps(ings).decode(), orjson.dumps(steps).decode(),
+        desc, author, " ".join(ing_names), _quality(ings, steps), grams(key), " ".join(map(grams, ing_names)),
+    )
+
+
+# ---- queries --------------------------------------------------------------------------------
+_FILLER = re.compile("|".join(sorted("""
+请告诉我 告诉我 请问 请教 麻烦 教教我 教我做 教我 我想学做 我想学 我想做 我想吃 我要做 想学做 想做 想吃
+要怎么做才好吃 怎么做才好吃 要怎么做 怎么做 怎样做 如何做 如何制作 怎么制作 怎么烧 怎么炒 怎么煮 怎么蒸
+怎么炖 做法是什么 的家常做法 的简单做法 的做法 做法 需要准备什么 需要准备哪些 需要什么材料 需要哪些材料
+要准备什么 需要什么 能做什么菜 能做什么 可以做什么菜 可以做什么 做什么菜 做什么好吃 做什么 有什么菜
+家里有 冰箱里有 我有 只有 好吃 一下 一道 一份 怎么 如何 吗 呢 呀 吧 啊 哦
+""".split(), key=len, reverse=True)))
+_SEPARATORS = re.compile(r"[\s,，。.、;；!！?？:：/+＋&|]+|和|跟|与|以及|还有|及|加")
+
+
+def query_terms(query: str) -> list[str]:
+    """'番茄炒蛋怎么做？' -> ['番茄炒鸡蛋']; '鸡蛋 西红柿' -> ['鸡蛋', '番茄']."""
+    text = _FILLER.sub(" ", query.lower())
+    terms = []
+    for part in _SEPARATORS.split(text):
+        c = canon(part)
+        if c and c not in terms:
+            terms.append(c)
+    return terms
+
+
+def _term_grams(term: str) -> list[str]:
+    if len(term) == 1:
+        return [term]
+    toks = grams(term).split()
+    return toks[:-1] if len(toks) > 1 and _CJK_RUNS.fullmatch(term) and term[0] >= "\u3400" else toks
+
+
+_CANDIDATES = 200  # FTS matches re-scored per query step
+_STOP_WORDS = {"的", "和", "与", "了", "或", "及", "加", "用", "做", "有", "吃", "菜"}
+_jieba = None
+
+
+def _words(terms: list[str]) -> list[str]:
+    """The words of each term (jieba), canonical, without stop words: '番茄鸡蛋' -> ['番茄', '鸡蛋']."""
+    global _jieba
+    if _jieba is None:
+        import logging
+
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        _jieba = jieba
+    out = []
+    for t in terms:
+        for w in _jieba.lcut(t):
+            w = canon(w)
+            if w and w not in _STOP_WORDS and w not in out:
+                out.append(w)
+    return out
+
+
+def _fts_term(term: str) -> str:
+    """FTS5 expression for one term: a phrase of its bigrams; a single character as a prefix."""
+    if len(term) == 1 and term >= "\u3400":
+        return f'"{term}"*'
+    return '"' + " ".join(_term_grams(term)) + '"'
+
+
+# ---- the library ----------------------------------------------------------------------------
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS recipes (
+    id INTEGER PRIMARY KEY,
+    fp INTEGER NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL,
+    ingredients TEXT NOT NULL,
+    steps TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    author TEXT NOT NULL DEFAULT '',
+    ing_text TEXT NOT NULL DEFAULT '',
+    quality REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS recipes_name_key ON recipes (name_key, quality DESC);
+CREATE VIRTUAL TABLE IF NOT EXISTS recipes_fts USING fts5(name, ing, content='', tokenize='unicode61');
+"""
+_INSERT = ("INSERT OR IGNORE INTO recipes (fp, name, name_key, ingredients, steps, description, author,"
+           " ing_text, quality) VALUES (?,?,?,?,?,?,?,?,?)")
+_INSERT_FTS = "INSERT INTO recipes_fts (rowid, name, ing) VALUES (?,?,?)"
+
+
+class Library:
+    """A recipe library in one SQLite file. Safe to share between threads of one process."""
+
+    def __init__(self, path: str | os.PathLike, *, _bulk: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        self._lock = threading.RLock()
+        if _bulk:  # a private file being built: no journal, no fsync
+            conn.execute("PRAGMA journal_mode=OFF")
+            conn.execute("PRAGMA synchronous=OFF")
+            conn.execute("PRAGMA cache_size=-65536")
+        else:
+            for attempt in range(50):
+                try:
+                    self.db.enable_wal()
+                    break
+                except sqlite3.OperationalError:  # another process is creating the file
+                    time.sleep(0.1)
+            conn.execute("PRAGMA synchronous=NORMAL")
+        if not self._has_schema():
+            with self._write():
+                if not self._has_schema():  # another process may have created it meanwhile
+                    for stmt in filter(str.strip, _SCHEMA.split(";")):
+                        conn.execute(stmt)
+                    conn.execute("INSERT INTO recipes_fts (recipes_fts, rank) VALUES ('rank', 'bm25(10.0, 1.0)')")
+
+    def _has_schema(self) -> bool:
+        return self.db.conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('recipes', 'recipes_fts')").fetchone()[0] == 2
+
+    @contextlib.contextmanager
+    def _write(self):
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- writing --
+    def add_recipes(self, recipes, *, only_if_empty: bool = False) -> int:
+        """Add recipes (corpus-format dicts, {name, ingredients, steps} dicts, Recipe objects or
+        rows from recipe_row) in one transaction; a recipe already present (same name and
+        ingredients) is skipped. Returns how many were added."""
+        added = 0
+        with self._write() as conn:
+            if only_if_empty and conn.execute("SELECT EXISTS (SELECT 1 FROM recipes)").fetchone()[0]:
+                return 0
+            for r in recipes:
+                row = r if isinstance(r, tuple) else recipe_row(r)
+                if row is None:
+                    continue
+                cur = conn.execute(_INSERT, row[:9])
+                if cur.rowcount == 1:
+                    conn.execute(_INSERT_FTS, (cur.lastrowid, row[9], row[10]))
+                    added += 1
+        return added
+
+    # -- reading --
+    def count(self) -> int:
+        with self._lock:
+            return self.db.conn.execute("SELECT count(*) FROM recipes").fetchone()[0]
+
+    def get(self, recipe_id: int) -> dict | None:
+        rows = self._fetch([int(recipe_id)])
+        return rows.get(int(recipe_id))
+
+    def _fetch(self, ids: list[int]) -> dict[int, dict]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            rows = self.db.conn.execute(
+                f"SELECT id, name, ingredients, steps, description, author, quality FROM recipes WHERE id IN ({marks})",
+                ids).fetchall()
+        return {
+            r[0]: {"id": r[0], "name": r[1], "ingredients": orjson.loads(r[2]), "steps": orjson.loads(r[3]),
+                   "description": r[4], "author": r[5], "quality": r[6]}
+            for r in rows
+        }
+
+    def search(self, query: str, limit: int = 5) -> list[dict]:
+        """Best recipes for a dish name, a question about a dish, or ingredients; [] when
+        nothing relevant matches. Each result has id, name, ingredients, steps, score."""
+        terms = query_terms(query or "")
+        if not terms or limit <= 0:
+            return []
+        whole = "".join(terms)
+        cands: dict[int, tuple] = {}  # id -> (name_key, ing_text, quality)
+        conn = self.db.conn
+        with self._lock:
+            if len(terms) == 1:  # an exact dish name: B-tree lookup
+                for rid, key, ing, q in conn.execute(
+                        "SELECT id, name_key, ing_text, quality FROM recipes WHERE name_key = ?"
+                        " ORDER BY quality DESC LIMIT ?", (whole, limit)):
+                    cands[rid] = (key, ing, q)
+            if len(cands) < limit:  # every term as a phrase, in the name first
+                self._match(terms, cands)
+            if len(cands) < limit:  # the words of each term, in any order
+                words = _words(terms)
+                if words != terms:
+                    self._match(words, cands)
+                if len(cands) < limit and len(words) > 1:  # any of the words
+                    self._fts(" OR ".join(map(_fts_term, words)), _CANDIDATES, cands)
+        qgrams = {g for t in terms for g in _term_grams(t)}
+        scored = []
+        for rid, (key, ing, q) in cands.items():
+            s = _score(qgrams, whole, key, ing, q)
+            if s is not None:
+                scored.append((s, rid))
+        scored.sort(key=lambda x: (-x[0], x[1]))
+        top = scored[:limit]
+        rows = self._fetch([rid for _, rid in top])
+        out = []
+        for s, rid in top:
+            r = rows[rid]
+            r["score"] = round(s, 4)
+            out.append(r)
+        return out
+
+    def _match(self, terms: list[str], cands: dict) -> None:
+        expr = " AND ".join(map(_fts_term, terms))
+        self._fts(f"{{name}} : ({expr})", _CANDIDATES, cands)
+        if len(cands) < _CANDIDATES:
+            self._fts(expr, _CANDIDATES, cands)
+
+    def _fts(self, expr: str, n: int, cands: dict) -> None:
+        """Add up to n matches of an FTS5 expression to cands (index order: ranking is ours)."""
+        ids = [r[0] for r in self.db.conn.execute(
+            "SELECT rowid FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT ?", (expr, n))]
+        ids = [i for i in ids if i not in cands]
+        if ids:
+            marks = ",".join("?" * len(ids))
+            for rid, key, ing, q in self.db.conn.execute(
+                    f"SELECT id, name_key, ing_text, quality FROM recipes WHERE id IN ({marks})", ids):
+                cands[rid] = (key, ing, q)
+
+
+def _score(qgrams: set, whole: str, key: str, ing: str, quality: float) -> float | None:
+    """Relevance of a candidate; None when it does not cover enough of the query."""
+    in_name = sum(1 for g in qgrams if g in key)
+    in_any = sum(1 for g in qgrams if g in key or g in ing)
+    n = len(qgrams)
+    # at least half of the query, and either part of the name or three quarters in the ingredients
+    if in_any == 0 or in_any * 2 < n or (in_name == 0 and in_any * 4 < 3 * n):
+        return None
+    name_cov, cov = in_name / n, in_any / n
+    precision = min(1.0, in_name / max(len(key) - 1, 1))  # how much of the name the query explains
+    exact = 4.0 if key == whole else 0.0
+    return exact + 4 * name_cov + 2 * cov + precision + 0.5 * quality
+
+
+# ---- building -------------------------------------------------------------------------------
+class LibraryBuilder:
+    """Build a whole new library content and swap it in atomically.
+
+        with LibraryBuilder(path) as b:
+            b.add(rows)          # rows from recipe_row() (or recipes)
+        # here path holds exactly the added recipes; on an exception or a kill, the old content
+
+    The new content is built in a private temporary file (no journal), then copied into
+    ``path`` with SQLite's backup API in one transaction, which open readers see atomically."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.added = 0
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".building", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.lib = Library(self.tmp, _bulk=True)
+        self.lib.db.conn.execute("BEGIN")
+        return self
+
+    def add(self, recipes) -> None:
+        conn = self.lib.db.conn
+        for r in recipes:
+            row = r if isinstance(r, tuple) else recipe_row(r)
+            if row is None:
+                continue
+            cur = conn.execute(_INSERT, row[:9])
+            if cur.rowcount == 1:
+                conn.execute(_INSERT_FTS, (cur.lastrowid, row[9], row[10]))
+                self.added += 1
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                conn = self.lib.db.conn
+                conn.execute("COMMIT")
+                conn.execute("INSERT INTO recipes_fts (recipes_fts) VALUES ('optimize')")
+                dest = Library(self.path)  # creates the file and schema if needed; WAL
+                with dest._lock:
+                    conn.backup(dest.db.conn)
+                dest.close()
+        finally:
+            self.lib.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp.unlink()
+        return False
+
+
+def ensure_library(settings) -> Library:
+    """The library at settings.library_db; filled from data/sample_recipes.jsonl when empty.
+    Idempotent; two processes calling it at once fill it once."""
+    lib = Library(settings.library_db)
+    if lib.count() == 0:
+        lib.add_recipes(iter_recipes(SAMPLE_RECIPES), only_if_empty=True)
+    return lib

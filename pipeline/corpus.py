@@ -1,0 +1,270 @@
+"""Reading and checking XiaChuFang-format recipe corpora: one JSON object a line.
+
+``check_line(raw)`` turns one raw line into a clean recipe or the reason it was rejected;
+``open_corpus(path)`` opens .json/.jsonl, .gz or .zip inputs as a binary stream with a
+progress position. Used by pipeline.prepare_data (in worker processes) and backend.library.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from pipeline.recipe_format import dish_name
+
+# Every rejected line gets exactly one of these reasons (stats.json "rejected" keys).
+REASONS = {
+    "bad_utf8": "the line is not valid UTF-8",
+    "blank": "empty line",
+    "invalid_json": "not valid JSON (often a truncated line)",
+    "not_object": "valid JSON but not an object",
+    "missing_field": "recipeIngredient or recipeInstructions is absent",
+    "wrong_type": "a field has the wrong type (ingredients/steps must be lists of strings)",
+    "no_name": "no dish name in keywords, dish or name",
+    "empty_ingredients": "no ingredient left after cleaning",
+    "empty_instructions": "no step left after cleaning",
+    "too_long": "the conversation is longer than the training length",
+}
+
+BOM = b"\xef\xbb\xbf"
+
+# Removed from every string: control characters, zero-width and bidi marks, emoji variation
+# selectors, BOM, lone surrogates, emoji (astral plane) and tag characters. Whitespace runs become one space.
+_JUNK = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufe0e\ufe0f\ufeff"
+    "\ud800-\udfff\U0001f000-\U0001faff\U000e0000-\U000e007f]+"
+)
+_SPACE = re.compile(r"[\s\u3000\xa0]+")
+
+
+def clean_text(s: str) -> str:
+    """Strip control characters, emoji and surrounding whitespace; collapse inner whitespace."""
+    return _SPACE.sub(" ", _JUNK.sub("", s)).strip()
+
+
+def _is_clean(raw: bytes | None, joined: str) -> bool:
+    """True when every string joined by '|' in `joined` is already what clean_text makes of it
+    (no junk, no surrounding or double whitespace, not empty).
+
+    isprintable() is False for every control, format (zero-width, bidi, BOM, tags) and
+    non-space whitespace character; astral-plane characters (emoji) show as 4-byte UTF-8 lead
+    bytes in the raw line, and escapes (which may hide anything) as backslashes. A '|' inside a
+    string can only cause a false alarm, never a miss."""
+    return (raw is not None and b"\\" not in raw and b"\xf0" not in raw and joined.isprintable()
+            and "  " not in joined and " |" not in joined and "| " not in joined and "||" not in joined
+            and joined[:1] not in " |" and joined[-1:] not in " |"
+            and "\ufe0f" not in joined and "\ufe0e" not in joined)
+
+
+@dataclass(slots=True)
+class Recipe:
+    """A validated, cleaned recipe."""
+
+    name: str
+    ingredients: list[str]
+    steps: list[str]
+    description: str = ""
+    author: str = ""
+
+    def as_corpus(self) -> dict:
+        """The recipe in the corpus format (what recipe_format and the library read)."""
+        return {
+            "name": self.name,
+            "dish": self.name,
+            "keywords": [f"{self.name}的做法"],
+            "recipeIngredient": self.ingredients,
+            "recipeInstructions": self.steps,
+            "description": self.description,
+            "author": self.author,
+        }
+
+
+def fingerprint(name: str, ingredients: list[str]) -> int:
+    """64-bit digest of a dish: same name and same ingredients (any order) -> same digest."""
+    text = "\x1f".join((name, *sorted(ingredients)))
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def _strip_all(items: list) -> list[str] | None:
+    try:
+        return [x.strip() for x in items]
+    except AttributeError:  # an item that is not a string
+        return None
+
+
+def check_recipe(obj, raw: bytes | None = None, meta: bool = True) -> Recipe | tuple[str, str]:
+    """Validate and clean a parsed corpus object: a Recipe, or (reason, detail).
+
+    raw: the line it was parsed from, which allows a fast path for lines without junk.
+    meta=False skips cleaning description and author (not needed for training data)."""
+    if type(obj) is not dict:
+        return "not_object", type(obj).__name__
+    ings = obj.get("recipeIngredient")
+    steps = obj.get("recipeInstructions")
+    if ings is None and "recipeIngredient" not in obj:
+        return "missing_field", "recipeIngredient"
+    if steps is None and "recipeInstructions" not in obj:
+        return "missing_field", "recipeInstructions"
+    if type(ings) is not list:
+        return "wrong_type", f"recipeIngredient is {type(ings).__name__}"
+    if type(steps) is not list:
+        return "wrong_type", f"recipeInstructions is {type(steps).__name__}"
+    try:
+        joined = "|".join(ings) + "|" + "|".join(steps)
+    except TypeError:  # a non-string item
+        joined = None
+    for key in ("name", "dish", "description", "author"):
+        v = obj.get(key)
+        if v is not None and type(v) is not str:
+            return "wrong_type", f"{key} is {type(v).__name__}"
+    kws = obj.get("keywords")
+    if kws is not None:
+        if type(kws) is not list:
+            return "wrong_type", f"keywords is {type(kws).__name__}"
+        if kws and type(kws[0]) is not str:
+            return "wrong_type", "keywords has a non-string item"
+        if kws and kws[0].strip().lower() == "unknown":
+            obj = {**obj, "keywords": kws[1:]}
+    name = dish_name(obj)
+    if joined is None or not name or not _is_clean(raw, joined + "|" + name):  # slow path: clean
+        ings = _strip_all(ings)
+        if ings is None:
+            return "wrong_type", "recipeIngredient has a non-string item"
+        steps = _strip_all(steps)
+        if steps is None:
+            return "wrong_type", "recipeInstructions has a non-string item"
+        ings = [x for x in map(clean_text, ings) if x]
+        steps = [x for x in map(clean_text, steps) if x]
+        name = clean_text(name)
+    if not name or name.lower() == "unknown":
+        return "no_name", ""
+    if not ings:
+        return "empty_ingredients", ""
+    if not steps:
+        return "empty_instructions", ""
+    if meta:
+        return Recipe(name, ings, steps, clean_text(obj.get("description") or ""), clean_text(obj.get("author") or ""))
+    return Recipe(name, ings, steps)
+
+
+def parse_line_slow(raw: bytes):
+    """After orjson refused a line: the object a lenient reader gets, or (reason, detail)."""
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+    raw = raw.rstrip(b"\r")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return _Failure("bad_utf8", f"byte {e.start}")
+    if not text.strip():
+        return _Failure("blank", "")
+    try:
+        return json.loads(text, strict=False)  # raw control characters inside strings
+    except ValueError as e:
+        return _Failure("invalid_json", str(e)[:80])
+
+
+class _Failure(tuple):
+    """(reason, detail) returned by parse_line_slow; distinct from any parsed JSON value."""
+
+    def __new__(cls, reason: str, detail: str):
+        return super().__new__(cls, (reason, detail))
+
+
+def check_line(raw: bytes, meta: bool = True) -> Recipe | tuple[str, str]:
+    """One raw line -> a clean Recipe or (reason, detail)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        obj = parse_line_slow(raw)
+        if type(obj) is _Failure:
+            return obj
+        return check_recipe(obj, None, meta)
+    return check_recipe(obj, raw, meta)
+
+
+# ---- opening inputs -------------------------------------------------------------------------
+class CorpusError(ValueError):
+    """The input cannot be read as a corpus; the message says what to do."""
+
+
+@dataclass
+class CorpusStream:
+    file: object  # binary file-like with read()
+    total: int  # bytes to read (compressed size for .gz), for progress
+    position: object  # () -> bytes read so far, same unit as total
+    closers: list
+
+    def close(self) -> None:
+        for c in reversed(self.closers):
+            c.close()
+
+
+def open_corpus(path: str | os.PathLike) -> CorpusStream:
+    """Open a .json/.jsonl (one object a line), .gz or .zip corpus for binary reading."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"input {path} does not exist or is not a file")
+    name = path.name.lower()
+    if name.endswith(".zip"):
+        try:
+            zf = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as e:
+            raise CorpusError(f"{path} is not a readable zip file ({e})") from None
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        jsons = [m for m in members if m.filename.lower().endswith((".json", ".jsonl"))] or members
+        if not jsons:
+            raise CorpusError(f"{path} contains no file; expected a .json/.jsonl corpus inside")
+        member = max(jsons, key=lambda m: m.file_size)
+        f = zf.open(member)
+        return CorpusStream(f, member.file_size, lambda: f.tell(), [zf, f])
+    raw = open(path, "rb")
+    total = os.fstat(raw.fileno()).st_size
+    if name.endswith(".gz"):
+        f = gzip.GzipFile(fileobj=raw, mode="rb")
+        return CorpusStream(f, total, raw.tell, [raw, f])
+    return CorpusStream(raw, total, raw.tell, [raw])
+
+
+def iter_blocks(stream: CorpusStream, size: int = 1 << 20):
+    """Yield byte blocks that end at a line boundary (the last one may not); BOM removed."""
+    rest = b""
+    first = True
+    while True:
+        chunk = stream.file.read(size)
+        if not chunk:
+            break
+        if first:
+            first = False
+            if chunk.startswith(BOM):
+                chunk = chunk[len(BOM):]
+        buf = rest + chunk if rest else chunk
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            rest = buf
+            continue
+        rest = buf[cut + 1:]
+        yield buf[: cut + 1]
+    if rest:
+        yield rest
+
+
+def iter_recipes(path: str | os.PathLike):
+    """Yield the valid recipes of a corpus as corpus-format dicts (no dedup)."""
+    stream = open_corpus(path)
+    try:
+        for block in iter_blocks(stream):
+            for raw in block.split(b"\n"):
+                if raw.strip():
+                    r = check_line(raw)
+                    if isinstance(r, Recipe):
+                        yield r.as_corpus()
+    finally:
+        stream.close()

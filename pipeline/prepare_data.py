@@ -1,0 +1,475 @@
+"""Convert a XiaChuFang-format recipe corpus into XTuner training data (and a recipe library).
+
+    python -m pipeline.prepare_data INPUT --out DIR [--sample N] [--val N] [--test N] [--seed S]
+                                    [--library DB] [--max-length TOKENS] [--workers N]
+
+INPUT: .json/.jsonl (one JSON object a line), .gz or .zip. Streaming: memory stays flat.
+Every line ends in exactly one bucket: kept, duplicate (same dish and same ingredients as an
+earlier line) or rejected with a reason (pipeline.corpus.REASONS).
+
+DIR receives train.jsonl, val.jsonl, test.jsonl ({"conversation": [{"system", "input",
+"output"}]} a line, the format of pipeline.recipe_format), stats.json and rejects.jsonl (a
+sample of rejected lines). All of them are written to temporary files and renamed at the end
+(stats.json last), so an interrupted run leaves the previous outputs in place.
+
+The split is a property of each recipe: a 64-bit hash of its dish name and ingredients (salted
+by --seed) places it in the test band (lowest --holdout/2 of the hash range), the validation
+band (the next --holdout/2) or training. --test/--val take the N recipes of lowest hash from
+their band; the rest of a band is held out unused, so adding data never moves a held-out recipe
+into training. --sample N keeps the N training recipes of lowest hash (a uniform sample).
+
+Parsing and validation run in worker processes; order, deduplication and writing stay in
+this process. Progress goes to a progress bar on a terminal, else to "progress ..." lines that
+pipeline.prepare_data.progress() parses for the Admin page.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import heapq
+import json
+import multiprocessing
+import os
+import re
+import sys
+import tempfile
+import time
+from array import array
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from pipeline import prepare_worker as W
+from pipeline.corpus import REASONS, CorpusError, iter_blocks, open_corpus
+from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet
+from pipeline.stage import Progress, StageCommand, StageError
+
+OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl", "stats.json")
+DEFAULTS = {"val": 500, "test": 500, "holdout": 0.02, "max_length": 2048, "seed": 0}
+REJECT_SAMPLES_PER_REASON = 100
+BLOCK_SIZE = 1 << 20
+
+
+class _Band:
+    """The N records of lowest split key in a band (a bounded max-heap)."""
+
+    def __init__(self, n: int):
+        self.n, self.heap, self.seen = n, [], 0
+
+    def offer(self, key: int, line_no: int, out: bytes) -> None:
+        self.seen += 1
+        if self.n <= 0:
+            return
+        if len(self.heap) < self.n:
+            heapq.heappush(self.heap, (-key, line_no, out))
+        elif key < -self.heap[0][0]:
+            heapq.heapreplace(self.heap, (-key, line_no, out))
+
+    def lines(self) -> list[bytes]:
+        return [out for _, _, out in sorted(self.heap, reverse=True)]
+
+
+class _Reporter:
+    """A progress bar on a terminal; 'progress ...' lines otherwise."""
+
+    def __init__(self, total: int, every: float, tty: bool):
+        self.total, self.every, self.tty = max(total, 1), every, tty
+        self.start = self.last = time.monotonic()
+
+    def update(self, done_bytes: int, stats: dict, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        el = max(now - self.start, 1e-6)
+        rate = stats["lines"] / el
+        frac = min(done_bytes / self.total, 1.0)
+        eta = el * (1 - frac) / frac if frac > 0 else 0.0
+        rej = sum(stats["rejected"].values())
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\r[{bar:<30}] {frac:6.1%} {stats['lines']:,} lines, {stats['kept']:,} kept, "
+                             f"{stats['duplicates']:,} dup, {rej:,} rejected, {rate:,.0f}/s, ETA {eta:,.0f}s ")
+            sys.stderr.flush()
+        else:
+            print(f"progress lines={stats['lines']} kept={stats['kept']} duplicates={stats['duplicates']} "
+                  f"rejected={rej} bytes={done_bytes} total={self.total} rate={rate:.0f} eta={eta:.1f}",
+                  flush=True)
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def _clean_stale(out_dir: Path, library: Path | None) -> None:
+    """Remove temporary files left by killed runs (the caller holds the directory lock)."""
+    for name in OUTPUT_FILES:
+        for p in out_dir.glob(f".{name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    if library is not None:
+        for p in library.parent.glob(f".{library.name}.*.building"):
+            with contextlib.suppress(OSError):
+                if time.time() - p.stat().st_mtime > 600:
+                    p.unlink()
+
+
+def _blocks(stream, path: Path, plain: bool, size: int):
+    """(task function, args, end position in bytes) for each block of the input."""
+    if plain:  # workers read their own byte ranges: nothing to copy through this process
+        for start in range(0, stream.total, size):
+            yield W.convert_range, (str(path), start, min(start + size, stream.total)), min(start + size, stream.total)
+    else:
+        for block in iter_blocks(stream, size):
+            yield W.convert_block, (block,), stream.position()
+
+
+def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: int | None = None,
+        val: int = DEFAULTS["val"], test: int = DEFAULTS["test"], holdout: float = DEFAULTS["holdout"],
+        seed: int = DEFAULTS["seed"], library: str | os.PathLike | None = None,
+        max_length: int = DEFAULTS["max_length"], workers: int | None = None, block_size: int = BLOCK_SIZE,
+        progress_every: float = 1.0, tty: bool = False) -> dict:
+    """Convert INPUT into OUT_DIR (see the module docstring); returns the stats."""
+    t0 = time.monotonic()
+    if not 0 <= holdout < 1:
+        raise ValueError("--holdout must be in [0, 1)")
+    input_path = Path(input_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lib_path = Path(library) if library else None
+    with open(out_dir / ".prepare.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CorpusError(f"another prepare run is writing to {out_dir}; wait for it or choose another "
+                              "--out") from None
+        _clean_stale(out_dir, lib_path)
+        return _run_locked(input_path, out_dir, lib_path, t0, sample=sample, val=val, test=test, holdout=holdout,
+                           seed=seed, max_length=max_length, workers=workers, block_size=block_size,
+                           progress_every=progress_every, tty=tty)
+
+
+def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: float, *, sample, val, test, holdout,
+                seed, max_length, workers, block_size, progress_every, tty) -> dict:
+    from backend.fileio import atomic_open, atomic_write_text
+
+    stream = open_corpus(input_path)
+    plain = not input_path.name.lower().endswith((".gz", ".zip"))
+    if workers is None:
+        workers = 0 if stream.total < 2 * block_size else (os.cpu_count() or 1)  # small input: no start-up
+    test_cut = int(holdout / 2 * (1 << 64))
+    val_cut = int(holdout * (1 << 64))
+    opts = {"seed": seed, "max_length": max_length, "library": lib_path is not None}
+
+    stats = {"input": str(input_path), "lines": 0, "kept": 0, "duplicates": 0,
+             "rejected": dict.fromkeys(REASONS, 0), "train": 0, "val": 0, "test": 0,
+             "held_out_unused": 0, "sampled_out": 0}
+    samples: dict[str, int] = {}
+    seen = DigestSet()
+    test_band, val_band = _Band(test), _Band(val)
+    reporter = _Reporter(stream.total, progress_every, tty)
+    train_keys = array("Q")  # split keys of the training lines, only when sampling
+
+    # workers are forked before any output file or database connection is open
+    pool = None
+    if workers > 0:
+        pool = multiprocessing.get_context("fork").Pool(workers, W.init_worker, ({**opts, "parent": os.getpid()},))
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(stream.close)
+            # all renamed into place when the stack closes without error (the library is swapped
+            # in first); stats.json is written after the stack
+            f_train = stack.enter_context(atomic_open(out_dir / "train.jsonl", "wb", encoding=None))
+            f_rej = stack.enter_context(atomic_open(out_dir / "rejects.jsonl", "wb", encoding=None))
+            f_test = stack.enter_context(atomic_open(out_dir / "test.jsonl", "wb", encoding=None))
+            f_val = stack.enter_context(atomic_open(out_dir / "val.jsonl", "wb", encoding=None))
+            f_cand = None
+            if sample is not None:  # all training candidates first; the sample is chosen at the end
+                f_cand = stack.enter_context(tempfile.TemporaryFile(dir=out_dir, prefix=".train-candidates."))
+            builder = None
+            if lib_path is not None:
+                from backend.library import LibraryBuilder
+
+                builder = stack.enter_context(LibraryBuilder(lib_path))
+            train_sink = f_cand or f_train
+
+            block_rejects: list = []
+
+            def reject_sample(reason: str, line_no: int, detail: str = "", head: bytes | None = None) -> None:
+                if samples.get(reason, 0) < REJECT_SAMPLES_PER_REASON:
+                    samples[reason] = samples.get(reason, 0) + 1
+                    rec = {"line": line_no, "reason": reason, "detail": detail}
+                    if head is not None:
+                        rec["text"] = head.decode("utf-8", "replace")
+                    block_rejects.append((line_no, orjson.dumps(rec) + b"\n"))
+
+            def handle(res: W.BlockResult, base: int, end_pos: int) -> None:
+                stats["lines"] += res.n_lines
+                rej = stats["rejected"]
+                for i, reason, detail, head in res.rejects:
+                    rej[reason] += 1
+                    reject_sample(reason, base + i, detail, head)
+                if res.digests:
+                    digests = np.frombuffer(res.digests, dtype=np.uint64)
+                    keys = np.frombuffer(res.keys, dtype=np.uint64)
+                    status = np.frombuffer(res.status, dtype=np.uint8)
+                    fate = np.array(seen.resolve(digests, status), dtype=np.uint8)
+                    kept = fate == KEPT
+                    n_kept = int(kept.sum())
+                    out_index = np.cumsum(status == W.KEEP) - 1  # recipe -> its line in blob
+                    offsets = np.frombuffer(res.offsets, dtype=np.uint64)
+                    rel = np.frombuffer(res.rel, dtype=np.uint32)
+                    stats["kept"] += n_kept
+                    for j in np.flatnonzero(fate == DUPLICATE).tolist():
+                        stats["duplicates"] += 1
+                        reject_sample("duplicate", base + int(rel[j]))
+                    for j in np.flatnonzero(fate == REJECTED_LONG).tolist():
+                        rej["too_long"] += 1
+                        reject_sample("too_long", base + int(rel[j]), res.long_detail.get(j, ""))
+                    train = kept & (keys >= np.uint64(val_cut))
+                    idx = out_index[train]
+                    if len(idx) == len(offsets) - 1:
+                        train_sink.write(res.blob)
+                    elif len(idx):
+                        mv = memoryview(res.blob)
+                        train_sink.write(b"".join(mv[offsets[k]:offsets[k + 1]] for k in idx.tolist()))
+                    stats["train"] += len(idx)
+                    if f_cand is not None:
+                        train_keys.frombytes(keys[train].tobytes())
+                    for j in np.flatnonzero(kept & ~train).tolist():
+                        k = int(out_index[j])
+                        line = res.blob[offsets[k]:offsets[k + 1]]
+                        band = test_band if keys[j] < np.uint64(test_cut) else val_band
+                        band.offer(int(keys[j]), base + int(rel[j]), line)
+                    if builder is not None and n_kept:
+                        builder.add(res.rows[k] for k in out_index[kept].tolist())
+                if block_rejects:
+                    f_rej.writelines(line for _, line in sorted(block_rejects))
+                    block_rejects.clear()
+                reporter.update(end_pos, stats)
+
+            line_no = 1
+            tasks = _blocks(stream, input_path, plain, block_size)
+            if pool is None:
+                W.init_worker(opts)
+                for fn, args, end_pos in tasks:
+                    res = fn(*args)
+                    handle(res, line_no, end_pos)
+                    line_no += res.n_lines
+            else:
+                pending: deque = deque()
+                for fn, args, end_pos in tasks:
+                    pending.append((pool.apply_async(fn, args), end_pos))
+                    while len(pending) > 2 * workers or (pending and pending[0][0].ready()):
+                        job, pos = pending.popleft()
+                        res = job.get()
+                        handle(res, line_no, pos)
+                        line_no += res.n_lines
+                while pending:
+                    job, pos = pending.popleft()
+                    res = job.get()
+                    handle(res, line_no, pos)
+                    line_no += res.n_lines
+
+            stats["test"], stats["val"] = len(test_band.heap), len(val_band.heap)
+            stats["held_out_unused"] = test_band.seen + val_band.seen - stats["test"] - stats["val"]
+            if f_cand is not None:
+                stats["train"], stats["sampled_out"] = _write_sample(f_cand, train_keys, sample, f_train)
+            f_test.writelines(test_band.lines())
+            f_val.writelines(val_band.lines())
+            reporter.update(stream.total, stats, force=True)
+            reporter.finish()
+            if builder is not None:
+                stats["library"] = {"path": str(lib_path), "recipes": builder.added}
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    stats["seconds"] = round(time.monotonic() - t0, 3)
+    stats["records_per_s"] = round(stats["lines"] / max(stats["seconds"], 1e-9))
+    stats["options"] = {"sample": sample, "val": val, "test": test, "holdout": holdout, "seed": seed,
+                        "max_length": max_length, "workers": workers}
+    if stats["lines"] != stats["kept"] + stats["duplicates"] + sum(stats["rejected"].values()):
+        raise RuntimeError(f"internal error: lines do not add up: {stats}")
+    atomic_write_text(out_dir / "stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
+    return stats
+
+
+def _write_sample(f_cand, train_keys: array, sample: int, f_train) -> tuple[int, int]:
+    """Copy the `sample` candidates of lowest split key to f_train; (written, left out)."""
+    n = len(train_keys)
+    if n == 0:
+        return 0, 0
+    keys = np.frombuffer(train_keys, dtype=np.uint64)
+    keep = np.ones(n, dtype=bool) if sample >= n else keys <= np.partition(keys, sample - 1)[sample - 1]
+    f_cand.flush()
+    f_cand.seek(0)
+    written = 0
+    for k, line in zip(keep.tolist(), f_cand):
+        if k and written < sample:
+            f_train.write(line)
+            written += 1
+    return written, n - written
+
+
+# ---- stage interface (pipeline/stage.py) ----------------------------------------------------
+def command(settings, **params) -> StageCommand:
+    """The prepare stage: params input (default settings.corpus, else the sample corpus),
+    out (default data/prepared), sample, val, test, seed, max_length, library (True: the app's
+    library settings.library_db)."""
+    from backend.envs import env_python
+    from backend.library import SAMPLE_RECIPES
+    from backend.settings import PROJECT_ROOT, SettingsError
+
+    raw_input = str(params.get("input") or settings.corpus or SAMPLE_RECIPES)
+    if Path(raw_input).expanduser().resolve() == SAMPLE_RECIPES.resolve():
+        input_path = SAMPLE_RECIPES.resolve()
+    else:
+        try:
+            input_path = settings.inside_workspace(raw_input)
+        except SettingsError as e:
+            raise StageError(f"input: {e} (or use the sample corpus {SAMPLE_RECIPES})") from None
+    if not input_path.is_file():
+        raise StageError(f"input {input_path} does not exist; put the corpus (.json/.jsonl/.gz/.zip) in the "
+                         f"workspace {settings.workspace} and give its path")
+    if not input_path.name.lower().endswith((".json", ".jsonl", ".gz", ".zip")):
+        raise StageError(f"input {input_path.name}: expected a .json, .jsonl, .gz or .zip corpus")
+    try:
+        out = settings.inside_workspace(params.get("out") or settings.data_dir / "prepared")
+    except SettingsError as e:
+        raise StageError(f"out: {e}") from None
+    if out.exists() and not out.is_dir():
+        raise StageError(f"out {out} exists and is not a directory; choose another output folder")
+    argv = [str(env_python("app")), "-m", "pipeline.prepare_data", str(input_path), "--out", str(out)]
+    recorded = {"input": str(input_path), "out": str(out)}
+    for key, flag in (("sample", "--sample"), ("val", "--val"), ("test", "--test"), ("seed", "--seed"),
+                      ("max_length", "--max-length")):
+        v = params.get(key)
+        if v is None or v == "":
+            continue
+        try:
+            v = int(v)
+        except (TypeError, ValueError):
+            raise StageError(f"{key} must be a whole number, got {v!r}") from None
+        if v < 0 or (key in ("sample", "max_length") and v == 0):
+            raise StageError(f"{key} must be a positive whole number, got {v}")
+        argv += [flag, str(v)]
+        recorded[key] = v
+    outputs = {"dir": str(out), "stats": str(out / "stats.json")}
+    lib = params.get("library")
+    if lib:
+        if lib is True:
+            lib_path = settings.library_db
+        else:
+            try:
+                lib_path = settings.inside_workspace(lib)
+            except SettingsError as e:
+                raise StageError(f"library: {e}") from None
+        argv += ["--library", str(lib_path)]
+        outputs["library"] = recorded["library"] = str(lib_path)
+    return StageCommand(kind="prepare", argv=argv, cwd=PROJECT_ROOT, outputs=outputs, params=recorded)
+
+
+_PROGRESS = re.compile(
+    r"^progress lines=(\d+) kept=(\d+) duplicates=(\d+) rejected=(\d+) bytes=(\d+) total=(\d+) "
+    r"rate=(\d+) eta=([\d.]+)\s*$", re.M)
+_DONE = re.compile(r"^done (\{.*\})\s*$", re.M)
+
+
+def progress(log_text: str) -> Progress:
+    """Progress of a run from its log (the 'progress ...' and 'done {...}' lines)."""
+    done = _DONE.findall(log_text)
+    if done:
+        try:
+            s = json.loads(done[-1])
+            return Progress(fraction=1.0, done=s["lines"], total=s["lines"], eta_s=0.0,
+                            message=f"done: {s['kept']:,} kept ({s['train']:,} train, {s['val']:,} val, "
+                                    f"{s['test']:,} test), {s['duplicates']:,} duplicates, "
+                                    f"{sum(s['rejected'].values()):,} rejected, {s['seconds']:.1f} s")
+        except (ValueError, KeyError):
+            pass
+    found = _PROGRESS.findall(log_text)
+    if not found:
+        return Progress(message="starting")
+    lines, kept, dup, rej, b, total, rate, eta = found[-1]
+    frac = min(int(b) / max(int(total), 1), 1.0)
+    return Progress(fraction=frac, done=int(lines), total=None, eta_s=float(eta),
+                    message=f"{int(lines):,} lines read ({frac:.0%}), {int(kept):,} kept, {int(dup):,} duplicates, "
+                            f"{int(rej):,} rejected, {int(rate):,} lines/s")
+
+
+def verify(cmd: StageCommand, log_text: str) -> str | None:
+    """After exit 0: None if stats.json is there, consistent, and the data files exist."""
+    stats_path = Path(cmd.outputs["stats"])
+    try:
+        s = json.loads(stats_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{stats_path} is missing: the run did not finish"
+    except ValueError as e:
+        return f"{stats_path} is not valid JSON: {e}"
+    try:
+        total = s["kept"] + s["duplicates"] + sum(s["rejected"].values())
+        if s["lines"] != total:
+            return f"stats.json does not add up: lines {s['lines']} != kept + duplicates + rejected = {total}"
+        if s["train"] + s["val"] + s["test"] > s["kept"]:
+            return "stats.json: train + val + test exceed the kept recipes"
+    except (KeyError, TypeError) as e:
+        return f"stats.json lacks a field: {e}"
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        if not (stats_path.parent / name).is_file():
+            return f"{name} is missing in {stats_path.parent}"
+    if s["train"] == 0:
+        return "no training recipe was kept; look at rejects.jsonl for why lines were rejected"
+    return None
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.prepare_data",
+                                 description="XiaChuFang corpus -> XTuner conversation JSONL (+ recipe library).")
+    ap.add_argument("input", help="corpus: .json/.jsonl (one object a line), .gz or .zip")
+    ap.add_argument("--out", required=True, help="output folder for train/val/test.jsonl, stats.json, rejects.jsonl")
+    ap.add_argument("--sample", type=int, help="keep at most N training recipes (a uniform sample by hash)")
+    ap.add_argument("--val", type=int, default=DEFAULTS["val"], help="validation recipes (default %(default)s)")
+    ap.add_argument("--test", type=int, default=DEFAULTS["test"], help="test recipes (default %(default)s)")
+    ap.add_argument("--holdout", type=float, default=DEFAULTS["holdout"],
+                    help="share of the hash range reserved for val+test, never trained on (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="salt of the split hash (default 0)")
+    ap.add_argument("--library", help="also (re)build this recipe library SQLite file from the kept recipes")
+    ap.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
+                    help="training length: drop conversations longer than this many characters "
+                         "(~ tokens for Chinese) (default %(default)s)")
+    ap.add_argument("--workers", type=int, help="parser processes (default: CPU count; 0 = none)")
+    ap.add_argument("--progress-every", type=float, default=1.0, help="seconds between progress reports")
+    ap.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="bytes per work unit (default %(default)s)")
+    args = ap.parse_args(argv)
+    if args.sample is not None and args.sample <= 0:
+        ap.error("--sample must be positive")
+    if args.val < 0 or args.test < 0:
+        ap.error("--val and --test must be >= 0")
+    if args.block_size < 1024:
+        ap.error("--block-size must be at least 1024")
+    try:
+        stats = run(args.input, args.out, sample=args.sample, val=args.val, test=args.test, holdout=args.holdout,
+                    seed=args.seed, library=args.library, max_length=args.max_length, workers=args.workers,
+                    progress_every=args.progress_every, block_size=args.block_size, tty=sys.stderr.isatty())
+    except (CorpusError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: previous outputs left unchanged", file=sys.stderr)
+        return 130
+    rej = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["rejected"].items()) if v) or "none"
+    print(f"{stats['lines']:,} lines in {stats['seconds']:.1f} s ({stats['records_per_s']:,}/s): "
+          f"{stats['kept']:,} kept -> train {stats['train']:,}, val {stats['val']:,}, test {stats['test']:,}; "
+          f"{stats['duplicates']:,} duplicates; rejected: {rej}. Outputs in {args.out}", file=sys.stderr)
+    print("done " + json.dumps({k: stats[k] for k in ("lines", "kept", "duplicates", "rejected", "train", "val",
+                                                      "test", "seconds")}, ensure_ascii=False), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""backend.library: the recipe library (real SQLite files, real processes)."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from backend.library import Library, LibraryBuilder, canon, ensure_library, query_terms
+from pipeline.corpus import iter_recipes
+from tests.conftest import SAMPLE_RECIPES
+
+N_SAMPLE = sum(1 for line in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+@pytest.fixture
+def lib(settings):
+    return ensure_library(settings)
+
+
+def names(results):
+    return [r["name"] for r in results]
+
+
+def test_ensure_library_fills_once(settings):
+    lib = ensure_library(settings)
+    assert lib.count() == N_SAMPLE >= 60
+    assert settings.library_db.exists()
+    assert sqlite3.connect(settings.library_db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ensure_library(settings).count() == N_SAMPLE  # idempotent
+
+
+def _ensure(ws: str) -> int:
+    import os
+
+    os.environ["RECIPE_WORKSPACE"] = ws
+    from backend.settings import load_settings
+
+    s = load_settings()
+    return ensure_library(s).count()
+
+
+def test_ensure_library_from_two_processes_at_once(workspace):
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(3) as pool:
+        counts = pool.map(_ensure, [str(workspace)] * 3)
+    assert counts == [N_SAMPLE] * 3
+    assert Library(workspace / "library.db").count() == N_SAMPLE
+
+
+@pytest.mark.parametrize("query,expected", [
+    ("番茄炒蛋的做法", "西红柿炒鸡蛋"),   # synonyms: 番茄=西红柿, 蛋=鸡蛋
+    ("西红柿炒鸡蛋", "西红柿炒鸡蛋"),
+    ("红烧肉怎么做？", "红烧肉"),
+    ("红烧肉的做法", "红烧肉"),
+    ("请告诉我宫保鸡丁的做法", "宫保鸡丁"),
+    ("我想做麻婆豆腐，需要准备什么，怎么做？", "麻婆豆腐"),
+    ("可乐鸡翅要怎么做才好吃？", "可乐鸡翅"),
+    ("教我做酸辣马铃薯丝", "酸辣土豆丝"),   # 马铃薯=土豆
+    ("蛋炒饭", "蛋炒饭"),
+    ("鱼香肉丝", "鱼香肉丝"),
+])
+def test_search_by_dish_name(lib, query, expected):
+    res = lib.search(query)
+    assert res and res[0]["name"] == expected, names(res)
+    r = res[0]
+    assert isinstance(r["id"], int) and isinstance(r["score"], float)
+    assert r["ingredients"] and all(isinstance(i, str) for i in r["ingredients"])
+    assert r["steps"] and all(isinstance(s, str) for s in r["steps"])
+    assert lib.get(r["id"])["name"] == expected
+    assert [x["score"] for x in res] == sorted((x["score"] for x in res), reverse=True)
+
+
+def test_search_by_ingredients_and_synonyms(lib):
+    res = lib.search("鸡蛋 西红柿")
+    assert res[0]["name"] in {"西红柿炒鸡蛋", "西红柿鸡蛋汤", "西红柿鸡蛋面"}
+    for r in res[:3]:
+        text = r["name"] + "".join(r["ingredients"])
+        assert "鸡蛋" in text and "西红柿" in text
+    assert names(lib.search("土豆")) == names(lib.search("洋芋")) == names(lib.search("马铃薯"))
+    assert "酸辣土豆丝" in names(lib.search("土豆"))
+    # 2-character words that a trigram index would miss
+    assert "韭菜炒鸡蛋" in names(lib.search("韭菜", limit=10))
+    assert len(lib.search("鸡蛋", limit=3)) == 3
+
+
+def test_search_returns_nothing_when_nothing_relevant(lib):
+    for q in ["量子力学", "", "   ", "？？", "hello world", "的做法"]:
+        assert lib.search(q) == [], q
+    assert lib.search("红烧肉", limit=0) == []
+    assert lib.get(10**9) is None
+
+
+def test_search_limit(lib):
+    assert len(lib.search("鸡蛋", limit=2)) == 2
+    assert len(lib.search("鸡蛋", limit=10)) <= 10
+
+
+def test_howtocook_library(howtocook, tmp_path):
+    lib = Library(tmp_path / "h.db")
+    assert lib.add_recipes(iter_recipes(howtocook)) == lib.count() > 300
+    assert lib.add_recipes(iter_recipes(howtocook)) == 0  # same dish and ingredients: skipped
+    assert names(lib.search("凉皮"))[0] == "凉皮"
+    assert "西红柿炒鸡蛋" in names(lib.search("番茄炒蛋怎么做"))
+    assert lib.search("红烧肉的做法")[0]["name"].endswith("红烧肉")
+
+
+def test_builder_swaps_content_atomically(tmp_path):
+    path = tmp_path / "lib.db"
+    lib = Library(path)
+    lib.add_recipes(iter_recipes(SAMPLE_RECIPES))
+    reader = Library(path)
+    assert reader.count() == N_SAMPLE
+    recipes = [json.loads(line) for line in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines()]
+
+    with pytest.raises(RuntimeError):
+        with LibraryBuilder(path) as b:
+            b.add(recipes[:5])
+            raise RuntimeError("interrupted")
+    assert reader.count() == N_SAMPLE and Library(path).count() == N_SAMPLE
+    assert not list(tmp_path.glob(".lib.db.*"))
+
+    with LibraryBuilder(path) as b:
+        b.add(recipes[:5])
+    assert b.added == 5
+    assert reader.count() == 5  # an open connection sees the new content
+    assert Library(path).count() == 5
+    assert reader.search(recipes[0]["name"])[0]["name"] == recipes[0]["name"]
+    assert reader.search(recipes[10]["name"]) == [] or reader.search(recipes[10]["name"])[0]["name"] != recipes[10]["name"]
+
+
+def test_query_terms_and_canon():
+    assert query_terms("番茄炒蛋的做法") == ["番茄炒鸡蛋"]
+    assert query_terms("红烧肉怎么做？") == ["红烧肉"]
+    assert query_terms("鸡蛋 西红柿") == ["鸡蛋", "番茄"]
+    assert query_terms("鸡蛋和西红柿能做什么菜") == ["鸡蛋", "番茄"]
+    assert canon("皮蛋瘦肉粥") == "皮蛋瘦肉粥" and canon("咸蛋黄") == "咸蛋黄" and canon("蛋糕") == "蛋糕"
+    assert canon("洋芋丝") == canon("马铃薯丝") == "土豆丝"
