@@ -85,6 +85,19 @@ class Settings:
             raise SettingsError(f"path '{user_path}' is outside the workspace {root}; choose a path inside it")
         return resolved
 
+    def user_path(self, user_path: str | os.PathLike, allowed: tuple = ()) -> Path:
+        """Like inside_workspace, but a path equal to one of ``allowed`` (paths the operator
+        configured in settings, or files shipped with the project) is accepted wherever it is."""
+        def absolute(v) -> Path:
+            p = Path(v).expanduser()
+            return (p if p.is_absolute() else self.workspace / p).resolve()
+
+        wanted = absolute(user_path)
+        for a in allowed:
+            if a and absolute(a) == wanted:
+                return wanted
+        return self.inside_workspace(user_path)
+
 
 # key -> (environment variable, type)
 _KEYS: dict[str, tuple[str, type]] = {

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.stage import Progress, StageCommand, StageError
+from pipeline.stage import Progress, StageCommand, StageError, user_path
 from pipeline import xtuner_log
 
 ADAPTER_DIR = "hf_adapter"
@@ -43,7 +43,7 @@ def load_run(settings, run_name: str) -> tuple[Path, dict]:
 
 
 def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = False) -> StageCommand:
-    from backend.settings import PROJECT_ROOT, SettingsError
+    from backend.settings import PROJECT_ROOT
     from pipeline.train import train_python
 
     python = train_python()
@@ -53,10 +53,7 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
             "--work-dir", str(work), "--out", str(rdir / ADAPTER_DIR)]
     if checkpoint:
         p = Path(checkpoint)
-        try:
-            ckpt = settings.inside_workspace(p if p.is_absolute() or len(p.parts) > 1 else work / p)
-        except SettingsError as e:
-            raise StageError(f"checkpoint: {e}") from None
+        ckpt = user_path(settings, p if p.is_absolute() or len(p.parts) > 1 else work / p, "checkpoint")
         if ckpt.parent != work.resolve() or not re.fullmatch(r"iter_\d+\.pth", ckpt.name):
             raise StageError(f"checkpoint must be one of the run's iter_N.pth files in {work}")
         if not ckpt.exists():

@@ -25,7 +25,7 @@ from pathlib import Path
 from pipeline import eval_results
 from pipeline.opencompass_cfg.models import hf_chat_model, model_abbr, turbomind_chat_model
 from pipeline.opencompass_cfg.testset import read_questions
-from pipeline.stage import Progress, StageCommand, StageError
+from pipeline.stage import Progress, StageCommand, StageError, user_path
 
 CONFIG_FILE = "eval_config.py"
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -100,21 +100,8 @@ def turbomind_ready() -> tuple[bool, str]:
 
 
 # ---- parameters ----------------------------------------------------------------------------
-def _user_path(settings, value: str, allowed: tuple[str, ...] = ()) -> Path:
-    """A path typed by the operator: inside the workspace, unless it is one the settings name."""
-    for a in allowed:
-        if a and str(value) == str(a):
-            return Path(a).expanduser().resolve()
-    from backend.settings import SettingsError
-
-    try:
-        return settings.inside_workspace(value)
-    except SettingsError as e:
-        raise StageError(str(e)) from None
-
-
 def _model_folder(settings, value: str, what: str) -> Path:
-    p = _user_path(settings, value, (settings.base_model, settings.model))
+    p = user_path(settings, value, what, (settings.base_model, settings.model))
     if not (p / "config.json").is_file():
         raise StageError(f"{what} '{value}' is not a Hugging Face model folder (no config.json in {p}); "
                          f"choose a merged model under {settings.models_dir} or the base model folder")
@@ -123,9 +110,9 @@ def _model_folder(settings, value: str, what: str) -> Path:
 
 def _test_file(settings, test_file: str, data_dir: str) -> Path:
     if test_file:
-        p = _user_path(settings, test_file)
+        p = user_path(settings, test_file, "test_file")
     elif data_dir:
-        p = _user_path(settings, data_dir) / "test.jsonl"
+        p = user_path(settings, data_dir, "data_dir") / "test.jsonl"
     else:
         found = sorted(settings.data_dir.glob("*/test.jsonl"), key=lambda f: f.stat().st_mtime)
         if not found:
@@ -274,9 +261,8 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
 
     ceval_dir, subjects = None, []
     if ceval:
-        root = ceval_data or settings.ceval_data
-        if ceval_data and ceval_data != settings.ceval_data:
-            root = str(_user_path(settings, ceval_data))
+        root = str(user_path(settings, ceval_data, "ceval_data", (settings.ceval_data,))) if ceval_data \
+            else settings.ceval_data
         ceval_dir = ceval_folder(root)
         if ceval_dir is None:
             raise StageError(ceval_missing_message(root))

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.stage import Progress, StageCommand, StageError
+from pipeline.stage import Progress, StageCommand, StageError, user_path
 from pipeline import xtuner_log
 
 MANIFEST = "recipe_model.json"
@@ -72,7 +72,7 @@ def model_name(value: str) -> str:
 
 def command(settings, run_name: str = "", adapter: str = "", base_model: str = "", name: str = "",
             device: str = "auto") -> StageCommand:
-    from backend.settings import PROJECT_ROOT, SettingsError
+    from backend.settings import PROJECT_ROOT
     from pipeline.convert import ADAPTER_DIR, load_run
     from pipeline.train import _model_dir, cuda_available, train_python
 
@@ -82,10 +82,7 @@ def command(settings, run_name: str = "", adapter: str = "", base_model: str = "
     if run_name:
         rdir, record = load_run(settings, run_name)
     if adapter:
-        try:
-            adapter_dir = settings.inside_workspace(adapter)
-        except SettingsError as e:
-            raise StageError(f"adapter: {e}") from None
+        adapter_dir = user_path(settings, adapter, "adapter")
         if not (adapter_dir / "adapter_config.json").is_file():
             raise StageError(f"{adapter_dir} is not a LoRA adapter (no adapter_config.json); run the convert stage")
     elif rdir is not None:

@@ -45,7 +45,7 @@ import orjson
 from pipeline import prepare_worker as W
 from pipeline.corpus import REASONS, CorpusError, iter_blocks, open_corpus
 from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet
-from pipeline.stage import Progress, StageCommand, StageError
+from pipeline.stage import Progress, StageCommand, StageError, user_path
 
 OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl", "stats.json")
 DEFAULTS = {"val": 500, "test": 500, "holdout": 0.02, "max_length": 2048, "seed": 0}
@@ -322,25 +322,17 @@ def command(settings, **params) -> StageCommand:
     library settings.library_db)."""
     from backend.envs import env_python
     from backend.library import SAMPLE_RECIPES
-    from backend.settings import PROJECT_ROOT, SettingsError
+    from backend.settings import PROJECT_ROOT
 
     raw_input = str(params.get("input") or settings.corpus or SAMPLE_RECIPES)
-    if Path(raw_input).expanduser().resolve() == SAMPLE_RECIPES.resolve():
-        input_path = SAMPLE_RECIPES.resolve()
-    else:
-        try:
-            input_path = settings.inside_workspace(raw_input)
-        except SettingsError as e:
-            raise StageError(f"input: {e} (or use the sample corpus {SAMPLE_RECIPES})") from None
+    # the configured corpus (RECIPE_CORPUS) and the bundled sample may live outside the workspace
+    input_path = user_path(settings, raw_input, "input", (settings.corpus, SAMPLE_RECIPES))
     if not input_path.is_file():
         raise StageError(f"input {input_path} does not exist; put the corpus (.json/.jsonl/.gz/.zip) in the "
                          f"workspace {settings.workspace} and give its path")
     if not input_path.name.lower().endswith((".json", ".jsonl", ".gz", ".zip")):
         raise StageError(f"input {input_path.name}: expected a .json, .jsonl, .gz or .zip corpus")
-    try:
-        out = settings.inside_workspace(params.get("out") or settings.data_dir / "prepared")
-    except SettingsError as e:
-        raise StageError(f"out: {e}") from None
+    out = user_path(settings, params.get("out") or settings.data_dir / "prepared", "out")
     if out.exists() and not out.is_dir():
         raise StageError(f"out {out} exists and is not a directory; choose another output folder")
     argv = [str(env_python("app")), "-m", "pipeline.prepare_data", str(input_path), "--out", str(out)]
@@ -364,10 +356,7 @@ def command(settings, **params) -> StageCommand:
         if lib is True:
             lib_path = settings.library_db
         else:
-            try:
-                lib_path = settings.inside_workspace(lib)
-            except SettingsError as e:
-                raise StageError(f"library: {e}") from None
+            lib_path = user_path(settings, lib, "library")
         argv += ["--library", str(lib_path)]
         outputs["library"] = recorded["library"] = str(lib_path)
     return StageCommand(kind="prepare", argv=argv, cwd=PROJECT_ROOT, outputs=outputs, params=recorded)

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.stage import Progress, StageCommand, StageError
+from pipeline.stage import Progress, StageCommand, StageError, user_path
 from pipeline import xtuner_log
 
 LMDEPLOY_DATASETS = ("wikitext2", "c4", "pileval", "gsm8k", "neuralmagic_calibration", "open-platypus",
@@ -44,15 +44,11 @@ def lmdeploy_installed() -> bool:
 
 
 def _model_folder(settings, model: str) -> Path:
-    from backend.settings import SettingsError
 
     if not model:
         raise StageError("choose the merged model to quantise")
     p = settings.models_dir / model if "/" not in model and "\\" not in model else Path(model)
-    try:
-        path = settings.inside_workspace(p)
-    except SettingsError as e:
-        raise StageError(f"model: {e}") from None
+    path = user_path(settings, p, "model")
     if not (path / "config.json").is_file():
         raise StageError(f"{path} is not a model folder (no config.json); merge a model first")
     return path

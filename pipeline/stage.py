@@ -52,6 +52,17 @@ class Progress:
     samples: list[str] = field(default_factory=list)  # e.g. evaluation answers printed in training
 
 
+def user_path(settings, value, what: str, allowed: tuple = ()) -> Path:
+    """A path typed by the operator: inside the workspace, or one of ``allowed`` (configured in
+    settings or shipped with the project). StageError names the field otherwise."""
+    from backend.settings import SettingsError
+
+    try:
+        return settings.user_path(value, allowed)
+    except SettingsError as e:
+        raise StageError(f"{what}: {e}") from None
+
+
 def stage_module(kind: str):
     if kind not in STAGE_MODULES:
         raise StageError(f"unknown stage {kind!r}; known stages: {', '.join(STAGE_MODULES)}")

@@ -28,7 +28,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.stage import Progress, StageCommand, StageError
+from pipeline.stage import Progress, StageCommand, StageError, user_path
 from pipeline import xtuner_log
 
 # template name -> path under xtuner/configs; the variable that holds its dataset path
@@ -154,23 +154,10 @@ def _questions(v) -> list[str]:
 
 def _model_dir(settings, value: str) -> Path:
     """The base model folder: the configured ``base_model`` setting, or a folder in the workspace."""
-    from backend.settings import SettingsError
-
     if not value:
         raise StageError("no base model: set base_model in Settings (RECIPE_BASE_MODEL) or choose a "
                          "model folder inside the workspace")
-    def absolute(v: str) -> Path:
-        p = Path(v).expanduser()
-        return (p if p.is_absolute() else settings.workspace / p).resolve()
-
-    configured = absolute(settings.base_model) if settings.base_model else None
-    if configured is not None and absolute(value) == configured:
-        path = configured  # the machine's configured base model may live outside the workspace
-    else:
-        try:
-            path = settings.inside_workspace(value)
-        except SettingsError as e:
-            raise StageError(f"base model: {e} (or set it as base_model in Settings)") from None
+    path = user_path(settings, value, "base model", (settings.base_model,))
     if not (path / "config.json").is_file():
         raise StageError(f"base model folder {path} has no config.json; give a local Hugging Face model "
                          "folder (nothing is downloaded)")
@@ -201,7 +188,6 @@ def check_tokenizer(model: Path) -> None:
 
 
 def _data_file(settings, value: str) -> Path:
-    from backend.settings import SettingsError
 
     if not value:
         found = sorted(settings.data_dir.glob("*/train.jsonl"), key=lambda p: p.stat().st_mtime)
@@ -209,10 +195,7 @@ def _data_file(settings, value: str) -> Path:
             raise StageError(f"no training data in {settings.data_dir}: run the prepare stage first")
         path = found[-1]
     else:
-        try:
-            path = settings.inside_workspace(value)
-        except SettingsError as e:
-            raise StageError(f"data: {e}") from None
+        path = user_path(settings, value, "data")
         if path.is_dir():
             path = path / "train.jsonl"
     if not path.is_file():

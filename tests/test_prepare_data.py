@@ -331,3 +331,20 @@ def test_digest_set_matches_a_python_set_across_merges():
                 assert o == KEPT
                 seen.add(x)
     assert len(d) == len(seen) and d.n > 0 and all(x in d for x in list(seen)[:50])
+
+
+def test_configured_corpus_outside_the_workspace_is_accepted(settings, tmp_path, monkeypatch):
+    """RECIPE_CORPUS names the real corpus wherever the operator keeps it; other outside paths stay refused."""
+    from backend.settings import load_settings
+
+    corpus = tmp_path / "outside" / "recipe_corpus_full.jsonl"
+    corpus.parent.mkdir()
+    corpus.write_text(SAMPLE_RECIPES.read_text(encoding="utf-8"), encoding="utf-8")
+    monkeypatch.setenv("RECIPE_CORPUS", str(corpus))
+    s = load_settings()
+    cmd = prepare_data.command(s)
+    assert str(corpus.resolve()) in cmd.argv
+    other = tmp_path / "outside" / "other.jsonl"
+    other.write_text("{}\n")
+    with pytest.raises(StageError, match="outside the workspace"):
+        prepare_data.command(s, input=str(other))

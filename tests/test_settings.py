@@ -73,3 +73,13 @@ def test_paths_stay_inside_workspace(workspace, tmp_path):
     (workspace / "link").symlink_to(tmp_path)
     with pytest.raises(SettingsError):
         s.inside_workspace("link/file")
+
+
+def test_configured_paths_may_live_outside_the_workspace(workspace, tmp_path, monkeypatch):
+    corpus = tmp_path / "corpus.jsonl"
+    monkeypatch.setenv("RECIPE_CORPUS", str(corpus))
+    s = load_settings()
+    assert s.user_path(str(corpus), (s.corpus,)) == corpus.resolve()
+    with pytest.raises(SettingsError, match="outside the workspace"):
+        s.user_path(str(tmp_path / "other.jsonl"), (s.corpus,))
+    assert s.user_path("data/x", (s.corpus,)) == workspace.resolve() / "data" / "x"
