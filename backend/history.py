@@ -16,6 +16,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from backend.sqlite_tx import write_transaction
+
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 30
 BUSY_TIMEOUT_S = 60
@@ -61,14 +63,8 @@ class History:
 
     @contextmanager
     def _write(self):
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock now: no read-to-write upgrade failures
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self._db() as db, write_transaction(db):
+            yield db
 
     def _create_schema(self) -> None:
         with self._db() as db:

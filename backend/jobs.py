@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.settings import PROJECT_ROOT, Settings
+from backend.sqlite_tx import write_transaction
 from pipeline.stage import STAGE_MODULES, Progress, StageCommand, stage_module
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -252,14 +253,8 @@ class JobRunner:
     def transaction(self):
         """A write transaction taken at once (BEGIN IMMEDIATE): dispatchers in several
         processes claim queued jobs one at a time."""
-        with self.connection() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self.connection() as db, write_transaction(db):
+            yield db
 
     def get(self, job_id: int, wait_for_writers: bool = False) -> Job:
         """One job. wait_for_writers: read after any write transaction in progress commits

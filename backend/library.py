@@ -26,6 +26,7 @@ from pathlib import Path
 import orjson
 import sqlite_utils
 
+from backend.sqlite_tx import write_transaction
 from backend.settings import PROJECT_ROOT
 from pipeline.corpus import Recipe, fingerprint, iter_recipes
 from pipeline.recipe_format import dish_name
@@ -215,6 +216,21 @@ _INSERT = ("INSERT OR IGNORE INTO recipes (fp, name, name_key, ingredients, step
 _INSERT_FTS = "INSERT INTO recipes_fts (rowid, name, ing) VALUES (?,?,?)"
 
 
+def _insert(conn, recipes) -> int:
+    """Insert recipes (dicts or recipe_row tuples) and their full-text rows; returns how many
+    were new (a recipe already present is skipped)."""
+    added = 0
+    for r in recipes:
+        row = r if isinstance(r, tuple) else recipe_row(r)
+        if row is None:
+            continue
+        cur = conn.execute(_INSERT, row[:9])
+        if cur.rowcount == 1:
+            conn.execute(_INSERT_FTS, (cur.lastrowid, row[9], row[10]))
+            added += 1
+    return added
+
+
 class Library:
     """A recipe library in one SQLite file. Safe to share between threads of one process."""
 
@@ -249,15 +265,8 @@ class Library:
 
     @contextlib.contextmanager
     def _write(self):
-        with self._lock:
-            conn = self.db.conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._lock, write_transaction(self.db.conn) as conn:
+            yield conn
 
     def close(self) -> None:
         self.db.conn.close()
@@ -271,14 +280,7 @@ class Library:
         with self._write() as conn:
             if only_if_empty and conn.execute("SELECT EXISTS (SELECT 1 FROM recipes)").fetchone()[0]:
                 return 0
-            for r in recipes:
-                row = r if isinstance(r, tuple) else recipe_row(r)
-                if row is None:
-                    continue
-                cur = conn.execute(_INSERT, row[:9])
-                if cur.rowcount == 1:
-                    conn.execute(_INSERT_FTS, (cur.lastrowid, row[9], row[10]))
-                    added += 1
+            added = _insert(conn, recipes)
         return added
 
     # -- reading --
@@ -400,15 +402,7 @@ class LibraryBuilder:
         return self
 
     def add(self, recipes) -> None:
-        conn = self.lib.db.conn
-        for r in recipes:
-            row = r if isinstance(r, tuple) else recipe_row(r)
-            if row is None:
-                continue
-            cur = conn.execute(_INSERT, row[:9])
-            if cur.rowcount == 1:
-                conn.execute(_INSERT_FTS, (cur.lastrowid, row[9], row[10]))
-                self.added += 1
+        self.added += _insert(self.lib.db.conn, recipes)
 
     def __exit__(self, exc_type, exc, tb):
         try:

@@ -101,3 +101,39 @@ def tiny_model(tmp_path_factory) -> Path:
     subprocess.run([str(py), "-m", "pipeline.tiny_model", str(out)], cwd=ROOT, check=True,
                    capture_output=True, text=True)
     return out
+
+
+@pytest.fixture
+def no_leftover_jobs(settings):
+    """A failing test must not leave its jobs running on the machine."""
+    yield
+    from backend.jobs import JobRunner
+
+    runner = JobRunner(settings)
+    for job in runner.list(limit=1000):
+        if not job.finished:
+            runner.cancel(job.id)
+
+
+@pytest.fixture
+def library(settings):
+    """The workspace's recipe library, built from data/sample_recipes.jsonl as the app does."""
+    from backend.chat_service import open_library
+
+    lib = open_library(settings)
+    assert lib is not None and lib.count() > 0
+    return lib
+
+
+@pytest.fixture
+def history(settings):
+    from backend.history import History
+
+    return History(settings.app_db)
+
+
+@pytest.fixture
+def tiny_engine(tiny_model):
+    from backend.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(tiny_model, device="cpu")

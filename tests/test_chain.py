@@ -28,13 +28,7 @@ def wait_chain(settings, chain_id: int, timeout: float = 300):
     raise AssertionError(f"chain {chain_id} still running: {[(j.kind, j.status) for j in ch.jobs]}")
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_jobs(settings):
-    yield
-    runner = JobRunner(settings)
-    for job in runner.list(limit=1000):
-        if not job.finished:
-            runner.cancel(job.id)
+pytestmark = pytest.mark.usefixtures("no_leftover_jobs")
 
 
 TRAIN_QUICK = {"run_name": "r1", "max_iters": 2, "max_length": 256, "log_interval": 1,

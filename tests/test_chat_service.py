@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from backend.chat_service import ChatService, answer_markdown, build_messages, open_library
+from backend.chat_service import ChatService, answer_markdown, build_messages
 from backend.engines import GenerationParams
 from backend.engines.library_engine import LibraryEngine
-from backend.history import History, HistoryError
+from backend.history import HistoryError
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
-
-
-@pytest.fixture
-def library(settings):
-    lib = open_library(settings)
-    assert lib is not None and lib.count() > 0
-    return lib
-
-
-@pytest.fixture
-def history(settings):
-    return History(settings.app_db)
-
-
-@pytest.fixture
-def tiny_engine(tiny_model):
-    from backend.engines.transformers_engine import TransformersEngine
-
-    return TransformersEngine(tiny_model, device="cpu")
 
 
 def _turns(n):

@@ -18,22 +18,6 @@ from pipeline.recipe_format import parse_answer
 ASK = [{"role": "system", "content": "你是厨师"}, {"role": "user", "content": "番茄炒蛋的做法"}]
 
 
-@pytest.fixture
-def library(settings):
-    from backend.chat_service import open_library
-
-    lib = open_library(settings)
-    assert lib is not None and lib.count() > 0
-    return lib
-
-
-@pytest.fixture
-def tiny_engine(tiny_model):
-    from backend.engines.transformers_engine import TransformersEngine
-
-    return TransformersEngine(tiny_model, device="cpu")
-
-
 @pytest.fixture(autouse=True)
 def _release():
     yield

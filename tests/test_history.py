@@ -11,11 +11,6 @@ import pytest
 from backend.history import History, HistoryError
 
 
-@pytest.fixture
-def history(settings):
-    return History(settings.app_db)
-
-
 def test_conversation_lifecycle_and_persistence(history, settings):
     a = history.create_conversation()
     history.add_message(a, "user", "番茄炒蛋的做法")

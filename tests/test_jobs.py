@@ -18,14 +18,7 @@ from pipeline.stage import StageCommand
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def _no_leftover_jobs(settings):
-    """A failing test must not leave its jobs running on the machine."""
-    yield
-    runner = JobRunner(settings)
-    for job in runner.list(limit=1000):
-        if not job.finished:
-            runner.cancel(job.id)
+pytestmark = pytest.mark.usefixtures("no_leftover_jobs")
 
 
 def wait_until(pred, what: str, timeout: float = 60.0):

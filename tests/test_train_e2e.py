@@ -1,4 +1,4 @@
-"""End to end on CPU, for real: recipes -> conversation data -> XTuner training of a tiny local
+"""End to end on CPU, for real: the sample corpus -> prepare_data -> XTuner training of a tiny local
 model for a few iterations in the training environment -> pth_to_hf -> merge -> the merged model
 answers a chat through the app's transformers engine.
 
@@ -16,48 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import convert, merge, train
-from pipeline.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
+from pipeline import convert, merge, prepare_data, train
+from pipeline.recipe_format import SYSTEM_PROMPT, question
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_RECIPES = ROOT / "data" / "sample_recipes.jsonl"
-HAND_WRITTEN = [
-    {"name": "红烧肉", "keywords": ["红烧肉的做法"],
-     "recipeIngredient": ["五花肉 500g", "冰糖 30g", "生抽 2勺", "老抽 1勺", "姜 3片"],
-     "recipeInstructions": ["五花肉切块焯水", "小火炒糖色", "下肉翻炒上色", "加生抽老抽和热水", "小火炖一小时收汁"]},
-    {"name": "西红柿炒鸡蛋", "keywords": ["西红柿炒鸡蛋的做法"],
-     "recipeIngredient": ["西红柿 2个", "鸡蛋 3个", "盐 适量", "糖 少许"],
-     "recipeInstructions": ["鸡蛋打散炒熟盛出", "西红柿切块炒出汁", "倒回鸡蛋", "加盐和糖翻匀出锅"]},
-    {"name": "凉拌黄瓜", "keywords": ["凉拌黄瓜的做法"],
-     "recipeIngredient": ["黄瓜 2根", "蒜 3瓣", "醋 2勺", "香油 1勺"],
-     "recipeInstructions": ["黄瓜拍碎切段", "蒜切末", "加醋香油和盐拌匀"]},
-    {"name": "蛋炒饭", "keywords": ["蛋炒饭的做法"],
-     "recipeIngredient": ["米饭 1碗", "鸡蛋 2个", "葱 1根", "盐 适量"],
-     "recipeInstructions": ["鸡蛋炒散", "下米饭炒松", "加盐和葱花翻匀"]},
-]
 ITERS = 6
 TIMINGS: dict[str, float] = {}
-
-
-def recipes() -> list[dict]:
-    if SAMPLE_RECIPES.exists():
-        out = [json.loads(line) for line in SAMPLE_RECIPES.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-        if out:
-            return out[:40]
-    return HAND_WRITTEN
-
-
-def write_training_data(path: Path) -> int:
-    """XTuner conversation records, one per recipe (the format pipeline.prepare_data writes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i, r in enumerate(recipes()):
-        name = dish_name(r)
-        if name and r.get("recipeInstructions"):
-            lines.append(json.dumps({"conversation": [{"system": SYSTEM_PROMPT, "input": question(name, i),
-                                                       "output": recipe_answer(r)}]}, ensure_ascii=False))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return len(lines)
 
 
 def run_stage(mod, cmd, log: Path) -> str:
@@ -76,8 +39,11 @@ def run_stage(mod, cmd, log: Path) -> str:
 def test_prepare_train_convert_merge_chat(settings, tiny_model, train_python):
     base = settings.workspace / "base" / "tiny"
     shutil.copytree(tiny_model, base)
-    n = write_training_data(settings.data_dir / "e2e" / "train.jsonl")
-    assert n >= 4
+    # ---- prepare: the bundled sample corpus, through the real converter ------------------------
+    cmd = prepare_data.command(settings, out="data/e2e")
+    run_stage(prepare_data, cmd, settings.logs_dir / "prepare.log")
+    stats = json.loads((settings.data_dir / "e2e" / "stats.json").read_text(encoding="utf-8"))
+    assert stats["train"] >= 40
 
     # ---- train -------------------------------------------------------------------------------
     cmd = train.command(settings, run_name="e2e", base_model="base/tiny", data="data/e2e", max_iters=ITERS,
