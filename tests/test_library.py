@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
+import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
 from backend.library import Library, LibraryBuilder, canon, ensure_library, query_terms
 from pipeline.corpus import iter_recipes
-from tests.conftest import SAMPLE_RECIPES
+from tests.conftest import ROOT, SAMPLE_RECIPES
 
 N_SAMPLE = sum(1 for line in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines() if line.strip())
 
@@ -31,20 +33,16 @@ def test_ensure_library_fills_once(settings):
     assert ensure_library(settings).count() == N_SAMPLE  # idempotent
 
 
-def _ensure(ws: str) -> int:
-    import os
-
-    os.environ["RECIPE_WORKSPACE"] = ws
-    from backend.settings import load_settings
-
-    s = load_settings()
-    return ensure_library(s).count()
-
-
 def test_ensure_library_from_two_processes_at_once(workspace):
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(3) as pool:
-        counts = pool.map(_ensure, [str(workspace)] * 3)
+    """Three app processes starting at once on an empty workspace fill the library once.
+    (Real processes started with subprocess: multiprocessing's spawn would re-run whatever
+    AppTest left in __main__.)"""
+    code = ("from backend.settings import load_settings; from backend.library import ensure_library; "
+            "print(ensure_library(load_settings()).count())")
+    env = {**os.environ, "RECIPE_WORKSPACE": str(workspace)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    counts = [int(p.communicate(timeout=120)[0]) for p in procs]
     assert counts == [N_SAMPLE] * 3
     assert Library(workspace / "library.db").count() == N_SAMPLE
 
