@@ -1,11 +1,17 @@
 """Corpus conversion: pipeline.prepare_data vs the tutorial's converter, side by side in one run.
 
-Both convert the same clean 200k-record corpus written by ../shared/tools/synth_corpus.py;
-then the converter alone converts 1M records, to show that its memory stays flat.
-Peak memory is the largest sum of PSS (proportional set size: shared pages split between the
-processes that share them) over the process and all its children, sampled every 20 ms.
+Both convert the same clean 200k-record corpus written by ../shared/tools/synth_corpus.py,
+--repeat times each, alternating (so that a change in the machine's load hits both); the table
+shows each run and the ratio of the medians. Then the converter alone converts 1M records, to
+show that its memory stays flat.
+Seconds are wall time; CPU s is user + system time of the process and all its children (the
+worker processes included: they are reaped before the converter exits), which depends less on
+what else the machine runs. Peak memory is the largest sum of PSS (proportional set size:
+shared pages split between the processes that share them) over the process and all its
+children, sampled every 20 ms. Files written (outputs, the workers' spool files) are page
+cache, not process memory, for both converters.
 
-    python -m bench.bench_prepare [--records 200000] [--big 1000000] [--workers N]
+    python -m bench.bench_prepare [--records 200000] [--big 1000000] [--workers N] [--repeat 3]
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -101,6 +108,7 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--big", type=int, default=1_000_000, help="records for the memory check (0: skip)")
     ap.add_argument("--workers", type=int, help="prepare_data --workers (default: its own choice)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each converter (default %(default)s)")
     args = ap.parse_args()
     py = sys.executable
     src = corpus(args.records)
@@ -111,24 +119,39 @@ def main() -> int:
     print(f"corpus: {src.name} ({src.stat().st_size / 1e6:,.0f} MB, {args.records:,} records); "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    t_tut, c_tut, m_tut = measure([py, "-m", "bench.tutorial_converter", str(src), str(work / "tutorial")])
-    shutil.rmtree(work, ignore_errors=True)
-    t_new, c_new, m_new = measure([py, "-m", "pipeline.prepare_data", str(src), "--out", str(work / "new"), *extra])
-    stats = json.loads((work / "new" / "stats.json").read_text())
-    rate_tut, rate_new = args.records / t_tut, args.records / t_new
+    tut_argv = [py, "-m", "bench.tutorial_converter", str(src), str(work / "tutorial")]
+    new_argv = [py, "-m", "pipeline.prepare_data", str(src), "--out", str(work / "new"), *extra]
+    runs: dict[str, list] = {"tutorial (json, indent=4)": [], "pipeline.prepare_data": []}
     print(f"{'converter':<34}{'seconds':>9}{'records/s':>12}{'CPU s':>8}{'peak MB':>9}")
-    print(f"{'tutorial (json, indent=4)':<34}{t_tut:>9.2f}{rate_tut:>12,.0f}{c_tut:>8.2f}{m_tut:>9.0f}")
-    print(f"{'pipeline.prepare_data':<34}{t_new:>9.2f}{rate_new:>12,.0f}{c_new:>8.2f}{m_new:>9.0f}")
+    for i in range(max(args.repeat, 1)):
+        order = [("tutorial (json, indent=4)", tut_argv), ("pipeline.prepare_data", new_argv)]
+        for name, argv in order if i % 2 == 0 else order[::-1]:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            wall, cpu, peak = measure(argv)
+            runs[name].append((wall, cpu, peak))
+            print(f"{name:<34}{wall:>9.2f}{args.records / wall:>12,.0f}{cpu:>8.2f}{peak:>9.0f}", flush=True)
+    stats = json.loads((work / "new" / "stats.json").read_text()) if (work / "new").exists() else None
+    if stats is None:  # the last run was the tutorial's
+        measure(new_argv)
+        stats = json.loads((work / "new" / "stats.json").read_text())
+    (t_tut, c_tut, m_tut), (t_new, c_new, m_new) = (
+        (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), max(r[2] for r in v))
+        for v in runs.values())
+    rate_tut, rate_new = args.records / t_tut, args.records / t_new
+    print(f"{'median: tutorial':<34}{t_tut:>9.2f}{rate_tut:>12,.0f}{c_tut:>8.2f}{m_tut:>9.0f}")
+    print(f"{'median: pipeline.prepare_data':<34}{t_new:>9.2f}{rate_new:>12,.0f}{c_new:>8.2f}{m_new:>9.0f}")
     print(f"throughput ratio: {rate_new / rate_tut:.2f}x (target >= 4x); CPU time ratio {c_tut / c_new:.2f}x; "
-          f"prepare_data kept {stats['kept']:,}, duplicates {stats['duplicates']:,}, "
-          f"rejected {sum(stats['rejected'].values()):,}; train/val/test "
+          f"load average now {os.getloadavg()[0]:.1f}; prepare_data kept {stats['kept']:,}, duplicates "
+          f"{stats['duplicates']:,}, rejected {sum(stats['rejected'].values()):,}; train/val/test "
           f"{stats['train']:,}/{stats['val']:,}/{stats['test']:,}", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     if args.big:
         big = corpus(args.big)
-        t_big, _, m_big = measure([py, "-m", "pipeline.prepare_data", str(big), "--out", str(work / "big"), *extra])
+        t_big, c_big, m_big = measure([py, "-m", "pipeline.prepare_data", str(big), "--out", str(work / "big"), *extra])
         print(f"prepare_data peak memory: {m_new:.0f} MB at {args.records:,} records, {m_big:.0f} MB at "
-              f"{args.big:,} ({m_big / m_new:.2f}x; target <= 1.2x and <= 250 MB); {args.big / t_big:,.0f} records/s")
+              f"{args.big:,} ({m_big / m_new:.2f}x; target <= 1.2x and <= 250 MB); {args.big / t_big:,.0f} records/s, "
+              f"{c_big / args.big * 1e6:.1f} us CPU a record", flush=True)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -7,12 +7,12 @@ progress position. Used by pipeline.prepare_data (in worker processes) and backe
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import re
 import zipfile
 from dataclasses import dataclass
+from hashlib import blake2b
 from pathlib import Path
 
 import orjson
@@ -50,16 +50,17 @@ def clean_text(s: str) -> str:
 
 
 def _is_clean(raw: bytes | None, joined: str) -> bool:
-    """True when every string joined by '|' in `joined` is already what clean_text makes of it
-    (no junk, no surrounding or double whitespace, not empty).
+    """True when every string joined by single spaces in `joined` is already what clean_text
+    makes of it (no junk, no surrounding or double whitespace, not empty).
 
     isprintable() is False for every control, format (zero-width, bidi, BOM, tags) and
-    non-space whitespace character; astral-plane characters (emoji) show as 4-byte UTF-8 lead
-    bytes in the raw line, and escapes (which may hide anything) as backslashes. A '|' inside a
-    string can only cause a false alarm, never a miss."""
-    return (raw is not None and b"\\" not in raw and b"\xf0" not in raw and joined.isprintable()
-            and "  " not in joined and " |" not in joined and "| " not in joined and "||" not in joined
-            and joined[:1] not in " |" and joined[-1:] not in " |"
+    non-space whitespace character, so the only whitespace left is ' ': a double space then
+    means a double space inside a string, a leading or trailing space of one, or an empty
+    one. The junk that is printable is U+FE0E, U+FE0F and emoji in U+1F000-1FAFF: astral-plane
+    characters show as 4-byte UTF-8 lead bytes in the raw line, or as escaped surrogates."""
+    return (raw is not None and b"\xf0" not in raw
+            and (b"\\" not in raw or (b"\\ud" not in raw and b"\\uD" not in raw)) and joined.isprintable()
+            and "  " not in joined and joined[:1] not in ("", " ") and joined[-1] != " "
             and "\ufe0f" not in joined and "\ufe0e" not in joined)
 
 
@@ -86,10 +87,15 @@ class Recipe:
         }
 
 
+def fingerprint_bytes(name: str, ingredients: list[str]) -> bytes:
+    """fingerprint() as 8 little-endian bytes (what the converter's workers collect)."""
+    text = "\x1f".join((name, *sorted(ingredients)))
+    return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
 def fingerprint(name: str, ingredients: list[str]) -> int:
     """64-bit digest of a dish: same name and same ingredients (any order) -> same digest."""
-    text = "\x1f".join((name, *sorted(ingredients)))
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+    return int.from_bytes(fingerprint_bytes(name, ingredients), "little")
 
 
 def _strip_all(items: list) -> list[str] | None:
@@ -116,10 +122,6 @@ def check_recipe(obj, raw: bytes | None = None, meta: bool = True) -> Recipe | t
         return "wrong_type", f"recipeIngredient is {type(ings).__name__}"
     if type(steps) is not list:
         return "wrong_type", f"recipeInstructions is {type(steps).__name__}"
-    try:
-        joined = "|".join(ings) + "|" + "|".join(steps)
-    except TypeError:  # a non-string item
-        joined = None
     for key in ("name", "dish", "description", "author"):
         v = obj.get(key)
         if v is not None and type(v) is not str:
@@ -133,7 +135,11 @@ def check_recipe(obj, raw: bytes | None = None, meta: bool = True) -> Recipe | t
         if kws and kws[0].strip().lower() == "unknown":
             obj = {**obj, "keywords": kws[1:]}
     name = dish_name(obj)
-    if joined is None or not name or not _is_clean(raw, joined + "|" + name):  # slow path: clean
+    try:
+        clean = bool(name) and _is_clean(raw, " ".join([*ings, *steps, name]))
+    except TypeError:  # a non-string item
+        clean = False
+    if not clean:  # slow path: clean every string
         ings = _strip_all(ings)
         if ings is None:
             return "wrong_type", "recipeIngredient has a non-string item"

@@ -47,7 +47,7 @@ class DigestSet:
             self.buf = grown
         self.buf[self.n: self.n + m] = np.fromiter(self.recent, dtype=np.uint64, count=m)
         self.n += m
-        self.buf[: self.n].sort()
+        self.buf[: self.n].sort(kind="stable")  # timsort: a sorted run plus a short tail, merged in O(n)
         self.recent.clear()
 
     def resolve(self, digests: np.ndarray, status: np.ndarray) -> list[int]:
@@ -55,11 +55,22 @@ class DigestSet:
         and its status KEEP; the digest is added), DUPLICATE (digest seen before) or
         REJECTED_LONG (new digest but TOO_LONG; not added). Status SEEN means the worker had
         the digest as KEEP earlier, so it is here already: DUPLICATE."""
-        old = self._in_sorted(digests).tolist()
         recent = self.recent
+        seen = self._in_sorted(digests)
+        seen |= np.fromiter(map(recent.__contains__, digests.tolist()), dtype=bool, count=len(digests))
+        fresh = digests[~seen]
+        if len(set(fresh.tolist())) == len(fresh):  # no digest twice among the new ones: no order to keep
+            st = status[~seen]
+            fate = np.full(len(digests), DUPLICATE, dtype=np.uint8)
+            fate[~seen] = np.where(st == KEEP, KEPT, np.where(st == TOO_LONG, REJECTED_LONG, DUPLICATE))
+            recent.update(fresh[st == KEEP].tolist())
+            if len(recent) >= self.merge_at:
+                self._merge()
+            return fate.tolist()
+        old = seen.tolist()
         out = []
         for d, st, o in zip(digests.tolist(), status.tolist(), old):
-            if o or d in recent:
+            if o or d in recent:  # (recent grows in this loop)
                 out.append(DUPLICATE)
             elif st == KEEP:
                 recent.add(d)

@@ -18,8 +18,10 @@ band (the next --holdout/2) or training. --test/--val take the N recipes of lowe
 their band; the rest of a band is held out unused, so adding data never moves a held-out recipe
 into training. --sample N keeps the N training recipes of lowest hash (a uniform sample).
 
-Parsing and validation run in worker processes; order, deduplication and writing stay in
-this process. Progress goes to a progress bar on a terminal, else to "progress ..." lines that
+Parsing, validation and formatting run in worker processes, which read their own byte ranges
+of a plain input and write the training lines to spool files; order and deduplication stay in
+this process, which copies the lines it keeps from the spool files into place inside the
+kernel (copy_file_range), so the data itself never passes through a pipe or this process. Progress goes to a progress bar on a terminal, else to "progress ..." lines that
 pipeline.prepare_data.progress() parses for the Admin page.
 """
 from __future__ import annotations
@@ -58,6 +60,10 @@ class _Band:
 
     def __init__(self, n: int):
         self.n, self.heap, self.seen = n, [], 0
+
+    def wants(self, key: int) -> bool:
+        """Whether offer() would keep a record of this key (so its line is worth reading)."""
+        return 0 < self.n and (len(self.heap) < self.n or key < -self.heap[0][0])
 
     def offer(self, key: int, line_no: int, out: bytes) -> None:
         self.seen += 1
@@ -106,15 +112,74 @@ class _Reporter:
 
 def _clean_stale(out_dir: Path, library: Path | None) -> None:
     """Remove temporary files left by killed runs (the caller holds the directory lock)."""
-    for name in OUTPUT_FILES:
-        for p in out_dir.glob(f".{name}.*.tmp"):
-            with contextlib.suppress(OSError):
-                p.unlink()
+    stale = [p for name in OUTPUT_FILES for p in out_dir.glob(f".{name}.*.tmp")]
+    for p in stale + list(out_dir.glob(f"{W.SPOOL_PREFIX}*.tmp")):
+        with contextlib.suppress(OSError):
+            p.unlink()
     if library is not None:
         for p in library.parent.glob(f".{library.name}.*.building"):
             with contextlib.suppress(OSError):
                 if time.time() - p.stat().st_mtime > 600:
                     p.unlink()
+
+
+class _FdSink:
+    """Appends to a file through its descriptor: bytes, or byte ranges of another file copied
+    by the kernel (copy_file_range), so that the training lines never enter this process."""
+
+    def __init__(self, f):
+        f.flush()
+        self.fd = f.fileno()
+
+    def write(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def copy(self, src: int, offset: int, length: int) -> None:
+        while length > 0:
+            try:
+                n = _copy_file_range(src, self.fd, length, offset)
+            except (OSError, TypeError):  # not supported here: copy through memory
+                n = 0
+            if n <= 0:
+                data = os.pread(src, length, offset)
+                if len(data) != length:
+                    raise RuntimeError(f"internal error: a spool file ended {length - len(data)} bytes early")
+                self.write(data)
+                return
+            offset += n
+            length -= n
+
+
+_copy_file_range = getattr(os, "copy_file_range", None)  # Linux; elsewhere the pread fallback
+
+
+class _Spools:
+    """The workers' spool files (see prepare_worker._spooled), opened on first use and unlinked
+    at once; a worker's previous file is closed when its next one appears, since results are
+    handled in the order each worker produced them."""
+
+    def __init__(self):
+        self.fds: dict[str, int] = {}
+        self.current: dict[str, str] = {}  # worker -> its latest spool file
+
+    def fd(self, path: str) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = os.open(path, os.O_RDONLY)
+            os.unlink(path)
+            worker = path.rsplit(".", 2)[0]  # ...spool.MAIN.WORKER
+            old = self.current.get(worker)
+            if old is not None:
+                os.close(self.fds.pop(old))
+            self.current[worker] = path
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
 
 
 def _blocks(stream, path: Path, plain: bool, size: int):
@@ -176,7 +241,9 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
     # workers are forked before any output file or database connection is open
     pool = None
     if workers > 0:
-        pool = multiprocessing.get_context("fork").Pool(workers, W.init_worker, ({**opts, "parent": os.getpid()},))
+        pool = multiprocessing.get_context("fork").Pool(
+            workers, W.init_worker, ({**opts, "parent": os.getpid(), "spool_dir": str(out_dir)},))
+    spool = _Spools()
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(stream.close)
@@ -194,7 +261,7 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 from backend.library import LibraryBuilder
 
                 builder = stack.enter_context(LibraryBuilder(lib_path))
-            train_sink = f_cand or f_train
+            train_sink = _FdSink(f_cand or f_train)
 
             block_rejects: list = []
 
@@ -231,18 +298,29 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         reject_sample("too_long", base + int(rel[j]), res.long_detail.get(j, ""))
                     train = kept & (keys >= np.uint64(val_cut))
                     idx = out_index[train]
-                    if len(idx) == len(offsets) - 1:
-                        train_sink.write(res.blob)
-                    elif len(idx):
-                        mv = memoryview(res.blob)
-                        train_sink.write(b"".join(mv[offsets[k]:offsets[k + 1]] for k in idx.tolist()))
+                    if res.spool is not None:
+                        src, src_off = spool.fd(res.spool[0]), res.spool[1]
+                    if len(idx):
+                        # runs of consecutive lines of the blob, copied in one piece each
+                        cut = np.flatnonzero(np.diff(idx) != 1) + 1
+                        starts = offsets[idx[np.r_[0, cut]]].tolist()
+                        ends = offsets[idx[np.r_[cut - 1, len(idx) - 1]] + 1].tolist()
+                        for a, b in zip(starts, ends):
+                            if res.spool is None:
+                                train_sink.write(memoryview(res.blob)[a:b])
+                            else:
+                                train_sink.copy(src, src_off + a, b - a)
                     stats["train"] += len(idx)
                     if f_cand is not None:
                         train_keys.frombytes(keys[train].tobytes())
                     for j in np.flatnonzero(kept & ~train).tolist():
                         k = int(out_index[j])
-                        line = res.blob[offsets[k]:offsets[k + 1]]
                         band = test_band if keys[j] < np.uint64(test_cut) else val_band
+                        if not band.wants(int(keys[j])):
+                            band.seen += 1
+                            continue
+                        a, b = int(offsets[k]), int(offsets[k + 1])
+                        line = res.blob[a:b] if res.spool is None else os.pread(src, b - a, src_off + a)
                         band.offer(int(keys[j]), base + int(rel[j]), line)
                     if builder is not None and n_kept:
                         builder.add(res.rows[k] for k in out_index[kept].tolist())
@@ -288,6 +366,10 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
         if pool is not None:
             pool.terminate()
             pool.join()
+        spool.close()
+        for p in out_dir.glob(f"{W.SPOOL_PREFIX}{os.getpid()}.*"):
+            with contextlib.suppress(OSError):
+                p.unlink()
     stats["seconds"] = round(time.monotonic() - t0, 3)
     stats["records_per_s"] = round(stats["lines"] / max(stats["seconds"], 1e-9))
     stats["options"] = {"sample": sample, "val": val, "test": test, "holdout": holdout, "seed": seed,

@@ -13,13 +13,19 @@ import signal
 from array import array
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
-from pipeline.corpus import BOM, Recipe, check_line, fingerprint
+from pipeline.corpus import BOM, Recipe, check_line, check_recipe, fingerprint_bytes
 from pipeline.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, format_answer, question
 
 _U64 = (1 << 64) - 1
 _PREFIX = orjson.dumps({"conversation": [{"system": SYSTEM_PROMPT}]})[:-3] + b',"input":'
+_MIDDLE, _SUFFIX = b',"output":', b"}]}\n"
+_NFORMS = len(QUESTION_FORMS)
+_FORMS = [tuple(form.split("{name}")) for form in QUESTION_FORMS]  # question(): head + name + tail
+assert all(len(f) == 2 and question("X", i) == f[0] + "X" + f[1] for i, f in enumerate(_FORMS))
+dumps, loads = orjson.dumps, orjson.loads
 
 KEEP, TOO_LONG, SEEN = 0, 1, 2  # record status sent to the main process
 _CACHE_SIZE = 1 << 14  # digests a worker remembers to skip formatting repeats
@@ -33,19 +39,6 @@ def mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def split_key(digest: int, seed: int) -> int:
-    """The 64-bit value that places a recipe in test, val or train (see prepare_data)."""
-    return mix(digest ^ mix(seed)) if seed else mix(digest)
-
-
-def conversation_line(recipe: Recipe, form: int) -> tuple[bytes, int]:
-    """One XTuner training line (bytes ending in a newline) and its length in characters."""
-    q = question(recipe.name, form)
-    a = format_answer(recipe.ingredients, recipe.steps)
-    line = b"".join((_PREFIX, orjson.dumps(q), b',"output":', orjson.dumps(a), b"}]}\n"))
-    return line, len(SYSTEM_PROMPT) + len(q) + len(a)
-
-
 @dataclass
 class BlockResult:
     n_lines: int
@@ -55,13 +48,19 @@ class BlockResult:
     keys: bytes  # array('Q'): split key of each valid recipe
     status: bytes  # KEEP (line in blob), TOO_LONG, SEEN (an earlier KEEP of this worker had it)
     long_detail: dict  # recipe index -> detail, for TOO_LONG
-    blob: bytes  # training lines of the KEEP recipes, concatenated
+    blob: bytes  # training lines of the KEEP recipes, concatenated (b"" once spooled)
     offsets: bytes  # array('Q'): start of each KEEP line in blob, plus the end
     rows: list | None  # library rows of the KEEP recipes (when building a library)
+    spool: tuple | None = None  # (spool file, offset of the blob in it) when a worker wrote it there
+
+
+SPOOL_PREFIX = ".prepare-spool."  # + main pid.worker pid.number.tmp, in the output folder
+SPOOL_ROTATE = 64 << 20  # bytes a spool file receives before the worker starts the next one
 
 
 _opts: dict = {}
 _cache: set = set()
+_spool: dict = {}  # the worker's current spool file: "file", "path", "size", "count"
 
 
 def init_worker(opts: dict) -> None:
@@ -72,6 +71,9 @@ def init_worker(opts: dict) -> None:
     for f in _files.values():
         f.close()
     _files.clear()
+    if _spool.get("file") is not None:
+        _spool["file"].close()
+    _spool.clear()
     if opts.get("parent"):  # a worker process: die with the main process, leave Ctrl-C to it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(Exception):  # Linux only: PR_SET_PDEATHSIG
@@ -80,32 +82,51 @@ def init_worker(opts: dict) -> None:
             os._exit(1)
 
 
+def _mix_array(x: np.ndarray) -> np.ndarray:
+    """mix() of every value of a uint64 array (numpy wraps around at 2**64 like the masks)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def convert_lines(lines: list[bytes]) -> BlockResult:
     seed, max_len, want_rows = _opts["seed"], _opts["max_length"], _opts["library"]
     row_of = None
     if want_rows:
         from backend.library import recipe_row as row_of
-    cache = _cache
-    nforms = len(QUESTION_FORMS)
-    salt = mix(seed) if seed else 0
-    rejects, long_detail, parts, rows = [], {}, [], []
-    rel, digests, keys, offsets = array("I"), array("Q"), array("Q"), array("Q", [0])
-    status = bytearray()
-    pos = 0
+    rejects, recipes, rel, digests = [], [], array("I"), []
+    # pass 1: parse, check and fingerprint every line
     for i, raw in enumerate(lines):
-        r = check_line(raw, want_rows)
+        try:  # check_line(), without a call
+            obj = loads(raw)
+        except orjson.JSONDecodeError:
+            r = check_line(raw, want_rows)
+        else:
+            r = check_recipe(obj, raw, want_rows)
         if type(r) is not Recipe:
             rejects.append((i, r[0], r[1], raw[:120]))
             continue
-        digest = fingerprint(r.name, r.ingredients)
-        key = mix(digest ^ salt)
+        recipes.append(r)
         rel.append(i)
-        digests.append(digest)
-        keys.append(key)
+        digests.append(fingerprint_bytes(r.name, r.ingredients))
+    digest_blob = b"".join(digests)
+    keys = _mix_array(np.frombuffer(digest_blob, dtype="<u8") ^ np.uint64(mix(seed) if seed else 0))
+    # pass 2: the training line of each recipe this worker has not formatted before
+    cache = _cache
+    long_detail, parts, rows = {}, [], []
+    offsets = array("Q", [0])
+    status = bytearray()
+    pos = 0
+    base = len(SYSTEM_PROMPT)
+    for r, digest, form in zip(recipes, digests, ((keys >> np.uint64(7)) % np.uint64(_NFORMS)).tolist()):
         if digest in cache:
             status.append(SEEN)
             continue
-        out, length = conversation_line(r, (key >> 7) % nforms)
+        head, tail = _FORMS[form]
+        q = head + r.name + tail
+        a = format_answer(r.ingredients, r.steps)
+        length = base + len(q) + len(a)
         if length > max_len:
             long_detail[len(status)] = f"{length} characters > {max_len}"
             status.append(TOO_LONG)
@@ -114,12 +135,13 @@ def convert_lines(lines: list[bytes]) -> BlockResult:
             cache.clear()
         cache.add(digest)
         status.append(KEEP)
+        out = b"".join((_PREFIX, dumps(q), _MIDDLE, dumps(a), _SUFFIX))
         parts.append(out)
         pos += len(out)
         offsets.append(pos)
         if row_of is not None:
             rows.append(row_of(r))
-    return BlockResult(len(lines), rejects, rel.tobytes(), digests.tobytes(), keys.tobytes(), bytes(status),
+    return BlockResult(len(lines), rejects, rel.tobytes(), digest_blob, keys.astype("<u8").tobytes(), bytes(status),
                        long_detail, b"".join(parts), offsets.tobytes(), rows if row_of else None)
 
 
@@ -130,9 +152,31 @@ def _split(block: bytes) -> list[bytes]:
     return lines
 
 
+def _spooled(res: BlockResult) -> BlockResult:
+    """With opts["spool_dir"] (worker processes): write the blob to this worker's spool file
+    and send only where it is, so that the training lines never pass through a pipe; the main
+    process copies them into place with copy_file_range, inside the kernel."""
+    spool_dir = _opts.get("spool_dir")
+    if not spool_dir or not res.blob:
+        return res
+    if _spool.get("file") is None or _spool["size"] >= SPOOL_ROTATE:
+        if _spool.get("file") is not None:
+            _spool["file"].close()
+        count = _spool.get("count", 0) + 1
+        path = os.path.join(spool_dir, f"{SPOOL_PREFIX}{_opts['parent']}.{os.getpid()}.{count}.tmp")
+        _spool.update(file=open(path, "wb", buffering=0), path=path, size=0, count=count)
+    f, offset = _spool["file"], _spool["size"]
+    view = memoryview(res.blob)
+    while view:
+        view = view[f.write(view):]
+    _spool["size"] += len(res.blob)
+    res.spool, res.blob = (_spool["path"], offset), b""
+    return res
+
+
 def convert_block(block: bytes) -> BlockResult:
     """Convert a block of whole lines (sent by the main process: compressed inputs)."""
-    return convert_lines(_split(block))
+    return _spooled(convert_lines(_split(block)))
 
 
 _files: dict = {}
@@ -155,6 +199,7 @@ def convert_range(path: str, start: int, end: int) -> BlockResult:
         if pos >= end:
             return convert_lines([])
         data = f.read(end - pos)
+    lines = _split(data)
     if data and not data.endswith(b"\n"):
-        data += f.readline()  # complete the last line
-    return convert_block(data)
+        lines[-1] += f.readline().rstrip(b"\n")  # complete the last line
+    return _spooled(convert_lines(lines))

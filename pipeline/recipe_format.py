@@ -48,10 +48,28 @@ def question(name: str, form: int = 0) -> str:
 
 
 _STEP_NUMBER = re.compile(r"^\s*(?:第?\d+\s*[.、:：)）步]\s*|[①-⑳]\s*)")
+# Where a numbered step (see format_answer) starts with a character _STEP_NUMBER can match:
+# checked on the whole answer at once, so that steps without a number of their own skip the
+# regex. A '. ' inside a step can only cause a false alarm.
+_NUMBERED_STEP_START = re.compile(r"\. [\s\d第①-⑳]")
+_NUMBERED = [x for n in range(1, 201) for x in (f"\n{n}. ", "")]  # "\n1. ", step, "\n2. ", step...
+_HEAD = INGREDIENTS_HEADER + "\n- "
+_STEPS = "\n" + STEPS_HEADER
+_HEAD_NO_INGREDIENTS = INGREDIENTS_HEADER + _STEPS
 
 
 def format_answer(ingredients: list[str], steps: list[str]) -> str:
     """'您需要准备以下食材:\\n- a\\n- b\\n按以下方法制作:\\n1. x\\n2. y'."""
+    if type(steps) is list and type(ingredients) is list and 2 * len(steps) <= len(_NUMBERED):
+        # the common case, built by C-level joins; any surprise takes the general way below
+        parts = _NUMBERED[: 2 * len(steps)]
+        parts[1::2] = steps
+        try:
+            body = "".join(parts)
+            if _NUMBERED_STEP_START.search(body) is None:
+                return (_HEAD + "\n- ".join(ingredients) + _STEPS if ingredients else _HEAD_NO_INGREDIENTS) + body
+        except TypeError:  # an item that is not a string
+            pass
     lines = [INGREDIENTS_HEADER]
     lines += [f"- {i}" for i in ingredients]
     lines.append(STEPS_HEADER)

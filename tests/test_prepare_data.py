@@ -129,6 +129,26 @@ def test_parallel_workers_give_identical_outputs(tmp_path):
     from backend.library import Library
 
     assert Library(tmp_path / "a.db").count() == Library(tmp_path / "b.db").count() == sa["kept"]
+    assert not [p.name for p in b.iterdir() if p.name.startswith(".") and p.name != ".prepare.lock"]
+
+
+@pytest.mark.parametrize("rotate", [1, 60_000])
+def test_workers_spool_files_rotate_and_vanish(tmp_path, monkeypatch, rotate):
+    """Worker processes write training lines to spool files that the main process copies into
+    place; with a new spool file every block or every few blocks, the outputs are still those
+    of one process."""
+    from pipeline import prepare_worker
+
+    corpus = tmp_path / "c.jsonl"
+    synth(corpus, 2000, 0.05, seed=4)
+    a, b = tmp_path / "a", tmp_path / "b"
+    prepare_data.run(corpus, a, workers=0, progress_every=60)
+    monkeypatch.setattr(prepare_worker, "SPOOL_ROTATE", rotate)  # inherited by the forked workers
+    stats = prepare_data.run(corpus, b, workers=2, block_size=32768, progress_every=60)
+    assert stats["train"] > 1000
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert not list(b.glob(".prepare-spool.*"))
 
 
 def test_bom_crlf_gz_zip_inputs(howtocook, tmp_path):
