@@ -1,16 +1,11 @@
 """菜谱小管家 · Recipe Assistant: `streamlit run app.py --server.port 6006`."""
 import streamlit as st
 
-from backend.settings import SettingsError, load_settings
+from backend.page_settings import settings_or_stop
 
 st.set_page_config(page_title="菜谱小管家", page_icon="🍳", layout="wide")
 
-try:
-    settings = load_settings()
-except SettingsError as e:
-    st.error(f"设置有误 / Settings error: {e}")
-    st.info("Fix the environment variable or `settings.toml` in the workspace, then reload the page.")
-    st.stop()
+settings = settings_or_stop()
 
 from backend.startup import startup  # noqa: E402
 

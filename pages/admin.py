@@ -17,7 +17,8 @@ from backend.auth import check_password, ensure_admin_password, password_file, p
 from backend.chain import cancel_chain, list_chains, start_chain
 from backend.jobs import FINISHED, Job, JobError, JobRunner
 from backend.registry import list_models, prepared_datasets, training_runs, use_for_chat
-from backend.settings import SettingsError, load_settings
+from backend.page_settings import settings_or_stop
+from backend.settings import SettingsError
 from backend.system import system_facts
 from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
@@ -28,11 +29,7 @@ SECTIONS = ["Jobs · 任务", "Run a stage · 单步运行", "Retrain · 重新�
 LOG_TAIL_BYTES = 64 * 1024
 LOG_LINES = 30  # shown live
 
-try:
-    settings = load_settings()
-except SettingsError as e:
-    st.error(f"设置有误 / Settings error: {e}")
-    st.stop()
+settings = settings_or_stop()
 
 st.title("🛠️ Admin · 管理")
 

@@ -10,14 +10,10 @@ import streamlit as st
 from backend.chat_service import (ChatService, answer_markdown, library_count, library_error, open_library)
 from backend.engines import GenerationParams, get_engine, is_loaded
 from backend.history import History, HistoryError
-from backend.settings import SettingsError, load_settings
+from backend.page_settings import settings_or_stop
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
 
-try:
-    settings = load_settings()
-except SettingsError as e:
-    st.error(f"设置有误 / Settings error: {e}")
-    st.stop()
+settings = settings_or_stop()
 
 history = History(settings.app_db)
 library = open_library(settings)

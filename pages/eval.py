@@ -10,15 +10,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from backend.settings import SettingsError, load_settings
+from backend.page_settings import settings_or_stop
 from pipeline.eval_results import compare, default_pair, find_runs, log_tail, run_table, sample_answers
 from pipeline.evaluate import CEVAL_LAYOUT, ceval_folder
 
-try:
-    settings = load_settings()
-except SettingsError as e:
-    st.error(f"设置有误 / Settings error: {e}")
-    st.stop()
+settings = settings_or_stop()
 
 st.title("📊 Eval · 评测")
 st.caption("OpenCompass scores (%, higher is better) of the base and fine-tuned models: the held-out recipe "
