@@ -1,7 +1,8 @@
 """Work done once per app process at first page load (idempotent, cheap on later calls):
 workspace folders, the recipe library (built from data/sample_recipes.jsonl on an empty
-workspace), the admin password (generated and printed once when none is configured), and the
-jobs table reconciled with the processes that survived an app restart."""
+workspace; its word splitter warmed up), the admin password (generated and printed once when
+none is configured), and the jobs table reconciled with the processes that survived an app
+restart."""
 from __future__ import annotations
 
 import streamlit as st
@@ -18,7 +19,9 @@ def _startup(workspace: str) -> None:
 
     settings = load_settings()
     settings.ensure_dirs()
-    open_library(settings)
+    library = open_library(settings)
+    if library is not None:
+        library.search("番茄炒蛋的做法")  # loads jieba's dictionary now, not at the first question
     ensure_admin_password(settings)
     reconcile(settings)
 
