@@ -82,19 +82,22 @@ def build_messages(turns: list[dict], question: str, system_prompt: str, sources
             text = (text + "\n\n" if text else "") + grounding_text(sources)
         return [{"role": "system", "content": text}] if text else []
 
+    def system_size() -> int:
+        return sum(size(m) for m in system())
+
     question_msg = {"role": "user", "content": question}
-    fixed = sum(size(m) for m in system()) + size(question_msg)
+    sys_size = system_size()
     sizes = [size(t) for t in turns]
-    total = fixed + sum(sizes)
+    total = sys_size + size(question_msg) + sum(sizes)
     while turns and total > budget:
         # drop the oldest exchange (a user turn and the answer after it)
         drop = 2 if len(turns) > 1 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1
         total -= sum(sizes[:drop])
         turns, sizes = turns[drop:], sizes[drop:]
     while sources and total > budget:
-        before = sum(size(m) for m in system())
         sources.pop()
-        total -= before - sum(size(m) for m in system())
+        before, sys_size = sys_size, system_size()
+        total -= before - sys_size
     return system() + turns + [question_msg], sources
 
 
@@ -210,7 +213,12 @@ class ChatService:
     def prepare(self, conversation_id: str, question: str, params: GenerationParams,
                 system_prompt: str = SYSTEM_PROMPT, grounding: bool = True) -> tuple[list[dict], list[dict]]:
         """The prompt messages for ``question`` in a conversation (the question itself not yet stored)."""
-        turns = self.history.messages(conversation_id)
+        return self._prompt(self.history.messages(conversation_id), question, params, system_prompt, grounding)
+
+    def _prompt(self, turns: list[dict], question: str, params: GenerationParams, system_prompt: str,
+                grounding: bool) -> tuple[list[dict], list[dict]]:
+        """(messages, sources kept) for ``question`` after ``turns``, fitted into the context
+        left after the answer's max_new_tokens."""
         sources = self.find_sources(question) if grounding else []
         budget = max(self.session_len - params.max_new_tokens, 1)
         return build_messages(turns, question, system_prompt, sources, budget, self.engine.count_tokens)
@@ -237,11 +245,7 @@ class ChatService:
             msgs = msgs[:-1]
         if not msgs or msgs[-1]["role"] != "user":
             raise HistoryError("there is no question to answer again")
-        question = msgs[-1]["content"]
-        sources = self.find_sources(question) if grounding else []
-        budget = max(self.session_len - params.max_new_tokens, 1)
-        messages, sources = build_messages(msgs[:-1], question, system_prompt, sources, budget,
-                                           self.engine.count_tokens)
+        messages, sources = self._prompt(msgs[:-1], msgs[-1]["content"], params, system_prompt, grounding)
         return Answer(self, conversation_id, messages, params, sources,
                       self._meta(params, system_prompt, grounding), started)
 

@@ -101,6 +101,12 @@ class History:
             rows = list(db["conversations"].rows_where("id = ?", [cid]))
         return rows[0] if rows else None
 
+    def _existing_conversation(self, cid: str) -> dict:
+        conv = self.get_conversation(cid)
+        if conv is None:
+            raise HistoryError(f"no conversation {cid}")
+        return conv
+
     def list_conversations(self, limit: int = 200) -> list[dict]:
         """Newest (last updated) first."""
         with self._db() as db:
@@ -214,15 +220,11 @@ class History:
             return list(db.query(sql, [*args, limit]))
 
     def export_json(self, cid: str) -> str:
-        conv = self.get_conversation(cid)
-        if conv is None:
-            raise HistoryError(f"no conversation {cid}")
+        conv = self._existing_conversation(cid)
         return json.dumps({**conv, "messages": self.messages(cid)}, ensure_ascii=False, indent=2)
 
     def export_markdown(self, cid: str) -> str:
-        conv = self.get_conversation(cid)
-        if conv is None:
-            raise HistoryError(f"no conversation {cid}")
+        conv = self._existing_conversation(cid)
         out = [f"# {conv['title'] or '新对话'}", "", f"_{_when(conv['created_at'])}_", ""]
         for m in self.messages(cid):
             who = {"user": "🧑 用户", "assistant": "🍳 菜谱小管家", "system": "⚙️ 系统"}[m["role"]]

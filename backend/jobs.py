@@ -259,13 +259,7 @@ class JobRunner:
     def get(self, job_id: int, wait_for_writers: bool = False) -> Job:
         """One job. wait_for_writers: read after any write transaction in progress commits
         (the supervisor's first read, while dispatch() may still be claiming its row)."""
-        if wait_for_writers:
-            with self.transaction() as db:
-                r = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-            if r is None:
-                raise JobError(f"job {job_id} does not exist")
-            return Job.from_row(r)
-        with self.connection() as db:
+        with (self.transaction() if wait_for_writers else self.connection()) as db:
             r = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
         if r is None:
             raise JobError(f"job {job_id} does not exist")

@@ -276,12 +276,10 @@ class Library:
         """Add recipes (corpus-format dicts, {name, ingredients, steps} dicts, Recipe objects or
         rows from recipe_row) in one transaction; a recipe already present (same name and
         ingredients) is skipped. Returns how many were added."""
-        added = 0
         with self._write() as conn:
             if only_if_empty and conn.execute("SELECT EXISTS (SELECT 1 FROM recipes)").fetchone()[0]:
                 return 0
-            added = _insert(conn, recipes)
-        return added
+            return _insert(conn, recipes)
 
     # -- reading --
     def count(self) -> int:

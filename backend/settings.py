@@ -76,10 +76,7 @@ class Settings:
 
         Raises SettingsError when the result lies outside the workspace (``..``, absolute
         paths elsewhere, symlinks pointing out)."""
-        p = Path(user_path).expanduser()
-        if not p.is_absolute():
-            p = self.workspace / p
-        resolved = p.resolve()
+        resolved = self._absolute(user_path)
         root = self.workspace.resolve()
         if resolved != root and root not in resolved.parents:
             raise SettingsError(f"path '{user_path}' is outside the workspace {root}; choose a path inside it")
@@ -88,15 +85,16 @@ class Settings:
     def user_path(self, user_path: str | os.PathLike, allowed: tuple = ()) -> Path:
         """Like inside_workspace, but a path equal to one of ``allowed`` (paths the operator
         configured in settings, or files shipped with the project) is accepted wherever it is."""
-        def absolute(v) -> Path:
-            p = Path(v).expanduser()
-            return (p if p.is_absolute() else self.workspace / p).resolve()
-
-        wanted = absolute(user_path)
+        wanted = self._absolute(user_path)
         for a in allowed:
-            if a and absolute(a) == wanted:
+            if a and self._absolute(a) == wanted:
                 return wanted
         return self.inside_workspace(user_path)
+
+    def _absolute(self, path: str | os.PathLike) -> Path:
+        """``path`` resolved, a relative one taken from the workspace."""
+        p = Path(path).expanduser()
+        return (p if p.is_absolute() else self.workspace / p).resolve()
 
 
 # key -> (environment variable, type)

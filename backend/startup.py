@@ -11,13 +11,13 @@ from backend.settings import Settings
 
 
 @st.cache_resource(show_spinner="Preparing the workspace…")
-def _startup(workspace: str) -> None:
+def _startup(workspace: str, _settings: Settings) -> None:
+    """Cached per workspace; ``_settings`` (not hashed) are that workspace's settings."""
     from backend.auth import ensure_admin_password
     from backend.chain import reconcile
     from backend.chat_service import open_library
-    from backend.settings import load_settings
 
-    settings = load_settings()
+    settings = _settings
     settings.ensure_dirs()
     library = open_library(settings)
     if library is not None:
@@ -27,4 +27,4 @@ def _startup(workspace: str) -> None:
 
 
 def startup(settings: Settings) -> None:
-    _startup(str(settings.workspace))
+    _startup(str(settings.workspace), settings)

@@ -6,7 +6,6 @@ the commands from the form values and parse progress from the logs.
 """
 from __future__ import annotations
 
-import json
 import time
 from datetime import datetime
 
@@ -345,45 +344,26 @@ def evaluate_fields(prefix: str, with_models: bool) -> dict:
     return p
 
 
-def generic_fields(kind: str, mod) -> dict | None:
-    """For a stage without a dedicated form: its parameters as a JSON object."""
-    doc = (mod.command.__doc__ or mod.__doc__ or "").strip()
-    if doc:
-        st.caption(doc.splitlines()[0])
-    raw = st.text_area("Parameters (JSON object)", value="{}", key=f"stage_{kind}_json")
-    try:
-        params = json.loads(raw or "{}")
-    except ValueError as e:
-        st.error(f"Parameters are not valid JSON: {e}")
-        return None
-    if not isinstance(params, dict):
-        st.error("Parameters must be a JSON object, e.g. {\"run_name\": \"train-1\"}")
-        return None
-    return params
+# the form of each stage: (stage module) -> the parameters its command() takes
+STAGE_FORMS = {
+    "prepare": lambda mod: prepare_fields("prep_", mod),
+    "train": lambda mod: train_fields("train_", mod, with_data=True),
+    "convert": lambda mod: convert_fields(),
+    "merge": lambda mod: merge_fields(),
+    "quantize": quantize_fields,
+    "evaluate": lambda mod: evaluate_fields("eval_", with_models=True),
+}
 
 
 def stage_section() -> None:
-    kind = st.selectbox("Stage · 步骤", list(STAGE_MODULES), format_func=STAGE_TITLES.get, key="stage_kind")
+    kind = st.selectbox("Stage · 步骤", list(STAGE_FORMS), format_func=STAGE_TITLES.get, key="stage_kind")
     mod = stage_available(kind)
     if mod is None:
         return
     with st.form(f"stage_{kind}"):
-        if kind == "prepare":
-            params = prepare_fields("prep_", mod)
-        elif kind == "train":
-            params = train_fields("train_", mod, with_data=True)
-        elif kind == "convert":
-            params = convert_fields()
-        elif kind == "merge":
-            params = merge_fields()
-        elif kind == "quantize":
-            params = quantize_fields(mod)
-        elif kind == "evaluate":
-            params = evaluate_fields("eval_", with_models=True)
-        else:
-            params = generic_fields(kind, mod)
+        params = STAGE_FORMS[kind](mod)
         submitted = st.form_submit_button(f"Start {kind} · 开始", type="primary")
-    if submitted and params is not None:
+    if submitted:
         submit_stage(kind, params)
 
 

@@ -3,6 +3,7 @@
 UI only: the engine, the prompt, the history and the timings live in backend.chat_service,
 backend.engines and backend.history. The open conversation id is the URL query parameter `c`.
 """
+from functools import partial
 from pathlib import Path
 
 import streamlit as st
@@ -38,7 +39,8 @@ if unfinished is not None:
 
 # ---- the open conversation (URL ?c=...) ------------------------------------------------------------
 cid = st.query_params.get("c")
-if cid and history.get_conversation(cid) is None:
+current = history.get_conversation(cid) if cid else None
+if cid and current is None:
     st.info("这个对话不存在（可能已被删除），已为您打开新对话。 / This conversation no longer exists.")
     del st.query_params["c"]
     cid = None
@@ -66,18 +68,18 @@ with st.sidebar:
                   width="stretch")
 
     if cid:
-        conv = history.get_conversation(cid)
         with st.expander("管理当前对话 / Manage", expanded=False):
-            new_title = st.text_input("标题 / Title", value=conv["title"], key=f"title_{cid}")
+            new_title = st.text_input("标题 / Title", value=current["title"], key=f"title_{cid}")
             if st.button("✏️ 重命名 / Rename", key="rename"):
                 try:
                     history.rename_conversation(cid, new_title)
                     st.rerun()
                 except HistoryError as e:
                     st.error(str(e))
-            st.download_button("⬇️ 导出 Markdown", history.export_markdown(cid), file_name=f"chat-{cid}.md",
+            # exported when clicked, not on every run of the page
+            st.download_button("⬇️ 导出 Markdown", partial(history.export_markdown, cid), file_name=f"chat-{cid}.md",
                                mime="text/markdown", key="export_md")
-            st.download_button("⬇️ 导出 JSON", history.export_json(cid), file_name=f"chat-{cid}.json",
+            st.download_button("⬇️ 导出 JSON", partial(history.export_json, cid), file_name=f"chat-{cid}.json",
                                mime="application/json", key="export_json")
             if st.session_state.get("confirm_delete") == cid:
                 st.warning("确定删除这个对话吗？删除后无法恢复。 / Delete this conversation for good?")
@@ -122,8 +124,9 @@ st.caption(f"引擎 engine: **{info['name']}** · 模型 model: {model_name} · 
            f"菜谱库 {n_recipes} 道菜")
 for note in choice.notes:
     st.warning(note, icon="ℹ️")
-if library_error(settings):
-    st.warning(f"菜谱库无法打开 / recipe library unavailable: {library_error(settings)}")
+library_problem = library_error(settings)
+if library_problem:
+    st.warning(f"菜谱库无法打开 / recipe library unavailable: {library_problem}")
 
 
 # ---- what to answer in this run ----------------------------------------------------------------------
@@ -181,9 +184,7 @@ def show_assistant(m: dict, last: bool) -> None:
     with c2.popover("💬", help="评论 / comment"):
         st.text_input("评论 / Comment", value=m.get("feedback_comment") or "", key=f"comment_{m['id']}")
         if st.button("保存 / Save", key=f"save_comment_{m['id']}"):
-            rating = st.session_state.get(key)
-            history.set_feedback(m["id"], None if rating is None else (1 if rating == 1 else -1),
-                                 st.session_state[f"comment_{m['id']}"])
+            set_feedback(m["id"], key)
             st.toast("已保存评论 / saved")
     with c3.popover("📋", help="复制 / copy"):
         st.code(m["content"], language="markdown")

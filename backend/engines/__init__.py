@@ -37,9 +37,7 @@ def get_engine(settings: Settings, library=None) -> EngineChoice:
     with _lock:
         if _current is not None and _current[0] == key:
             return _current[1]
-        if _current is not None:
-            _current[1].engine.close()
-            _current = None
+        _close_current()
         if library is None:
             from backend.chat_service import open_library
             library = open_library(settings)
@@ -52,8 +50,13 @@ def get_engine(settings: Settings, library=None) -> EngineChoice:
 
 def release_engine() -> None:
     """Close the process's engine (tests, shutdown)."""
-    global _current
     with _lock:
-        if _current is not None:
-            _current[1].engine.close()
-            _current = None
+        _close_current()
+
+
+def _close_current() -> None:
+    """Under _lock: close the current engine, if any."""
+    global _current
+    if _current is not None:
+        _current[1].engine.close()
+        _current = None
