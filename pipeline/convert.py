@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import time
 from pathlib import Path
 
-from pipeline.stage import Progress, StageCommand, StageError, user_path
+from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
 ADAPTER_DIR = "hf_adapter"
@@ -37,14 +35,24 @@ def load_run(settings, run_name: str) -> tuple[Path, dict]:
     if not (rdir / "config.py").is_file() or not params_file.is_file():
         raise StageError(f"no training run named {run_name!r} in {settings.runs_dir}; start a training job first")
     try:
-        return rdir, json.loads(params_file.read_text(encoding="utf-8"))
+        record = json.loads(params_file.read_text(encoding="utf-8"))
     except ValueError as e:
         raise StageError(f"{params_file} is damaged ({e}); train the run again") from None
+    if not isinstance(record, dict):
+        raise StageError(f"{params_file} is damaged (not a JSON object); train the run again")
+    return rdir, record
+
+
+def job_env() -> dict[str, str]:
+    """Environment of the convert and merge jobs: the project importable, nothing downloaded."""
+    from backend.settings import PROJECT_ROOT
+
+    return {"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1"}
 
 
 def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = False) -> StageCommand:
-    from backend.settings import PROJECT_ROOT
-    from pipeline.train import train_python
+    from pipeline.train import CHECKPOINT, checkpoints, train_python
 
     python = train_python()
     rdir, record = load_run(settings, run_name)
@@ -54,29 +62,22 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
     if checkpoint:
         p = Path(checkpoint)
         ckpt = user_path(settings, p if p.is_absolute() or len(p.parts) > 1 else work / p, "checkpoint")
-        if ckpt.parent != work.resolve() or not re.fullmatch(r"iter_\d+\.pth", ckpt.name):
+        if ckpt.parent != work.resolve() or not CHECKPOINT.fullmatch(ckpt.name):
             raise StageError(f"checkpoint must be one of the run's iter_N.pth files in {work}")
         if not ckpt.exists():
-            have = ", ".join(c.name for c in _checkpoints(work)) or "none yet"
+            have = ", ".join(c.name for c in checkpoints(work)) or "none yet"
             raise StageError(f"checkpoint {ckpt.name} does not exist; the run has: {have}")
         argv += ["--checkpoint", str(ckpt)]
     if fp32:
         argv.append("--fp32")
     return StageCommand(
         kind="convert", argv=argv, cwd=rdir,
-        env={"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-             "TRANSFORMERS_OFFLINE": "1"},
+        env=job_env(),
         # a QLoRA config rebuilds the 4-bit model, which needs the GPU
         gpu=bool(record.get("qlora")),
         outputs={"adapter": str(rdir / ADAPTER_DIR), "run_dir": str(rdir)},
         params={"run_name": run_name, "checkpoint": checkpoint or "latest", "fp32": bool(fp32)},
     )
-
-
-def _checkpoints(work: Path) -> list[Path]:
-    from pipeline.train import checkpoints
-
-    return checkpoints(work)
 
 
 def progress(log_text: str) -> Progress:
@@ -96,8 +97,8 @@ def verify(cmd: StageCommand, log_text: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     import runpy
 
-    from pipeline.merge import publish_dir
-    from pipeline.train import checkpoints
+    from pipeline.merge import partial_dir, publish_dir
+    from pipeline.train import CHECKPOINT, checkpoints
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
@@ -116,21 +117,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         ckpt = found[-1]
     print(f"[convert] (0/{STEPS}) converting {ckpt} with XTuner pth_to_hf", flush=True)
-    tmp = out.parent / f".{out.name}.partial"
+    tmp = partial_dir(out)
     xt_argv = ["pth_to_hf", a.config, str(ckpt), str(tmp), "--safe-serialization", "--max-shard-size", "2GB"]
     if a.fp32:
         xt_argv.append("--fp32")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
     sys.argv = xt_argv
     runpy.run_module("xtuner.tools.model_converters.pth_to_hf", run_name="__main__", alter_sys=True)
     print(f"[convert] (1/{STEPS}) adapter written; recording its origin", flush=True)
-    m = re.fullmatch(r"iter_(\d+)\.pth", ckpt.name)
+    m = CHECKPOINT.fullmatch(ckpt.name)
     manifest = {"checkpoint": str(ckpt), "iteration": int(m.group(1)) if m else None, "config": a.config,
-                "run_dir": str(Path(a.work_dir).parent), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (tmp / ADAPTER_MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-    publish_dir(tmp, out)
+                "run_dir": str(Path(a.work_dir).parent), "created": timestamp()}
+    publish_dir(tmp, out, ADAPTER_MANIFEST, manifest)
     print(f"[convert] ({STEPS}/{STEPS}) adapter ready: {out}", flush=True)
     return 0
 

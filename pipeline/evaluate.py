@@ -25,10 +25,10 @@ from pathlib import Path
 from pipeline import eval_results
 from pipeline.opencompass_cfg.models import hf_chat_model, model_abbr, turbomind_chat_model
 from pipeline.opencompass_cfg.testset import read_questions
-from pipeline.stage import Progress, StageCommand, StageError, user_path
+from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
+from pipeline.train import cuda_available
 
 CONFIG_FILE = "eval_config.py"
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BACKENDS = ("auto", "hf", "turbomind")
 CEVAL_LAYOUT = "ceval/formal_ceval/{dev,val,test}/<subject>_{dev,val,test}.csv"
 # the 52 subjects of OpenCompass's ceval_gen (opencompass/configs/datasets/ceval/ceval_gen_5f30c7.py)
@@ -82,15 +82,9 @@ def _check_ceval(folder: Path, subjects: list[str]) -> None:
 
 
 # ---- hardware ------------------------------------------------------------------------------
-def _gpu() -> bool:
-    from pipeline.train import cuda_available
-
-    return cuda_available()
-
-
 def turbomind_ready() -> tuple[bool, str]:
     """(TurboMind usable from the eval environment, why not)."""
-    if not _gpu():
+    if not cuda_available():
         return False, "no CUDA GPU (nvidia-smi); TurboMind needs one"
     from backend.envs import env_python
     from backend.system import lmdeploy_fact
@@ -258,6 +252,7 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
     test = _test_file(settings, test_file, data_dir)
     limit = _positive(limit, "limit")
     max_out_len = _positive(max_out_len, "max_out_len", settings.max_new_tokens)
+    batch_size = _positive(batch_size, "batch_size")
 
     ceval_dir, subjects = None, []
     if ceval:
@@ -272,7 +267,7 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
             raise StageError(f"unknown C-Eval subjects {unknown}; known: {', '.join(CEVAL_SUBJECTS)}")
         _check_ceval(ceval_dir, subjects)
 
-    gpu = _gpu()
+    gpu = cuda_available()
     if backend == "auto":
         backend = "turbomind" if turbomind_ready()[0] else "hf"
     elif backend == "turbomind":
@@ -298,7 +293,7 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
         entries.append((entry, role))
 
     name = run_name or time.strftime("eval-%Y%m%d-%H%M%S")
-    if not RUN_NAME.match(name):
+    if not NAME.match(name):
         raise StageError(f"run name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
     rdir = settings.eval_dir / name
     if rdir.exists() and any(rdir.iterdir()):
@@ -308,7 +303,7 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
     config = rdir / CONFIG_FILE
     atomic_write_text(config, render_config(test, [e for e, _ in entries], limit, ceval_dir, subjects))
     record = {
-        "run_name": name, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "backend": backend,
+        "run_name": name, "created": timestamp(), "backend": backend,
         "device": "cuda" if gpu else "cpu", "test_file": str(test), "limit": limit, "max_out_len": max_out_len,
         "ceval": bool(ceval_dir), "ceval_dir": str(ceval_dir) if ceval_dir else "", "ceval_subjects": subjects,
         "models": [{"abbr": e["abbr"], "path": e["path"], "role": role, "type": e["type"]} for e, role in entries],

@@ -23,27 +23,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
-import time
 from pathlib import Path
 
-from pipeline.stage import Progress, StageCommand, StageError, user_path
+from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
 MANIFEST = "recipe_model.json"
 MANIFEST_FORMAT = "recipe-model/1"
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 STEPS = 2
 TRAINING_KEYS = ("template", "prompt_template", "max_length", "pack_to_max_length", "batch_size",
                  "accumulative_counts", "lr", "max_epochs", "max_iters", "warmup_ratio", "lora_r", "lora_alpha",
                  "lora_dropout", "qlora", "deepspeed", "device", "cpu_adaptations", "seed", "evaluation_inputs")
 
 
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Put a finished folder in place: readers see the old folder or the new one, never a half."""
+def partial_dir(final: Path) -> Path:
+    """The hidden folder beside ``final`` that a job writes into (emptied first) before
+    publish_dir puts it in place."""
+    tmp = final.parent / f".{final.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def publish_dir(tmp: Path, final: Path, manifest_file: str | None = None, manifest: dict | None = None) -> None:
+    """Put a finished folder in place, with ``manifest`` written into it as ``manifest_file``
+    first: readers see the old folder or the new one, never a half."""
     tmp, final = Path(tmp), Path(final)
+    if manifest_file is not None:
+        (tmp / manifest_file).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
     old = None
     if final.exists():
         old = final.parent / f".{final.name}.old-{os.getpid()}"
@@ -53,18 +61,22 @@ def publish_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def read_json(path: str | Path, default=None):
+    """The content of a JSON file, or ``default`` when it is missing, unreadable or damaged."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
 def read_manifest(model_dir: str | Path) -> dict | None:
     """The manifest of a finished model folder, or None (not ours, unfinished, or damaged)."""
-    p = Path(model_dir) / MANIFEST
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    data = read_json(Path(model_dir) / MANIFEST)
     return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
 
 
 def model_name(value: str) -> str:
-    if not MODEL_NAME.match(value or ""):
+    if not NAME.match(value or ""):
         raise StageError(f"model name {value!r}: use 1-64 letters, digits, '.', '_' or '-' "
                          "(not starting with . or -)")
     return value
@@ -72,9 +84,8 @@ def model_name(value: str) -> str:
 
 def command(settings, run_name: str = "", adapter: str = "", base_model: str = "", name: str = "",
             device: str = "auto") -> StageCommand:
-    from backend.settings import PROJECT_ROOT
-    from pipeline.convert import ADAPTER_DIR, load_run
-    from pipeline.train import _model_dir, cuda_available, train_python
+    from pipeline.convert import ADAPTER_DIR, job_env, load_run
+    from pipeline.train import _model_dir, resolve_device, train_python
 
     python = train_python()
     record: dict = {}
@@ -99,20 +110,14 @@ def command(settings, run_name: str = "", adapter: str = "", base_model: str = "
     out = settings.models_dir / name
     if out.exists():
         raise StageError(f"a model named {name!r} already exists in {settings.models_dir}; choose another name")
-    if device not in ("auto", "cpu", "cuda"):
-        raise StageError(f"device must be auto, cpu or cuda, got {device!r}")
-    gpu = cuda_available()
-    if device == "cuda" and not gpu:
-        raise StageError("device=cuda but no CUDA GPU is visible; choose auto or cpu")
-    dev = "cuda" if gpu and device != "cpu" else "cpu"
+    dev = resolve_device(device)
     argv = [str(python), "-P", "-m", "pipeline.merge", "--base", str(base), "--adapter", str(adapter_dir),
             "--out", str(out), "--device", dev]
     if rdir is not None:
         argv += ["--run-dir", str(rdir)]
     return StageCommand(
         kind="merge", argv=argv, cwd=settings.models_dir,
-        env={"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-             "TRANSFORMERS_OFFLINE": "1"},
+        env=job_env(),
         gpu=dev == "cuda", outputs={"model": str(out)},
         params={"run_name": run_name, "adapter": str(adapter_dir), "base_model": str(base), "name": name,
                 "device": dev},
@@ -161,30 +166,17 @@ def build_manifest(name: str, out: Path, base: str, adapter: Path, run_dir: Path
     from pipeline.convert import ADAPTER_MANIFEST
     from pipeline.train import PARAMS_FILE
 
-    origin, params = {}, {}
-    try:
-        origin = json.loads((adapter / ADAPTER_MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
+    origin = read_json(adapter / ADAPTER_MANIFEST, {})
     run_dir = run_dir or (Path(origin["run_dir"]) if origin.get("run_dir") else None)
-    if run_dir is not None:
-        try:
-            params = json.loads((run_dir / PARAMS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            params = {}
+    params = read_json(run_dir / PARAMS_FILE, {}) if run_dir is not None else {}
     stats_file = params.get("data_stats")
-    stats = None
-    if stats_file:
-        try:
-            stats = json.loads(Path(stats_file).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            stats = None
+    stats = read_json(stats_file) if stats_file else None
     return {
         "format": MANIFEST_FORMAT,
         "name": name,
         "kind": "merged",
         "path": str(out),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": timestamp(),
         "base_model": base,
         "adapter": str(adapter),
         "checkpoint": origin.get("checkpoint"),
@@ -214,16 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (adapter / "adapter_config.json").is_file():
         print(f"[merge] no adapter in {adapter}: run the convert stage first", file=sys.stderr)
         return 2
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(out)
     print(f"[merge] (0/{STEPS}) merging {adapter} into {a.base} with XTuner merge", flush=True)
     sys.argv = ["merge", a.base, str(adapter), str(tmp), "--max-shard-size", "2GB", "--safe-serialization",
                 "--device", a.device]
     runpy.run_module("xtuner.tools.model_converters.merge", run_name="__main__", alter_sys=True)
     print(f"[merge] (1/{STEPS}) merged model written; adding {MANIFEST}", flush=True)
     manifest = build_manifest(out.name, out, a.base, adapter, Path(a.run_dir) if a.run_dir else None)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-    publish_dir(tmp, out)
+    publish_dir(tmp, out, MANIFEST, manifest)
     print(f"[merge] ({STEPS}/{STEPS}) model ready: {out}", flush=True)
     return 0
 

@@ -192,6 +192,25 @@ def _blocks(stream, path: Path, plain: bool, size: int):
             yield W.convert_block, (block,), stream.position()
 
 
+def _results(tasks, pool, workers: int, opts: dict):
+    """(block result, end position) of each task, in input order: computed here without a pool,
+    else by the pool with at most 2 x workers blocks in flight."""
+    if pool is None:
+        W.init_worker(opts)
+        for fn, args, end_pos in tasks:
+            yield fn(*args), end_pos
+        return
+    pending: deque = deque()
+    for fn, args, end_pos in tasks:
+        pending.append((pool.apply_async(fn, args), end_pos))
+        while len(pending) > 2 * workers or (pending and pending[0][0].ready()):
+            job, pos = pending.popleft()
+            yield job.get(), pos
+    while pending:
+        job, pos = pending.popleft()
+        yield job.get(), pos
+
+
 def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: int | None = None,
         val: int = DEFAULTS["val"], test: int = DEFAULTS["test"], holdout: float = DEFAULTS["holdout"],
         seed: int = DEFAULTS["seed"], library: str | os.PathLike | None = None,
@@ -330,27 +349,9 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 reporter.update(end_pos, stats)
 
             line_no = 1
-            tasks = _blocks(stream, input_path, plain, block_size)
-            if pool is None:
-                W.init_worker(opts)
-                for fn, args, end_pos in tasks:
-                    res = fn(*args)
-                    handle(res, line_no, end_pos)
-                    line_no += res.n_lines
-            else:
-                pending: deque = deque()
-                for fn, args, end_pos in tasks:
-                    pending.append((pool.apply_async(fn, args), end_pos))
-                    while len(pending) > 2 * workers or (pending and pending[0][0].ready()):
-                        job, pos = pending.popleft()
-                        res = job.get()
-                        handle(res, line_no, pos)
-                        line_no += res.n_lines
-                while pending:
-                    job, pos = pending.popleft()
-                    res = job.get()
-                    handle(res, line_no, pos)
-                    line_no += res.n_lines
+            for res, end_pos in _results(_blocks(stream, input_path, plain, block_size), pool, workers, opts):
+                handle(res, line_no, end_pos)
+                line_no += res.n_lines
 
             stats["test"], stats["val"] = len(test_band.heap), len(val_band.heap)
             stats["held_out_unused"] = test_band.seen + val_band.seen - stats["test"] - stats["val"]

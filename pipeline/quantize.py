@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from pipeline.stage import Progress, StageCommand, StageError, user_path
+from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
 LMDEPLOY_DATASETS = ("wikitext2", "c4", "pileval", "gsm8k", "neuralmagic_calibration", "open-platypus",
@@ -44,7 +43,6 @@ def lmdeploy_installed() -> bool:
 
 
 def _model_folder(settings, model: str) -> Path:
-
     if not model:
         raise StageError("choose the merged model to quantise")
     p = settings.models_dir / model if "/" not in model and "\\" not in model else Path(model)
@@ -128,15 +126,12 @@ def progress(log_text: str) -> Progress:
 
 
 def verify(cmd: StageCommand, log_text: str) -> str | None:
-    from pipeline.merge import read_manifest
+    from pipeline.merge import MANIFEST, read_json, read_manifest
 
     out = Path(cmd.outputs.get("model", ""))
     if read_manifest(out) is None:
-        return f"{out} has no recipe_model.json; the quantisation did not finish: see the log"
-    try:
-        q = json.loads((out / "config.json").read_text(encoding="utf-8")).get("quantization_config") or {}
-    except (OSError, ValueError):
-        q = {}
+        return f"{out} has no {MANIFEST}; the quantisation did not finish: see the log"
+    q = read_json(out / "config.json", {}).get("quantization_config") or {}
     if q.get("quant_method") != "awq":
         return f"{out}/config.json has no AWQ quantization_config; see the log"
     return None
@@ -180,9 +175,7 @@ def local_calib_loader(texts: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import shutil
-
-    from pipeline.merge import MANIFEST, publish_dir, read_manifest
+    from pipeline.merge import MANIFEST, MANIFEST_FORMAT, partial_dir, publish_dir, read_manifest
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)
@@ -205,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         # loader it calls is replaced by one reading the local recipe texts.
         lmdeploy_calibrate.get_calib_loaders = local_calib_loader(recipe_texts(a.calib_file))
     out = Path(a.out)
-    tmp = out.parent / f".{out.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(out)
     print(f"[quantize] (0/{STEPS}) AWQ W{a.w_bits}A16 of {a.model}, group {a.w_group_size}, calibration "
           f"{'local recipes' if a.calib_file else dataset} x{a.calib_samples}", flush=True)
     auto_awq(a.model, work_dir=str(tmp), calib_dataset=dataset, calib_samples=a.calib_samples,
@@ -214,15 +206,14 @@ def main(argv: list[str] | None = None) -> int:
              w_group_size=a.w_group_size, search_scale=a.search_scale, device="cuda", trust_remote_code=True)
     print(f"[quantize] (1/{STEPS}) quantised weights written; adding {MANIFEST}", flush=True)
     source = read_manifest(a.model) or {}
-    manifest = {**source, "format": source.get("format", "recipe-model/1"), "name": out.name,
-                "kind": f"awq-w{a.w_bits}a16", "path": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    manifest = {**source, "format": MANIFEST_FORMAT, "name": out.name,
+                "kind": f"awq-w{a.w_bits}a16", "path": str(out), "created": timestamp(),
                 "dtype": "int4 weights, float16 activations",
                 "quantization": {"method": "awq", "w_bits": a.w_bits, "w_group_size": a.w_group_size,
                                  "calib": "local" if a.calib_file else (dataset if a.calib_samples else "none"),
                                  "calib_files": a.calib_file, "calib_samples": a.calib_samples,
                                  "calib_seqlen": a.calib_seqlen, "source_model": a.model}}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-    publish_dir(tmp, out)
+    publish_dir(tmp, out, MANIFEST, manifest)
     print(f"[quantize] ({STEPS}/{STEPS}) model ready: {out}", flush=True)
     return 0
 

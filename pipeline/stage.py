@@ -12,6 +12,8 @@ XTuner or OpenCompass.
 from __future__ import annotations
 
 import importlib
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,15 @@ STAGE_MODULES = {
     "quantize": "pipeline.quantize",
     "evaluate": "pipeline.evaluate",
 }
+
+
+# names of runs and models (folders under runs/, models/, eval/): 1-64 characters, no leading . or -
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def timestamp() -> str:
+    """Local time as recorded in run and model manifests ("created")."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class StageError(ValueError):

@@ -28,7 +28,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.stage import Progress, StageCommand, StageError, user_path
+from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
 # template name -> path under xtuner/configs; the variable that holds its dataset path
@@ -41,8 +41,8 @@ TEMPLATES = {
 DEFAULT_TEMPLATE = "internlm2_5_chat_7b_qlora_alpaca_e3"
 DEEPSPEED_CONFIG = "deepspeed_zero2"  # resolved by xtuner.tools.train to its bundled JSON
 PARAMS_FILE = "train_params.json"
+CHECKPOINT = re.compile(r"iter_(\d+)\.pth")  # XTuner's checkpoint names in the work dir (fullmatch)
 CPU_EVAL_MAX_NEW_TOKENS = 16
-RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 # operator-facing defaults (those of internlm2_5_chat_7b_qlora_alpaca_e3)
 DEFAULTS = dict(
@@ -73,10 +73,15 @@ def xtuner_dir() -> Path:
     return found[-1].parent
 
 
-def template_path(name: str) -> Path:
+def _known_template(name: str) -> str:
     if name not in TEMPLATES:
         raise StageError(f"unknown XTuner template {name!r}; choose one of: {', '.join(TEMPLATES)}")
-    p = xtuner_dir() / "configs" / TEMPLATES[name][0]
+    return name
+
+
+def template_path(name: str) -> Path:
+    rel = TEMPLATES[_known_template(name)][0]
+    p = xtuner_dir() / "configs" / rel
     if not p.exists():
         raise StageError(f"XTuner's template {p} is missing; rebuild the training environment")
     return p
@@ -101,16 +106,26 @@ def cuda_available() -> bool:
         return False
 
 
+def resolve_device(device: str) -> str:
+    """'cuda' or 'cpu' for a device choice of auto, cpu or cuda (cuda only when a GPU is visible)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise StageError(f"device must be auto, cpu or cuda, got {device!r}")
+    gpu = cuda_available()
+    if device == "cuda" and not gpu:
+        raise StageError("device=cuda but no CUDA GPU is visible (nvidia-smi); choose auto or cpu")
+    return "cuda" if gpu and device != "cpu" else "cpu"
+
+
 # ---- parameters ---------------------------------------------------------------------------
 def _int(params: dict, key: str, lo: int, hi: int) -> int:
     v = params[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
-        raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {v!r}")
-    try:
-        f = float(v)
-    except ValueError:
-        raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {v!r}") from None
-    if not f.is_integer() or not lo <= f <= hi:
+    f = None
+    if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+        try:
+            f = float(v)
+        except ValueError:
+            pass
+    if f is None or not f.is_integer() or not lo <= f <= hi:
         raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {v!r}")
     return int(f)
 
@@ -188,7 +203,6 @@ def check_tokenizer(model: Path) -> None:
 
 
 def _data_file(settings, value: str) -> Path:
-
     if not value:
         found = sorted(settings.data_dir.glob("*/train.jsonl"), key=lambda p: p.stat().st_mtime)
         if not found:
@@ -204,16 +218,17 @@ def _data_file(settings, value: str) -> Path:
     return path
 
 
-def check_conversation_file(path: Path) -> int:
-    """Check the first lines are XTuner conversation records; return the number of records."""
+def check_conversation_file(path: Path, first: int = 5) -> None:
+    """Check that the file holds records and that its first ones are XTuner conversation records
+    (read no further: a training file may hold millions of lines)."""
     n = 0
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             n += 1
-            if n > 5:
-                continue
+            if n > first:
+                break
             try:
                 rec = json.loads(line)
                 turns = rec["conversation"]
@@ -228,7 +243,6 @@ def check_conversation_file(path: Path) -> int:
                                  "build the file with the prepare stage")
     if n == 0:
         raise StageError(f"{path} holds no training records")
-    return n
 
 
 def resolve_params(settings, params: dict) -> dict:
@@ -239,7 +253,7 @@ def resolve_params(settings, params: dict) -> dict:
     p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None or k == "seed"}}
     out: dict = {}
     run = str(params.get("run_name") or time.strftime("train-%Y%m%d-%H%M%S"))
-    if not RUN_NAME.match(run):
+    if not NAME.match(run):
         raise StageError(f"run name {run!r}: use 1-64 letters, digits, '.', '_' or '-' (not starting with . or -)")
     out["run_name"] = run
     out["base_model"] = str(_model_dir(settings, str(params.get("base_model") or settings.base_model or "")))
@@ -247,9 +261,7 @@ def resolve_params(settings, params: dict) -> dict:
     out["data"] = str(data)
     stats = data.parent / "stats.json"
     out["data_stats"] = str(stats) if stats.is_file() else None
-    if p["template"] not in TEMPLATES:
-        raise StageError(f"unknown XTuner template {p['template']!r}; choose one of: {', '.join(TEMPLATES)}")
-    out["template"] = p["template"]
+    out["template"] = _known_template(p["template"])
     names = prompt_templates()
     if p["prompt_template"] not in names:
         raise StageError(f"unknown prompt template {p['prompt_template']!r}; XTuner has: {', '.join(names)}")
@@ -276,12 +288,7 @@ def resolve_params(settings, params: dict) -> dict:
         raise StageError("save_total_limit must be -1 (keep all) or at least 1")
     out["log_interval"] = _int(p, "log_interval", 1, 100_000)
     out["seed"] = None if p["seed"] in (None, "") else _int(p, "seed", 0, 2**31 - 1)
-    if p["device"] not in ("auto", "cpu", "cuda"):
-        raise StageError(f"device must be auto, cpu or cuda, got {p['device']!r}")
-    gpu = cuda_available()
-    if p["device"] == "cuda" and not gpu:
-        raise StageError("device=cuda but no CUDA GPU is visible (nvidia-smi); choose auto or cpu")
-    out["device"] = "cuda" if (gpu and p["device"] != "cpu") else "cpu"
+    out["device"] = resolve_device(p["device"])
     adaptations = []
     if out["device"] == "cpu":
         adaptations.append("float32 weights, OptimWrapper (no mixed precision)")
@@ -404,7 +411,7 @@ def _overrides(p: dict, data_var: str) -> str:
 
 # ---- the stage interface ------------------------------------------------------------------
 def run_dir(settings, run_name: str) -> Path:
-    if not RUN_NAME.match(run_name or ""):
+    if not NAME.match(run_name or ""):
         raise StageError(f"run name {run_name!r}: use letters, digits, '.', '_' or '-'")
     return settings.runs_dir / run_name
 
@@ -423,7 +430,7 @@ def command(settings, **params) -> StageCommand:
     config = rdir / "config.py"
     atomic_write_text(config, text)
     record = {**p, "config": str(config), "work_dir": str(work), "template_file": str(tpl),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "created": timestamp()}
     atomic_write_text(rdir / PARAMS_FILE, json.dumps(record, ensure_ascii=False, indent=2))
     argv = [str(python), "-P", "-m", "xtuner.tools.train", str(config), "--work-dir", str(work)]
     if p["deepspeed"]:
@@ -439,7 +446,7 @@ def checkpoints(work_dir: str | Path) -> list[Path]:
     """iter_N.pth checkpoints (files, or folders under DeepSpeed), oldest iteration first."""
     found = []
     for p in Path(work_dir).glob("iter_*.pth"):
-        m = re.fullmatch(r"iter_(\d+)\.pth", p.name)
+        m = CHECKPOINT.fullmatch(p.name)
         if m:
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]

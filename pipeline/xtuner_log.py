@@ -102,11 +102,6 @@ def question_of(sample_text: str) -> str:
     return m.group(1).strip() if m else ""
 
 
-def last_iteration(log_text: str) -> tuple[int, int] | None:
-    recs = iter_records(log_text)
-    return (recs[-1].iter, recs[-1].total) if recs else None
-
-
 # ---- wrapper stages (convert, merge, quantize) ------------------------------------------------
 # Their job processes print "[<stage>] (k/n) message" after k of n steps are done.
 _STEP = re.compile(r"^\[(?P<stage>[\w-]+)\] \((?P<k>\d+)/(?P<n>\d+)\) (?P<msg>.*)$", re.M)

@@ -18,8 +18,6 @@ from opencompass.registry import ICL_EVALUATORS, LOAD_DATASET
 from pipeline.opencompass_cfg.metrics import ingredient_recall, mean_ingredient_recall
 from pipeline.opencompass_cfg.testset import read_questions
 
-METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "ingredient_recall")
-
 
 @LOAD_DATASET.register_module()
 class RecipeDataset(BaseDataset):
