@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,10 +46,14 @@ def serve_app(workspace: Path, extra_env: dict | None = None, timeout: float = 1
                 raise RuntimeError("app did not start:\n" + (workspace / "streamlit-test.log").read_text()[-3000:])
             time.sleep(0.3)
         yield url
-    finally:
-        proc.terminate()
+    finally:  # the app and anything it started (its own session): nothing is left running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         log.close()

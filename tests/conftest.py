@@ -5,9 +5,11 @@ CI cannot pass by skipping. Tests that read ../shared skip in a user's clone, wh
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +32,30 @@ def require(condition: bool, why: str) -> None:
         if STRICT:
             pytest.fail(f"missing prerequisite (strict mode): {why}")
         pytest.skip(why)
+
+
+def wait_until(pred, what, timeout: float = 60.0, every: float = 0.05):
+    """Poll until pred() is truthy and return its value (a safety limit, not a speed requirement).
+    ``what`` says what was awaited; a callable is asked at failure time (e.g. for a log tail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for: {what() if callable(what) else what}")
+        time.sleep(every)
+
+
+def write_synth_corpus(out: Path, records: int, defects: float = 0.0, seed: int = 1) -> dict:
+    """Write a corpus with ../shared/tools/synth_corpus.py (skip where it is absent); return its
+    counts of each defect kind (the tool prints them as JSON on stderr)."""
+    if not SYNTH.exists():
+        pytest.skip("../shared/tools/synth_corpus.py is not here (a user's clone): skipped")
+    with open(out, "wb") as f:
+        p = subprocess.run([sys.executable, str(SYNTH), "--records", str(records), "--defects", str(defects),
+                            "--seed", str(seed)], stdout=f, stderr=subprocess.PIPE, check=True)
+    return json.loads(p.stderr.decode().strip().splitlines()[-1])
 
 
 @pytest.fixture
@@ -62,7 +88,8 @@ def howtocook() -> Path:
 
 @pytest.fixture(scope="session")
 def synth_corpus(tmp_path_factory):
-    """synth(records, defects=0.0, seed=1) -> Path of a corpus written by ../shared/tools/synth_corpus.py."""
+    """synth(records, defects=0.0, seed=1) -> Path of a corpus written by ../shared/tools/synth_corpus.py
+    (read-only: shared by the session); synth.counts[path] holds the tool's count of each defect kind."""
     if not SYNTH.exists():
         pytest.skip("../shared/tools/synth_corpus.py is not here (a user's clone): skipped")
     cache: dict = {}
@@ -71,12 +98,11 @@ def synth_corpus(tmp_path_factory):
         key = (records, defects, seed)
         if key not in cache:
             out = tmp_path_factory.mktemp("synth") / f"corpus_{records}_{defects}_{seed}.jsonl"
-            with open(out, "wb") as f:
-                subprocess.run([sys.executable, str(SYNTH), "--records", str(records), "--defects", str(defects),
-                                "--seed", str(seed)], stdout=f, check=True)
+            synth.counts[out] = write_synth_corpus(out, records, defects, seed)
             cache[key] = out
         return cache[key]
 
+    synth.counts = {}
     return synth
 
 

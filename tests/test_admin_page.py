@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from backend.jobs import JobRunner
 from backend.settings import load_settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 PAGE = str(ROOT / "pages" / "admin.py")
 PASSWORD = "correct horse battery staple"
@@ -39,26 +38,21 @@ def texts(at: AppTest) -> str:
 
 def rerun_until(at: AppTest, pred, what: str, timeout: float = 120):
     """Re-run the page until pred(at) holds (what the live fragment shows every second)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def shown():
         at.run()
         assert not at.exception, at.exception
-        if pred(at):
-            return at
-        time.sleep(0.5)
-    raise AssertionError(f"gave up waiting for: {what}\n{texts(at)[-3000:]}")
+        return pred(at)
+
+    wait_until(shown, lambda: f"{what}\n{texts(at)[-3000:]}", timeout, every=0.5)
+    return at
 
 
 @pytest.fixture
-def admin_env(workspace, monkeypatch):
+def admin_env(workspace, monkeypatch, no_leftover_jobs):
     monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", PASSWORD)
     s = load_settings()
     s.ensure_dirs()
-    yield s
-    runner = JobRunner(s)
-    for job in runner.list(limit=1000):
-        if not job.finished:
-            runner.cancel(job.id)
+    return s
 
 
 def test_without_the_password_nothing_can_be_started(settings):
@@ -114,7 +108,7 @@ def test_with_the_password_a_job_starts_and_its_log_appears(admin_env):
     assert (admin_env.data_dir / "sample-run" / "train.jsonl").exists()
 
 
-def test_train_from_the_form_shows_xtuner_log_and_cancels(admin_env, monkeypatch, tiny_model, train_python, tmp_path):
+def test_train_from_the_form_shows_xtuner_log_and_cancels(admin_env, monkeypatch, tiny_model, train_python):
     """Train from the form (tiny model, CPU): the job runs as a real subprocess, its log shows
     XTuner's own output on the page, and Cancel on the page ends it."""
 
@@ -168,7 +162,7 @@ def test_live_view_shows_progress_chart_and_training_answers(admin_env):
     runner.cancel(job_id)
 
 
-def test_a_bad_form_value_is_a_message_and_starts_nothing(admin_env, monkeypatch, tmp_path, train_python):
+def test_a_bad_form_value_is_a_message_and_starts_nothing(admin_env, monkeypatch, train_python):
     monkeypatch.delenv("RECIPE_BASE_MODEL", raising=False)
     at = login(page())
     at.radio(key="section").set_value("Run a stage · 单步运行").run()
@@ -209,9 +203,7 @@ def test_failed_jobs_show_their_reason_and_log_tail(admin_env):
     runner = JobRunner(admin_env)
     code = "import sys; print('reading corpus'); print('KeyError: recipeIngredient', file=sys.stderr); sys.exit(4)"
     job_id = runner.submit(StageCommand(kind="test", argv=[sys.executable, "-c", code], cwd=admin_env.workspace))
-    deadline = time.monotonic() + 60
-    while not runner.get(job_id).finished and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: runner.get(job_id).finished, "the failing job to finish")
     at = login(page())
     assert "exited with code 4: KeyError: recipeIngredient" in texts(at)
     assert any(e.label.startswith(f"❌ #{job_id}") for e in at.expander)
@@ -220,8 +212,7 @@ def test_failed_jobs_show_their_reason_and_log_tail(admin_env):
     assert list(history["return code"]) == [4]
 
 
-def test_retrain_from_the_page_runs_the_chain_and_can_be_cancelled(admin_env, monkeypatch, tiny_model, train_python,
-                                                                    tmp_path):
+def test_retrain_from_the_page_runs_the_chain_and_can_be_cancelled(admin_env, monkeypatch, tiny_model, train_python):
 
     monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()

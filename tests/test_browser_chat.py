@@ -74,7 +74,7 @@ def test_ask_stream_refresh(app_url):
             tokens = page.get_by_label("max new tokens")
             tokens.fill("3000")
             tokens.press("Enter")
-            page.wait_for_timeout(500)
+            expect(tokens).to_have_value("3000")  # committed: the next submission carries it
             box = page.get_by_test_id("stChatInputTextArea")
             box.fill("红烧肉怎么做？")
             box.press("Enter")

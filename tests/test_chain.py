@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,13 @@ from backend.jobs import JobRunner, process_alive
 from backend.registry import list_models
 from backend.settings import load_settings
 from pipeline.stage import StageError
+from tests.conftest import wait_until
 
 
 def wait_chain(settings, chain_id: int, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ch = get_chain(settings, chain_id)
-        if ch.status != "running":
-            return ch
-        time.sleep(0.2)
-    raise AssertionError(f"chain {chain_id} still running: {[(j.kind, j.status) for j in ch.jobs]}")
+    return wait_until(lambda: (ch := get_chain(settings, chain_id)).status != "running" and ch,
+                      lambda: f"chain {chain_id} to end: {[(j.kind, j.status) for j in get_chain(settings, chain_id).jobs]}",
+                      timeout, every=0.2)
 
 
 pytestmark = pytest.mark.usefixtures("no_leftover_jobs")
@@ -36,7 +32,7 @@ TRAIN_QUICK = {"run_name": "r1", "max_iters": 2, "max_length": 256, "log_interva
 
 
 def test_prepare_train_convert_merge_run_in_order_into_the_registry(workspace, monkeypatch, tiny_model,
-                                                                    train_python, tmp_path):
+                                                                    train_python):
     monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
     settings.ensure_dirs()
@@ -85,37 +81,36 @@ def test_the_first_step_is_checked_before_anything_is_recorded(settings):
     assert chain.list_chains(settings) == [] and JobRunner(settings).list() == []
 
 
-def _start_long_training(settings, monkeypatch, tiny_model, tmp_path):
+def _start_long_training(monkeypatch, tiny_model):
     monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
     chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1")}),
                                       ("train", {**TRAIN_QUICK, "max_iters": 100_000}), ("convert", {})])
-    runner = JobRunner(settings)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def training():
         jobs = get_chain(settings, chain_id).jobs
-        if len(jobs) == 2 and jobs[1].status == "running" and jobs[1].child_pid:
-            return settings, chain_id, jobs[1]
-        time.sleep(0.2)
-    raise AssertionError(f"training did not start: {[(j.kind, j.status, j.error) for j in runner.list()]}")
+        return len(jobs) == 2 and jobs[1].status == "running" and jobs[1].child_pid and jobs[1]
+
+    train_job = wait_until(training, lambda: f"training to start: {[(j.kind, j.status, j.error) for j in JobRunner(settings).list()]}",
+                           timeout=120, every=0.2)
+    return settings, chain_id, train_job
 
 
 def test_cancel_a_chain_ends_its_running_step_and_starts_nothing_more(workspace, monkeypatch, tiny_model,
-                                                                      train_python, tmp_path):
-    settings, chain_id, train_job = _start_long_training(load_settings(), monkeypatch, tiny_model, tmp_path)
+                                                                      train_python):
+    settings, chain_id, train_job = _start_long_training(monkeypatch, tiny_model)
     ch = cancel_chain(settings, chain_id)
     assert ch.status == "cancelled"
     assert [(j.kind, j.status) for j in ch.jobs] == [("prepare", "succeeded"), ("train", "cancelled")]
-    deadline = time.monotonic() + 60  # the supervisor advances the chain after recording: let it finish
-    while process_alive(train_job.pid, train_job.pid_start) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not process_alive(train_job.pid, train_job.pid_start)
+    # the supervisor advances the chain after recording: let it finish
+    wait_until(lambda: not process_alive(train_job.pid, train_job.pid_start), "the train job's supervisor to exit")
     assert len(get_chain(settings, chain_id).jobs) == 2
 
 
-def test_app_restart_fails_the_chain_of_a_vanished_job(workspace, monkeypatch, tiny_model, train_python, tmp_path):
-    settings, chain_id, train_job = _start_long_training(load_settings(), monkeypatch, tiny_model, tmp_path)
+def test_app_restart_fails_the_chain_of_a_vanished_job(workspace, monkeypatch, tiny_model, train_python):
+    settings, chain_id, train_job = _start_long_training(monkeypatch, tiny_model)
     os.kill(train_job.pid, signal.SIGKILL)  # the supervisor dies without recording anything
+    wait_until(lambda: not process_alive(train_job.pid, train_job.pid_start), "the killed supervisor to be gone")
     chain.reconcile(settings)  # what app startup runs
     ch = get_chain(settings, chain_id)
     assert ch.status == "failed"

@@ -142,3 +142,26 @@ def test_missing_model_falls_back_to_library(workspace, monkeypatch):
     assert "does not exist" in " ".join(w.value for w in at.warning)
     at = _ask(at, "番茄炒蛋的做法")
     assert "您需要准备以下食材" in "\n".join(m.value for m in at.chat_message[1].markdown)
+
+
+def test_sidebar_generation_settings_reach_the_answer(settings):
+    """Defaults as InternLM's demo (top-p 0.8, temperature 0.7) and the chef prompt; what the
+    user changes in the sidebar is what the answer is generated (and recorded) with."""
+    from pipeline.recipe_format import SYSTEM_PROMPT
+
+    at = _app()
+    assert (at.sidebar.slider(key="top_p").value, at.sidebar.slider(key="temperature").value) == (0.8, 0.7)
+    assert at.sidebar.text_area(key="system_prompt").value == SYSTEM_PROMPT
+    assert at.sidebar.toggle(key="grounding").value is True  # the library has recipes
+    at.sidebar.slider(key="top_p").set_value(0.5)
+    at.sidebar.slider(key="top_k").set_value(7)
+    at.sidebar.text_area(key="system_prompt").set_value("你是川菜师傅")
+    at.sidebar.toggle(key="grounding").set_value(False)
+    at = _ask(at, "番茄炒蛋的做法")
+    assert not at.chat_message[1].expander  # grounding off: no "参考菜谱" sources
+    h = History(settings.app_db)
+    bot = h.messages(h.list_conversations()[0]["id"])[-1]
+    assert bot["params"]["top_p"] == 0.5 and bot["params"]["top_k"] == 7
+    assert bot["params"]["system_prompt"] == "你是川菜师傅" and not bot["sources"]
+    at.sidebar.button(key="reset_prompt").click().run()
+    assert at.sidebar.text_area(key="system_prompt").value == SYSTEM_PROMPT

@@ -44,6 +44,7 @@ def test_library_answer_is_grounded_and_recorded(settings, library, history):
     assert text == answer.text and answer.finish_reason == "stop" and answer.ttft_ms is not None
     assert answer.sources and "蛋" in answer.sources[0]["name"]
     assert answer.messages[0]["role"] == "system" and answer.sources[0]["name"] in answer.messages[0]["content"]
+    assert answer.messages[0]["content"].startswith(SYSTEM_PROMPT.strip())  # the chef prompt by default
     user, bot = history.messages(cid)
     assert (user["content"], bot["content"]) == ("番茄炒蛋的做法", text)
     assert bot["engine"] == "library" and bot["finish_reason"] == "stop" and bot["id"] == answer.message_id
@@ -103,8 +104,12 @@ def test_stopping_keeps_the_partial_answer(settings, library, history, tiny_engi
     bot = history.messages(cid)[-1]
     assert bot["finish_reason"] == "stopped" and bot["content"] == "".join(got)
     assert bot["completion_tokens"] < 500
-    # the engine is free again
-    assert "".join(service.ask(cid, "再来", GenerationParams(max_new_tokens=4))) is not None
+    # the engine is free again: the next question gets a whole answer
+    again = service.ask(cid, "再来", GenerationParams(max_new_tokens=4))
+    text = "".join(again)
+    bot = history.messages(cid)[-1]
+    assert again.finish_reason in ("length", "stop") and again.error is None
+    assert (bot["content"], bot["finish_reason"]) == (text, again.finish_reason) and 0 < bot["completion_tokens"] <= 4
 
 
 def test_engine_failure_keeps_partial_answer_marked(settings, library, history, tiny_engine):
@@ -138,4 +143,3 @@ def test_answer_markdown_renders_a_recipe():
     assert md.startswith("为您找到菜谱") and "**您需要准备以下食材:**\n\n- 西红柿 2个\n- 鸡蛋 3个" in md
     assert "1. 打蛋\n2. 炒" in md
     assert answer_markdown("随便聊聊") == "随便聊聊"
-    assert SYSTEM_PROMPT  # the default system prompt is the chef prompt

@@ -105,7 +105,7 @@ def test_transformers_engine_serialises_concurrent_requests(tiny_engine):
     order = [i for _, i in events]
     blocks = [order[0]] + [b for a, b in zip(order, order[1:]) if a != b]
     assert sorted(blocks) == [0, 1, 2]
-    assert [e for e in events if e[0] == "end"] and len([e for e in events if e[0] == "end"]) == 3
+    assert sorted(i for kind, i in events if kind == "end") == [0, 1, 2]  # every request finished
 
 
 def test_transformers_engine_rejects_a_folder_without_model(tmp_path):
@@ -136,8 +136,8 @@ def test_lmdeploy_engine_on_cpu_falls_back_with_the_reason(workspace, monkeypatc
     choice = select(load_settings(), library)
     assert choice.engine.name == "transformers"
     assert choice.notes[0].startswith(f"{requested} engine unavailable") and "GPU" in choice.notes[0]
-    text = "".join(d.text for d in choice.engine.stream(ASK, GenerationParams(max_new_tokens=5)))
-    assert isinstance(text, str)
+    deltas = list(choice.engine.stream(ASK, GenerationParams(max_new_tokens=5)))  # the fallback answers
+    assert deltas[-1].finish_reason in ("length", "stop") and 0 < deltas[-1].completion_tokens <= 5
 
 
 def test_missing_model_folder_falls_back_to_library(workspace, monkeypatch, library):

@@ -2,14 +2,13 @@
 real runs, see test_eval_results.py)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from streamlit.testing.v1 import AppTest
 
+from tests.conftest import ROOT
 from tests.test_eval_results import ONE_FAILED, THREE_MODELS, TWO_MODELS, write_run
 from tests.test_evaluate import write_ceval
 
-PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "eval.py")
+PAGE = str(ROOT / "pages" / "eval.py")
 
 
 def page() -> AppTest:

@@ -15,8 +15,7 @@ import pytest
 from pipeline.opencompass_cfg.metrics import ingredient_names, ingredient_recall, mean_ingredient_recall
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
 from pipeline.stage import StageCommand, StageError
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 # The main log of a real run (two models, the second one's inference failed), as the job saw it.
 REAL_LOG = (

@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
 from backend.jobs import JobRunner
 from pipeline.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
+from tests.conftest import ROOT, wait_until
 from tests.test_evaluate import write_ceval
 
-ROOT = Path(__file__).resolve().parent.parent
 
 RECIPES = [
     {"name": "番茄炒蛋", "keywords": ["番茄炒蛋的做法"], "recipeIngredient": ["番茄 2个", "鸡蛋 3个", "盐 适量", "白糖 5g"],
@@ -68,7 +66,7 @@ def _run(argv, **kw):
     return r
 
 
-def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path, monkeypatch):
+def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path, monkeypatch, no_leftover_jobs):
     from pipeline import eval_results, evaluate
 
     # the held-out split (XTuner conversation format) and the recipes the tokenizer learns from
@@ -97,10 +95,8 @@ def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path
                            max_out_len=24, backend="auto", run_name="e2e")
     runner = JobRunner(settings)
     job_id = runner.submit(cmd)
-    deadline = time.monotonic() + 900
-    while not (job := runner.get(job_id)).finished:
-        assert time.monotonic() < deadline, runner.log_text(job_id)[-3000:]
-        time.sleep(1)
+    job = wait_until(lambda: (j := runner.get(job_id)).finished and j,
+                     lambda: "the evaluation job to finish:\n" + runner.log_text(job_id)[-3000:], timeout=900, every=1)
     log = runner.log_text(job_id)
     assert job.return_code == 0  # OpenCompass says all is well ...
     # ... but the job failed: the broken model has no score, and the error shows why

@@ -14,22 +14,10 @@ import pytest
 
 from backend.jobs import JobRunner, process_alive
 from pipeline.stage import StageCommand
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, wait_until
 
 
 pytestmark = pytest.mark.usefixtures("no_leftover_jobs")
-
-
-def wait_until(pred, what: str, timeout: float = 60.0):
-    """Poll until pred() is truthy (a safety limit, not a speed requirement)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"gave up waiting for: {what}")
 
 
 def py(code: str, tmp: Path, kind: str = "test", gpu: bool = False, *args: str) -> StageCommand:

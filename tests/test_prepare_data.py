@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from pipeline import prepare_data
 from pipeline.corpus import REASONS, check_line
 from pipeline.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, parse_answer
 from pipeline.stage import StageCommand, StageError
-from tests.conftest import ROOT, SAMPLE_RECIPES, SYNTH
+from tests.conftest import ROOT, SAMPLE_RECIPES, wait_until
 
 PY = sys.executable
 
@@ -43,16 +42,6 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def synth(path: Path, records: int, defects: float, seed: int = 5) -> dict:
-    """Write a synthetic corpus; return synth_corpus.py's counts of each defect kind."""
-    if not SYNTH.exists():
-        pytest.skip("../shared/tools/synth_corpus.py is not here (a user's clone): skipped")
-    with open(path, "wb") as f:
-        p = subprocess.run([PY, str(SYNTH), "--records", str(records), "--defects", str(defects), "--seed", str(seed)],
-                           stdout=f, stderr=subprocess.PIPE, check=True)
-    return json.loads(p.stderr.decode().strip().splitlines()[-1])
-
-
 def test_howtocook_every_line_kept_in_xtuner_format(howtocook, tmp_path):
     out = tmp_path / "out"
     prepare(howtocook, out, "--val", "10", "--test", "10", "--holdout", "0.2")
@@ -60,7 +49,8 @@ def test_howtocook_every_line_kept_in_xtuner_format(howtocook, tmp_path):
     n = len(howtocook.read_bytes().splitlines())
     assert s["lines"] == n and s["kept"] + s["duplicates"] == n - sum(s["rejected"].values())
     assert s["test"] == 10 and s["val"] == 10 and s["train"] > 250
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     for name in ("train", "val", "test"):
         ds = datasets.load_dataset("json", data_files=str(out / f"{name}.jsonl"), split="train")
         assert len(ds) == s[name]
@@ -85,9 +75,9 @@ def test_howtocook_every_line_kept_in_xtuner_format(howtocook, tmp_path):
     assert len(forms_used) == len(QUESTION_FORMS)  # natural question forms, spread over the set
 
 
-def test_defects_each_rejected_with_its_reason(tmp_path):
-    corpus = tmp_path / "defects.jsonl"
-    counts = synth(corpus, 6000, 0.05)
+def test_defects_each_rejected_with_its_reason(tmp_path, synth_corpus):
+    corpus = synth_corpus(6000, 0.05, seed=5)
+    counts = synth_corpus.counts[corpus]
     out = tmp_path / "out"
     prepare(corpus, out, "--workers", "0")
     s = stats_of(out)
@@ -115,9 +105,8 @@ def test_defects_each_rejected_with_its_reason(tmp_path):
     assert {r["reason"] for r in rejects} >= {"blank", "bad_utf8", "invalid_json", "duplicate"}
 
 
-def test_parallel_workers_give_identical_outputs(tmp_path):
-    corpus = tmp_path / "c.jsonl"
-    synth(corpus, 3000, 0.05, seed=9)
+def test_parallel_workers_give_identical_outputs(tmp_path, synth_corpus):
+    corpus = synth_corpus(3000, 0.05, seed=9)
     a, b = tmp_path / "a", tmp_path / "b"
     prepare(corpus, a, "--workers", "0", "--library", str(tmp_path / "a.db"))
     prepare(corpus, b, "--workers", "2", "--block-size", "65536", "--library", str(tmp_path / "b.db"))
@@ -133,14 +122,13 @@ def test_parallel_workers_give_identical_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("rotate", [1, 60_000])
-def test_workers_spool_files_rotate_and_vanish(tmp_path, monkeypatch, rotate):
+def test_workers_spool_files_rotate_and_vanish(tmp_path, monkeypatch, synth_corpus, rotate):
     """Worker processes write training lines to spool files that the main process copies into
     place; with a new spool file every block or every few blocks, the outputs are still those
     of one process."""
     from pipeline import prepare_worker
 
-    corpus = tmp_path / "c.jsonl"
-    synth(corpus, 2000, 0.05, seed=4)
+    corpus = synth_corpus(2000, 0.05, seed=4)
     a, b = tmp_path / "a", tmp_path / "b"
     prepare_data.run(corpus, a, workers=0, progress_every=60)
     monkeypatch.setattr(prepare_worker, "SPOOL_ROTATE", rotate)  # inherited by the forked workers
@@ -175,9 +163,8 @@ def test_bom_crlf_gz_zip_inputs(howtocook, tmp_path):
             assert (out / part).read_bytes() == (plain / part).read_bytes(), (name, part)
 
 
-def test_split_is_stable_when_data_grows(tmp_path):
-    corpus = tmp_path / "full.jsonl"
-    synth(corpus, 4000, 0.0, seed=11)
+def test_split_is_stable_when_data_grows(tmp_path, synth_corpus):
+    corpus = synth_corpus(4000, 0.0, seed=11)
     half = tmp_path / "half.jsonl"
     half.write_bytes(b"".join(corpus.read_bytes().splitlines(keepends=True)[:2000]))
     a, b = tmp_path / "a", tmp_path / "b"
@@ -194,9 +181,8 @@ def test_split_is_stable_when_data_grows(tmp_path):
     assert (c / "test.jsonl").read_bytes() != (a / "test.jsonl").read_bytes()
 
 
-def test_sample_keeps_n_training_recipes(tmp_path):
-    corpus = tmp_path / "c.jsonl"
-    synth(corpus, 3000, 0.0, seed=12)
+def test_sample_keeps_n_training_recipes(tmp_path, synth_corpus):
+    corpus = synth_corpus(3000, 0.0, seed=12)
     full, small = tmp_path / "full", tmp_path / "small"
     prepare(corpus, full)
     prepare(corpus, small, "--sample", "500")
@@ -232,6 +218,19 @@ def test_cleaning_unknown_names_and_too_long(tmp_path):
     assert any("raw tab" in c["input"] for c in convs)
 
 
+def session_members(sid: int) -> list[int]:
+    """Live (non-zombie) processes of the session ``sid`` (from /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] not in "ZX":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def test_kill_9_leaves_previous_outputs(howtocook, tmp_path):
     out = tmp_path / "out"
     lib = tmp_path / "lib.db"
@@ -260,10 +259,11 @@ def test_kill_9_leaves_previous_outputs(howtocook, tmp_path):
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
     assert after == before
     assert Library(lib).count() == n_lib
-    datasets = pytest.importorskip("datasets")
+    import datasets
+
     assert len(datasets.load_dataset("json", data_files=str(out / "train.jsonl"), split="train")) > 0
     # the next run is not blocked by the killed one and cleans its temporary files
-    time.sleep(0.2)
+    wait_until(lambda: not session_members(proc.pid), "the killed run's worker processes to be gone", timeout=30)
     prepare(howtocook, out, "--library", str(lib))
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     assert stats_of(out)["kept"] == json.loads(before["stats.json"])["kept"]

@@ -10,3 +10,14 @@ def test_app_serves_health_and_page(workspace):
             assert r.read().decode().strip() == "ok"
         with urllib.request.urlopen(url + "/", timeout=5) as r:
             assert r.status == 200 and b"<div id=\"root\">" in r.read()
+
+
+def test_ci_runs_the_readme_test_command():
+    """`.ci/run` calls the README's test command and nothing else."""
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "\nmake test " in readme and "\nmake run " in readme
+    lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[-1] == "make test" and all(line.startswith(("set ", "cd ")) for line in lines[:-1])

@@ -83,3 +83,26 @@ def test_configured_paths_may_live_outside_the_workspace(workspace, tmp_path, mo
     with pytest.raises(SettingsError, match="outside the workspace"):
         s.user_path(str(tmp_path / "other.jsonl"), (s.corpus,))
     assert s.user_path("data/x", (s.corpus,)) == workspace.resolve() / "data" / "x"
+
+
+def test_every_setting_is_documented_in_the_readme_with_its_default():
+    """README's settings table names each key (environment variable and settings.toml key) with
+    the default load_settings() really uses."""
+    from dataclasses import MISSING, fields
+
+    from backend.settings import Settings
+    from tests.conftest import ROOT
+
+    rows = {line.split("|")[1].strip(" `"): line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+            if line.startswith("| `RECIPE_")}
+    for f in fields(Settings):
+        if f.name == "source":
+            continue
+        row = rows.get(f"RECIPE_{f.name.upper()}")
+        assert row is not None, f"RECIPE_{f.name.upper()} is not in the README's settings table"
+        if f.name == "workspace":
+            assert "`./workspace`" in row
+            continue
+        assert f"`{f.name}`" in row, row
+        if f.default not in (MISSING, ""):
+            assert f"`{f.default}`" in row, (f.name, f.default, row)

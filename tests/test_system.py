@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from backend import system
 from backend.settings import load_settings
-from tests.conftest import require
+from tests.conftest import SAMPLE_RECIPES
 
 
 def by_topic(facts):
@@ -24,14 +23,17 @@ def test_gpu_fact_agrees_with_torch():
 
 
 def test_lmdeploy_fact_on_this_machine():
+    import importlib.util
+
+    import torch
+
     f = system.lmdeploy_fact()
-    try:
-        import lmdeploy  # noqa: F401
-        installed = True
-    except Exception:  # noqa: BLE001
-        installed = False
-    if not installed:
+    if importlib.util.find_spec("lmdeploy") is None:
         assert f.ok is False and "not installed" in f.summary and "requirements-gpu.txt" in f.hint
+    else:
+        assert "LMDeploy" in f.summary and "could not check" not in f.summary
+        assert f.ok <= torch.cuda.is_available()  # TurboMind needs a CUDA GPU
+        assert f.ok or f.hint  # when unusable, says what happens instead
 
 
 def test_lmdeploy_probe_survives_an_interpreter_that_exits(tmp_path):
@@ -75,8 +77,7 @@ def test_config_facts(workspace, monkeypatch, tmp_path):
 
 
 def test_config_facts_with_a_real_model_and_corpus(workspace, monkeypatch, tiny_model):
-    corpus = Path(__file__).resolve().parent.parent / "data" / "sample_recipes.jsonl"
-    require(corpus.exists(), "data/sample_recipes.jsonl is not in the project yet")
+    corpus = SAMPLE_RECIPES
     monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     monkeypatch.setenv("RECIPE_MODEL", str(tiny_model))
     monkeypatch.setenv("RECIPE_CORPUS", str(corpus))

@@ -92,17 +92,22 @@ def test_prepare_train_convert_merge_chat(settings, tiny_model, train_python):
     key = next(k for k in after if k.endswith("self_attn.q_proj.weight"))
     assert (after[key].float() - before[key].float()).abs().max() > 1e-4
 
-    # ---- chat through the app's transformers engine (transformers 5 in the app environment) ----
+    # ---- the registry lists it; "Use for chat" makes the app's engine selection load it ------------
     from backend.engines.base import GenerationParams
-    from backend.engines.transformers_engine import TransformersEngine
+    from backend.engines.select import select
+    from backend.registry import list_models, use_for_chat
 
+    (entry,) = list_models(settings)
+    assert entry.name == "e2e-model" and entry.base_model == str(base) and not entry.problem
     t = time.monotonic()
-    engine = TransformersEngine(out, device="cpu")
+    choice = select(use_for_chat(settings, out), None)  # transformers 5 in the app environment
+    engine = choice.engine
+    assert engine.name == "transformers" and engine.model == str(out), choice.notes
     deltas = list(engine.stream([{"role": "system", "content": SYSTEM_PROMPT},
                                  {"role": "user", "content": question("红烧肉", 0)}],
                                 GenerationParams(max_new_tokens=8, temperature=0)))
     TIMINGS["chat"] = time.monotonic() - t
     assert deltas[-1].finish_reason in ("stop", "length")
     assert deltas[-1].completion_tokens >= 1 and deltas[-1].prompt_tokens > 10
-    assert isinstance("".join(d.text for d in deltas), str)
+    engine.close()
     print("\nstage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items()))

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from pipeline import convert, merge, quantize, train, xtuner_log
 from pipeline.stage import StageError, stage_module
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 # Lines as XTuner 0.2.0 / MMEngine 0.10.6 print them (taken from a real CPU run, plus a GPU-style
 # line with a day-long ETA and padded iteration counter).
