@@ -34,18 +34,24 @@ class Fact:
     hint: str = ""  # what to do when not ok
 
 
+def nvidia_gpus() -> list[str]:
+    """The NVIDIA GPUs nvidia-smi sees ("name, memory, driver" each); [] without one. The one GPU
+    test of the project (scripts/setup-env.sh asks nvidia-smi too, to pick the torch build).
+    Standard library only: stage modules run it inside the train and eval environments too."""
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        r = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
+
+
 def gpu_fact() -> Fact:
     """A CUDA GPU seen by nvidia-smi and by torch in this process."""
-    smi = shutil.which("nvidia-smi")
-    names = []
-    if smi:
-        try:
-            r = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                               capture_output=True, text=True, timeout=15)
-            if r.returncode == 0:
-                names = [line.strip() for line in r.stdout.splitlines() if line.strip()]
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+    names = nvidia_gpus()
     torch_cuda, torch_note = False, ""
     try:
         import torch

@@ -22,8 +22,6 @@ import json
 import math
 import os
 import re
-import shutil
-import subprocess
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -96,14 +94,10 @@ def prompt_templates() -> list[str]:
 
 @lru_cache(maxsize=1)
 def cuda_available() -> bool:
-    """A CUDA GPU is visible (same test as scripts/setup-env.sh, which picks the torch build)."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return False
-    try:
-        return subprocess.run([smi, "-L"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    """A CUDA GPU is visible to nvidia-smi (backend.system.nvidia_gpus)."""
+    from backend.system import nvidia_gpus
+
+    return bool(nvidia_gpus())
 
 
 def resolve_device(device: str) -> str:

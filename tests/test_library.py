@@ -138,3 +138,20 @@ def test_query_terms_and_canon():
     assert query_terms("鸡蛋和西红柿能做什么菜") == ["鸡蛋", "番茄"]
     assert canon("皮蛋瘦肉粥") == "皮蛋瘦肉粥" and canon("咸蛋黄") == "咸蛋黄" and canon("蛋糕") == "蛋糕"
     assert canon("洋芋丝") == canon("马铃薯丝") == "土豆丝"
+
+
+def test_count_follows_own_and_other_writers(tmp_path):
+    """count() is cached between commits; writes by this object or by another process's
+    connection are seen at once."""
+    path = tmp_path / "lib.db"
+    recipes = [json.loads(line) for line in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines()]
+    lib = Library(path)
+    assert lib.count() == 0
+    lib.add_recipes(recipes[:3])
+    assert lib.count() == 3
+    other = subprocess.run(
+        [sys.executable, "-c", "import sys, json; from backend.library import Library; "
+         "Library(sys.argv[1]).add_recipes(json.loads(l) for l in open(sys.argv[2], encoding='utf-8'))",
+         str(path), str(SAMPLE_RECIPES)], cwd=ROOT, capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    assert lib.count() == N_SAMPLE
