@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
+from pipeline import prepare_native
 from pipeline.corpus import BOM, Recipe, check_line, check_recipe, fingerprint_bytes
 from pipeline.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, format_answer, question
 
@@ -60,6 +61,7 @@ SPOOL_ROTATE = 64 << 20  # bytes a spool file receives before the worker starts 
 
 _opts: dict = {}
 _cache: set = set()
+_native: dict = {}  # "conv": the compiled fast path for this process's options, or None
 _spool: dict = {}  # the worker's current spool file: "file", "path", "size", "count"
 
 
@@ -68,6 +70,8 @@ def init_worker(opts: dict) -> None:
     _opts.clear()
     _opts.update(opts)
     _cache.clear()
+    _native["conv"] = prepare_native.converter(opts, _FORMS, _PREFIX, _MIDDLE, _SUFFIX,
+                                               mix(opts["seed"]) if opts["seed"] else 0)
     for f in _files.values():
         f.close()
     _files.clear()
@@ -174,9 +178,21 @@ def _spooled(res: BlockResult) -> BlockResult:
     return res
 
 
+def convert_data(data: bytes) -> BlockResult:
+    """Convert the lines of data (split like _split): through the compiled fast path when this
+    process has one, else convert_lines."""
+    conv = _native.get("conv")
+    if conv is None:
+        return convert_lines(_split(data))
+    res = conv.convert(data, convert_lines)  # its blob may be a view of a buffer used again
+    if not _opts.get("spool_dir"):
+        res.blob = bytes(res.blob)
+    return res
+
+
 def convert_block(block: bytes) -> BlockResult:
     """Convert a block of whole lines (sent by the main process: compressed inputs)."""
-    return _spooled(convert_lines(_split(block)))
+    return _spooled(convert_data(block))
 
 
 _files: dict = {}
@@ -199,7 +215,6 @@ def convert_range(path: str, start: int, end: int) -> BlockResult:
         if pos >= end:
             return convert_lines([])
         data = f.read(end - pos)
-    lines = _split(data)
     if data and not data.endswith(b"\n"):
-        lines[-1] += f.readline().rstrip(b"\n")  # complete the last line
-    return _spooled(convert_lines(lines))
+        data += f.readline()  # complete the last line
+    return _spooled(convert_data(data))
