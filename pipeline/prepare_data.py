@@ -18,10 +18,12 @@ band (the next --holdout/2) or training. --test/--val take the N recipes of lowe
 their band; the rest of a band is held out unused, so adding data never moves a held-out recipe
 into training. --sample N keeps the N training recipes of lowest hash (a uniform sample).
 
-Parsing, validation and formatting run in worker processes, which read their own byte ranges
-of a plain input and write the training lines to spool files; order and deduplication stay in
-this process, which copies the lines it keeps from the spool files into place inside the
-kernel (copy_file_range), so the data itself never passes through a pipe or this process. Progress goes to a progress bar on a terminal, else to "progress ..." lines that
+Parsing, validation and formatting run in worker processes (through the compiled fast path of
+pipeline/native where a C compiler is available, else in Python: the same bytes either way),
+which read their own byte ranges of a plain input and put the training lines in shared memory
+(prepare_worker.Slots); order and deduplication stay in this process, which writes the lines it
+keeps from there, so that the data itself never passes through a pipe. Progress goes to a
+progress bar on a terminal, else to "progress ..." lines that
 pipeline.prepare_data.progress() parses for the Admin page.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from pipeline import native
 from pipeline import prepare_worker as W
 from pipeline.corpus import REASONS, CorpusError, iter_blocks, open_corpus
 from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet
@@ -112,8 +115,7 @@ class _Reporter:
 
 def _clean_stale(out_dir: Path, library: Path | None) -> None:
     """Remove temporary files left by killed runs (the caller holds the directory lock)."""
-    stale = [p for name in OUTPUT_FILES for p in out_dir.glob(f".{name}.*.tmp")]
-    for p in stale + list(out_dir.glob(f"{W.SPOOL_PREFIX}*.tmp")):
+    for p in [p for name in OUTPUT_FILES for p in out_dir.glob(f".{name}.*.tmp")]:
         with contextlib.suppress(OSError):
             p.unlink()
     if library is not None:
@@ -124,72 +126,42 @@ def _clean_stale(out_dir: Path, library: Path | None) -> None:
 
 
 class _FdSink:
-    """Appends to a file through its descriptor: bytes, or byte ranges of another file copied
-    by the kernel (copy_file_range), so that the training lines never enter this process."""
+    """Appends to a file through its descriptor, many buffers a system call (os.writev)."""
 
     def __init__(self, f):
         f.flush()
         self.fd = f.fileno()
 
-    def write(self, data) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-
-    def copy(self, src: int, offset: int, length: int) -> None:
-        while length > 0:
-            try:
-                n = _copy_file_range(src, self.fd, length, offset)
-            except (OSError, TypeError):  # not supported here: copy through memory
-                n = 0
-            if n <= 0:
-                data = os.pread(src, length, offset)
-                if len(data) != length:
-                    raise RuntimeError(f"internal error: a spool file ended {length - len(data)} bytes early")
-                self.write(data)
-                return
-            offset += n
-            length -= n
+    def write(self, buffers: list) -> None:
+        for i in range(0, len(buffers), 512):
+            chunk = buffers[i:i + 512]
+            n = os.writev(self.fd, chunk)
+            while n < sum(map(len, chunk)):  # a short write: the rest, one buffer at a time
+                done = 0
+                for k, b in enumerate(chunk):
+                    if done + len(b) > n:
+                        chunk = [memoryview(b)[n - done:], *chunk[k + 1:]]
+                        break
+                    done += len(b)
+                n = os.writev(self.fd, chunk)
 
 
-_copy_file_range = getattr(os, "copy_file_range", None)  # Linux; elsewhere the pread fallback
+def slot_bytes(block_size: int) -> int:
+    """Shared memory for the training lines of one block (they take about the block's size; a
+    block whose lines do not fit sends them through the pipe instead)."""
+    return 4 * block_size + (1 << 20)
 
 
-class _Spools:
-    """The workers' spool files (see prepare_worker._spooled), opened on first use and unlinked
-    at once; a worker's previous file is closed when its next one appears, since results are
-    handled in the order each worker produced them."""
-
-    def __init__(self):
-        self.fds: dict[str, int] = {}
-        self.current: dict[str, str] = {}  # worker -> its latest spool file
-
-    def fd(self, path: str) -> int:
-        fd = self.fds.get(path)
-        if fd is None:
-            fd = self.fds[path] = os.open(path, os.O_RDONLY)
-            os.unlink(path)
-            worker = path.rsplit(".", 2)[0]  # ...spool.MAIN.WORKER
-            old = self.current.get(worker)
-            if old is not None:
-                os.close(self.fds.pop(old))
-            self.current[worker] = path
-        return fd
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-
-def _blocks(stream, path: Path, plain: bool, size: int):
-    """(task function, args, end position in bytes) for each block of the input."""
+def _blocks(stream, path: Path, plain: bool, size: int, slots: int):
+    """(task function, args, end position in bytes) for each block of the input; block i
+    puts its training lines in shared slot i % slots."""
     if plain:  # workers read their own byte ranges: nothing to copy through this process
-        for start in range(0, stream.total, size):
-            yield W.convert_range, (str(path), start, min(start + size, stream.total)), min(start + size, stream.total)
+        for i, start in enumerate(range(0, stream.total, size)):
+            end = min(start + size, stream.total)
+            yield W.convert_range, (str(path), start, end, i % slots), end
     else:
-        for block in iter_blocks(stream, size):
-            yield W.convert_block, (block,), stream.position()
+        for i, block in enumerate(iter_blocks(stream, size)):
+            yield W.convert_block, (block, i % slots), stream.position()
 
 
 def _results(tasks, pool, workers: int, opts: dict):
@@ -257,12 +229,20 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
     reporter = _Reporter(stream.total, progress_every, tty)
     train_keys = array("Q")  # split keys of the training lines, only when sampling
 
-    # workers are forked before any output file or database connection is open
+    # workers are forked before any output file or database connection is open, after the
+    # shared memory for their training lines exists; the compiled converter is built first
+    if lib_path is not None:
+        stats["converter"] = "python (library rows are built in Python)"
+    elif native.load() is None:
+        stats["converter"] = f"python ({native.why_not()})"
+        print(f"note: {native.why_not()}", file=sys.stderr, flush=True)
+    else:
+        stats["converter"] = "compiled"
+    slots = W.SLOTS = W.Slots(2 * workers + 2, slot_bytes(block_size))
     pool = None
     if workers > 0:
         pool = multiprocessing.get_context("fork").Pool(
-            workers, W.init_worker, ({**opts, "parent": os.getpid(), "spool_dir": str(out_dir)},))
-    spool = _Spools()
+            workers, W.init_worker, ({**opts, "parent": os.getpid()},))
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(stream.close)
@@ -306,7 +286,8 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                     kept = fate == KEPT
                     n_kept = int(kept.sum())
                     out_index = np.cumsum(status == W.KEEP) - 1  # recipe -> its line in blob
-                    offsets = np.frombuffer(res.offsets, dtype=np.uint64)
+                    line_start = np.frombuffer(res.starts, dtype=np.uint64)
+                    line_end = np.frombuffer(res.ends, dtype=np.uint64)
                     rel = np.frombuffer(res.rel, dtype=np.uint32)
                     stats["kept"] += n_kept
                     for j in np.flatnonzero(fate == DUPLICATE).tolist():
@@ -317,18 +298,14 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         reject_sample("too_long", base + int(rel[j]), res.long_detail.get(j, ""))
                     train = kept & (keys >= np.uint64(val_cut))
                     idx = out_index[train]
-                    if res.spool is not None:
-                        src, src_off = spool.fd(res.spool[0]), res.spool[1]
+                    lines = memoryview(res.blob if res.slot is None else slots.view(res.slot))
                     if len(idx):
-                        # runs of consecutive lines of the blob, copied in one piece each
-                        cut = np.flatnonzero(np.diff(idx) != 1) + 1
-                        starts = offsets[idx[np.r_[0, cut]]].tolist()
-                        ends = offsets[idx[np.r_[cut - 1, len(idx) - 1]] + 1].tolist()
-                        for a, b in zip(starts, ends):
-                            if res.spool is None:
-                                train_sink.write(memoryview(res.blob)[a:b])
-                            else:
-                                train_sink.copy(src, src_off + a, b - a)
+                        # runs of lines that follow each other in the blob, written in one piece each
+                        s_idx, e_idx = line_start[idx], line_end[idx]
+                        cut = np.flatnonzero(e_idx[:-1] != s_idx[1:]) + 1
+                        starts = s_idx[np.r_[0, cut]].tolist()
+                        ends = e_idx[np.r_[cut - 1, len(idx) - 1]].tolist()
+                        train_sink.write([lines[a:b] for a, b in zip(starts, ends)])
                     stats["train"] += len(idx)
                     if f_cand is not None:
                         train_keys.frombytes(keys[train].tobytes())
@@ -338,9 +315,8 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         if not band.wants(int(keys[j])):
                             band.seen += 1
                             continue
-                        a, b = int(offsets[k]), int(offsets[k + 1])
-                        line = res.blob[a:b] if res.spool is None else os.pread(src, b - a, src_off + a)
-                        band.offer(int(keys[j]), base + int(rel[j]), line)
+                        a, b = int(line_start[k]), int(line_end[k])
+                        band.offer(int(keys[j]), base + int(rel[j]), bytes(lines[a:b]))
                     if builder is not None and n_kept:
                         builder.add(res.rows[k] for k in out_index[kept].tolist())
                 if block_rejects:
@@ -349,7 +325,8 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 reporter.update(end_pos, stats)
 
             line_no = 1
-            for res, end_pos in _results(_blocks(stream, input_path, plain, block_size), pool, workers, opts):
+            tasks = _blocks(stream, input_path, plain, block_size, slots.count)
+            for res, end_pos in _results(tasks, pool, workers, opts):
                 handle(res, line_no, end_pos)
                 line_no += res.n_lines
 
@@ -367,10 +344,8 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
         if pool is not None:
             pool.terminate()
             pool.join()
-        spool.close()
-        for p in out_dir.glob(f"{W.SPOOL_PREFIX}{os.getpid()}.*"):
-            with contextlib.suppress(OSError):
-                p.unlink()
+        W.SLOTS = None
+        slots.close()
     stats["seconds"] = round(time.monotonic() - t0, 3)
     stats["records_per_s"] = round(stats["lines"] / max(stats["seconds"], 1e-9))
     stats["options"] = {"sample": sample, "val": val, "test": test, "holdout": holdout, "seed": seed,

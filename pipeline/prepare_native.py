@@ -59,91 +59,89 @@ class NativeConverter:
                          self._c_texts, self._c_lens, self._c_chars)
         if rc != 0:
             raise RuntimeError("rc_init refused the options")
-        self.out = np.empty(0, dtype=np.uint8)
+        self.out = np.empty(0, dtype=np.uint8)  # where the lines go without a slot
         self.arrays: dict[str, np.ndarray] = {}
 
-    def _buffers(self, n_lines: int, n_bytes: int) -> None:
-        cap = 6 * n_bytes + (n_lines + 1) * _FIXED_OUT
-        if len(self.out) < cap:
-            self.out = np.empty(cap + cap // 4, dtype=np.uint8)
+    def _arrays(self, n_lines: int) -> dict[str, np.ndarray]:
         if len(self.arrays.get("status", ())) < n_lines:
             size = n_lines + n_lines // 4 + 16
             self.arrays = {"status": np.empty(size, np.uint8), "starts": np.empty(size, np.uint64),
                            "ends": np.empty(size, np.uint64), "digest": np.empty(size, np.uint64),
                            "key": np.empty(size, np.uint64), "chars": np.empty(size, np.int64),
                            "out_end": np.empty(size, np.uint64)}
+        return self.arrays
 
-    def convert(self, data: bytes, python_convert):
-        """The BlockResult of the lines of data (split like prepare_worker._split);
-        python_convert(lines) converts the lines C leaves."""
-        from pipeline.prepare_worker import KEEP, SEEN, TOO_LONG, BlockResult
-
-        n_lines = self.lib.rc_count_lines(data, len(data))
-        self._buffers(n_lines, len(data))
+    def _run(self, data: bytes, n_lines: int, out: np.ndarray) -> tuple[int, int]:
         a = self.arrays
         used = ctypes.c_size_t(0)
         done = self.lib.rc_convert(
             data, len(data), n_lines, *(a[k].ctypes.data for k in ("status", "starts", "ends", "digest", "key",
                                                                      "chars", "out_end")),
-            self.out.ctypes.data, len(self.out), ctypes.byref(used))
-        if done != n_lines:
-            raise RuntimeError(f"internal error: the compiled converter did {done} of {n_lines} lines")
+            out.ctypes.data, len(out), ctypes.byref(used))
+        if done < 0:
+            raise MemoryError("the compiled converter could not allocate its buffers")
+        return done, used.value
+
+    def convert(self, data: bytes, python_convert, out: np.ndarray | None = None):
+        """(BlockResult of the lines of data (split like prepare_worker._split), in_out):
+        python_convert(lines) converts the lines C leaves; the training lines are written to
+        out (in_out True; the result's blob is b"") where they fit, else they are the blob."""
+        from pipeline.prepare_worker import KEEP, SEEN, TOO_LONG, BlockResult
+
+        n_lines = self.lib.rc_count_lines(data, len(data))
+        a = self._arrays(n_lines)
+        done, n = self._run(data, n_lines, out) if out is not None else (-1, 0)
+        in_out = done == n_lines
+        if not in_out:  # no slot, or it was too small: again, into a buffer of this process
+            self.lib.rc_cache_clear()  # the lines done are done again: none of them is SEEN
+            cap = 6 * len(data) + (n_lines + 1) * _FIXED_OUT
+            if len(self.out) < cap:
+                self.out = np.empty(cap, dtype=np.uint8)
+            out = self.out
+            done, n = self._run(data, n_lines, out)
+            if done != n_lines:
+                raise RuntimeError(f"internal error: the compiled converter did {done} of {n_lines} lines")
         status = a["status"][:n_lines]
         fb = np.flatnonzero(status == C_FALLBACK)
         mine = np.flatnonzero(status != C_FALLBACK)
         c_st = status[mine]
-        c_keep = c_st == C_KEEP
         c_status = np.choose(c_st, (0, KEEP, TOO_LONG, SEEN)).astype(np.uint8)
-        c_offsets = np.concatenate(([0], a["out_end"][mine[c_keep]])).astype(np.uint64)
-        c_blob = memoryview(self.out)[: used.value]  # valid until the next call
-        c_digests, c_keys = a["digest"][mine], a["key"][mine]
+        c_ends = a["out_end"][mine[c_st == C_KEEP]]
+        c_starts = np.concatenate((np.zeros(1, np.uint64), c_ends[:-1])) if len(c_ends) else c_ends
         chars = a["chars"][mine]
         long_detail = {int(j): f"{int(chars[j])} characters > {self.max_length}"
                        for j in np.flatnonzero(c_st == C_TOO_LONG).tolist()}
         starts, ends = a["starts"], a["ends"]
         py = python_convert([data[s:e] for s, e in zip(starts[fb].tolist(), ends[fb].tolist())])
         rejects = [(int(fb[i]), reason, detail, head) for i, reason, detail, head in py.rejects]
-        p_rel = fb[np.frombuffer(py.rel, dtype=np.uint32)] if py.rel else np.empty(0, dtype=np.int64)
-        if not len(p_rel):
-            return BlockResult(n_lines, rejects, mine.astype(np.uint32).tobytes(), c_digests.astype("<u8").tobytes(),
-                               c_keys.astype("<u8").tobytes(), c_status.tobytes(), long_detail, c_blob,
-                               c_offsets.astype("<u8").tobytes(), None)
-        return _merge(n_lines, rejects, mine, c_digests, c_keys, c_status, long_detail, c_blob, c_offsets, p_rel, py)
-
-
-def _merge(n_lines, rejects, c_rel, c_digests, c_keys, c_status, c_long, c_blob, c_offsets, p_rel, py):
-    """One BlockResult, in line order, of the recipes converted by C and by Python."""
-    from pipeline.prepare_worker import KEEP, BlockResult
-
-    p_status = np.frombuffer(py.status, dtype=np.uint8)
-    rel = np.concatenate((c_rel, p_rel))
-    order = np.argsort(rel, kind="stable")
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    digests = np.concatenate((c_digests, np.frombuffer(py.digests, dtype="<u8")))[order]
-    keys = np.concatenate((c_keys, np.frombuffer(py.keys, dtype="<u8")))[order]
-    status = np.concatenate((c_status, p_status))[order]
-    n_c = len(c_rel)
-    long_detail = {int(inverse[j]): d for j, d in c_long.items()}
-    long_detail.update({int(inverse[n_c + j]): d for j, d in py.long_detail.items()})
-    # the training lines of both, in line order: C's blob cut where Python's lines go
-    c_keep_rel = c_rel[c_status == KEEP]
-    p_keep_rel = p_rel[p_status == KEEP]
-    p_offsets = np.frombuffer(py.offsets, dtype="<u8")
-    cuts = np.searchsorted(c_keep_rel, p_keep_rel)
-    pieces, prev = [], 0
-    for k, cut in enumerate(cuts.tolist()):
-        at = int(c_offsets[cut])
-        pieces.append(c_blob[prev:at])
-        pieces.append(py.blob[int(p_offsets[k]):int(p_offsets[k + 1])])
-        prev = at
-    pieces.append(c_blob[prev:])
-    keep_rel = np.concatenate((c_keep_rel, p_keep_rel))
-    lengths = np.concatenate((np.diff(c_offsets), np.diff(p_offsets)))[np.argsort(keep_rel, kind="stable")]
-    offsets = np.concatenate(([0], np.cumsum(lengths))).astype("<u8")
-    return BlockResult(n_lines, rejects, rel[order].astype(np.uint32).tobytes(), digests.astype("<u8").tobytes(),
-                       keys.astype("<u8").tobytes(), status.tobytes(), long_detail, b"".join(pieces),
-                       offsets.tobytes(), None)
+        if not py.rel:
+            blob = b"" if in_out else out[:n].tobytes()
+            return BlockResult(n_lines, rejects, mine.astype(np.uint32).tobytes(), a["digest"][mine].tobytes(),
+                               a["key"][mine].tobytes(), c_status.tobytes(), long_detail, blob,
+                               c_starts.tobytes(), c_ends.tobytes(), None), in_out
+        # Python's training lines go after C's; the result lists them in line order
+        if in_out and n + len(py.blob) <= len(out):
+            out[n:n + len(py.blob)] = np.frombuffer(py.blob, dtype=np.uint8)
+            blob = b""
+        else:
+            blob, in_out = out[:n].tobytes() + py.blob, False
+        p_rel = fb[np.frombuffer(py.rel, dtype=np.uint32)]
+        p_status = np.frombuffer(py.status, dtype=np.uint8)
+        rel = np.concatenate((mine, p_rel))
+        order = np.argsort(rel, kind="stable")
+        position = np.empty_like(order)
+        position[order] = np.arange(len(order))
+        for j, detail in py.long_detail.items():
+            long_detail[len(mine) + j] = detail
+        long_detail = {int(position[j]): d for j, d in long_detail.items()}
+        keep_order = np.argsort(np.concatenate((mine[c_st == C_KEEP], p_rel[p_status == KEEP])), kind="stable")
+        line_starts = np.concatenate((c_starts, np.frombuffer(py.starts, dtype=np.uint64) + np.uint64(n)))
+        line_ends = np.concatenate((c_ends, np.frombuffer(py.ends, dtype=np.uint64) + np.uint64(n)))
+        return BlockResult(n_lines, rejects, rel[order].astype(np.uint32).tobytes(),
+                           np.concatenate((a["digest"][mine], np.frombuffer(py.digests, dtype="<u8")))[order].tobytes(),
+                           np.concatenate((a["key"][mine], np.frombuffer(py.keys, dtype="<u8")))[order].tobytes(),
+                           np.concatenate((c_status, p_status))[order].tobytes(), long_detail, blob,
+                           line_starts[keep_order].tobytes(), line_ends[keep_order].tobytes(), None), in_out
 
 
 def converter(opts: dict, forms, prefix: bytes, middle: bytes, suffix: bytes, salt: int) -> NativeConverter | None:

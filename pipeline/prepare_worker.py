@@ -1,13 +1,15 @@
 """The per-line work of pipeline.prepare_data, run in worker processes: check a block of corpus
 lines and turn each valid recipe into its training line.
 
-A block result is compact (a few arrays and one bytes blob) so that the main process, which
-keeps order, deduplicates and writes, spends little time per record.
+A block result is compact (a few arrays; the training lines themselves in a slot of shared
+memory) so that the main process, which keeps order, deduplicates and writes, spends little
+time per record and the lines never pass through a pipe.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import signal
 from array import array
@@ -49,20 +51,39 @@ class BlockResult:
     keys: bytes  # array('Q'): split key of each valid recipe
     status: bytes  # KEEP (line in blob), TOO_LONG, SEEN (an earlier KEEP of this worker had it)
     long_detail: dict  # recipe index -> detail, for TOO_LONG
-    blob: bytes  # training lines of the KEEP recipes, concatenated (b"" once spooled)
-    offsets: bytes  # array('Q'): start of each KEEP line in blob, plus the end
+    blob: bytes  # training lines of the KEEP recipes (b"" when they are in shared slot `slot`)
+    starts: bytes  # array('Q'): where each KEEP line starts in blob (in line order; the
+    ends: bytes  # array('Q'): and ends; blob may hold them in another order)
     rows: list | None  # library rows of the KEEP recipes (when building a library)
-    spool: tuple | None = None  # (spool file, offset of the blob in it) when a worker wrote it there
+    slot: int | None = None  # the Slots slot that holds the training lines, instead of blob
 
 
-SPOOL_PREFIX = ".prepare-spool."  # + main pid.worker pid.number.tmp, in the output folder
-SPOOL_ROTATE = 64 << 20  # bytes a spool file receives before the worker starts the next one
+class Slots:
+    """Shared memory for the training lines of the blocks in flight, made by the main process
+    before the workers fork: the task of block i writes into slot i % count, and the main
+    process writes them to train.jsonl from there. A slot is used again only once the main
+    process has handled the block before (prepare_data._results keeps at most 2 x workers + 1
+    blocks in flight, so count = 2 x workers + 2)."""
+
+    def __init__(self, count: int, size: int):
+        self.count, self.size = count, size
+        self.mem = mmap.mmap(-1, count * size)  # MAP_SHARED | MAP_ANONYMOUS: seen by forked children
+        self.array = np.frombuffer(self.mem, dtype=np.uint8)
+
+    def view(self, slot: int) -> np.ndarray:
+        return self.array[slot * self.size:(slot + 1) * self.size]
+
+    def close(self) -> None:
+        self.array = None
+        self.mem.close()
+
+
+SLOTS: Slots | None = None  # set by the main process before it starts the workers
 
 
 _opts: dict = {}
 _cache: set = set()
 _native: dict = {}  # "conv": the compiled fast path for this process's options, or None
-_spool: dict = {}  # the worker's current spool file: "file", "path", "size", "count"
 
 
 def init_worker(opts: dict) -> None:
@@ -75,9 +96,6 @@ def init_worker(opts: dict) -> None:
     for f in _files.values():
         f.close()
     _files.clear()
-    if _spool.get("file") is not None:
-        _spool["file"].close()
-    _spool.clear()
     if opts.get("parent"):  # a worker process: die with the main process, leave Ctrl-C to it
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         with contextlib.suppress(Exception):  # Linux only: PR_SET_PDEATHSIG
@@ -146,7 +164,8 @@ def convert_lines(lines: list[bytes]) -> BlockResult:
         if row_of is not None:
             rows.append(row_of(r))
     return BlockResult(len(lines), rejects, rel.tobytes(), digest_blob, keys.astype("<u8").tobytes(), bytes(status),
-                       long_detail, b"".join(parts), offsets.tobytes(), rows if row_of else None)
+                       long_detail, b"".join(parts), offsets[:-1].tobytes(), offsets[1:].tobytes(),
+                       rows if row_of else None)
 
 
 def _split(block: bytes) -> list[bytes]:
@@ -156,49 +175,33 @@ def _split(block: bytes) -> list[bytes]:
     return lines
 
 
-def _spooled(res: BlockResult) -> BlockResult:
-    """With opts["spool_dir"] (worker processes): write the blob to this worker's spool file
-    and send only where it is, so that the training lines never pass through a pipe; the main
-    process copies them into place with copy_file_range, inside the kernel."""
-    spool_dir = _opts.get("spool_dir")
-    if not spool_dir or not res.blob:
-        return res
-    if _spool.get("file") is None or _spool["size"] >= SPOOL_ROTATE:
-        if _spool.get("file") is not None:
-            _spool["file"].close()
-        count = _spool.get("count", 0) + 1
-        path = os.path.join(spool_dir, f"{SPOOL_PREFIX}{_opts['parent']}.{os.getpid()}.{count}.tmp")
-        _spool.update(file=open(path, "wb", buffering=0), path=path, size=0, count=count)
-    f, offset = _spool["file"], _spool["size"]
-    view = memoryview(res.blob)
-    while view:
-        view = view[f.write(view):]
-    _spool["size"] += len(res.blob)
-    res.spool, res.blob = (_spool["path"], offset), b""
-    return res
-
-
-def convert_data(data: bytes) -> BlockResult:
+def convert_data(data: bytes, slot: int | None = None) -> BlockResult:
     """Convert the lines of data (split like _split): through the compiled fast path when this
-    process has one, else convert_lines."""
+    process has one, else convert_lines. The training lines go to shared slot `slot` (when
+    given and they fit), else in the result's blob."""
+    out = SLOTS.view(slot) if SLOTS is not None and slot is not None else None
     conv = _native.get("conv")
-    if conv is None:
-        return convert_lines(_split(data))
-    res = conv.convert(data, convert_lines)  # its blob may be a view of a buffer used again
-    if not _opts.get("spool_dir"):
-        res.blob = bytes(res.blob)
+    if conv is not None:
+        res, in_out = conv.convert(data, convert_lines, out)
+        if in_out:
+            res.blob, res.slot = b"", slot
+        return res
+    res = convert_lines(_split(data))
+    if out is not None and len(res.blob) <= len(out):
+        out[: len(res.blob)] = np.frombuffer(res.blob, dtype=np.uint8)
+        res.blob, res.slot = b"", slot
     return res
 
 
-def convert_block(block: bytes) -> BlockResult:
+def convert_block(block: bytes, slot: int | None = None) -> BlockResult:
     """Convert a block of whole lines (sent by the main process: compressed inputs)."""
-    return _spooled(convert_data(block))
+    return convert_data(block, slot)
 
 
 _files: dict = {}
 
 
-def convert_range(path: str, start: int, end: int) -> BlockResult:
+def convert_range(path: str, start: int, end: int, slot: int | None = None) -> BlockResult:
     """Convert the lines of a plain file that start in bytes [start, end)."""
     f = _files.get(path)
     if f is None:
@@ -217,4 +220,4 @@ def convert_range(path: str, start: int, end: int) -> BlockResult:
         data = f.read(end - pos)
     if data and not data.endswith(b"\n"):
         data += f.readline()  # complete the last line
-    return _spooled(convert_data(data))
+    return convert_data(data, slot)

@@ -121,22 +121,25 @@ def test_parallel_workers_give_identical_outputs(tmp_path, synth_corpus):
     assert not [p.name for p in b.iterdir() if p.name.startswith(".") and p.name != ".prepare.lock"]
 
 
-@pytest.mark.parametrize("rotate", [1, 60_000])
-def test_workers_spool_files_rotate_and_vanish(tmp_path, monkeypatch, synth_corpus, rotate):
-    """Worker processes write training lines to spool files that the main process copies into
-    place; with a new spool file every block or every few blocks, the outputs are still those
-    of one process."""
-    from pipeline import prepare_worker
+@pytest.mark.parametrize("compiled", [True, False])
+def test_lines_too_big_for_shared_memory_go_through_the_pipe(tmp_path, monkeypatch, synth_corpus, compiled):
+    """Workers put training lines in shared memory slots; a block whose lines do not fit its
+    slot sends them with its result instead (the compiled converter does the block again into
+    its own buffer). The outputs are those of one process either way."""
+    from pipeline import native
 
     corpus = synth_corpus(2000, 0.05, seed=4)
     a, b = tmp_path / "a", tmp_path / "b"
     prepare_data.run(corpus, a, workers=0, progress_every=60)
-    monkeypatch.setattr(prepare_worker, "SPOOL_ROTATE", rotate)  # inherited by the forked workers
+    monkeypatch.setenv("RECIPE_NATIVE", "1" if compiled else "0")
+    native.reset()
+    monkeypatch.setattr(prepare_data, "slot_bytes", lambda block_size: 20_000)  # ~12 training lines
     stats = prepare_data.run(corpus, b, workers=2, block_size=32768, progress_every=60)
+    native.reset()
+    assert stats["converter"] == ("compiled" if compiled else "python (turned off by RECIPE_NATIVE=0)")
     assert stats["train"] > 1000
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
-    assert not list(b.glob(".prepare-spool.*"))
 
 
 def test_bom_crlf_gz_zip_inputs(howtocook, tmp_path):

@@ -114,7 +114,7 @@ static uint64_t cache_slot[CACHE_SLOTS];
 static long cache_count;
 static int cache_has_zero;
 
-static void cache_clear(void) {
+void rc_cache_clear(void) {
     memset(cache_slot, 0, sizeof cache_slot);
     cache_count = 0;
     cache_has_zero = 0;
@@ -129,7 +129,7 @@ static int cache_has(uint64_t d) {
 }
 
 static void cache_add(uint64_t d) {
-    if (cache_count >= CACHE_SIZE) cache_clear();
+    if (cache_count >= CACHE_SIZE) rc_cache_clear();
     cache_count++;
     if (d == 0) { cache_has_zero = 1; return; }
     uint64_t i = rc_mix(d) & (CACHE_SLOTS - 1);
@@ -160,7 +160,7 @@ static bytes_t mkb(const char *p, size_t n) { bytes_t b = {(const uint8_t *)p, n
 int rc_init(const uint8_t *ok, const uint8_t *digit, uint64_t salt, int64_t max_len, int64_t base_chars,
             int nforms, const char **texts, const size_t *lens, const int64_t *chars) {
     if (nforms < 1 || nforms > NFORMS_MAX) return -1;
-    cache_clear();
+    rc_cache_clear();
     P.ok = ok;
     P.digit = digit;
     P.salt = salt;
