@@ -633,7 +633,6 @@ static str_t dish_name(rec_t *r) {
     if (r->has_kw0) {
         str_t k = strip_spaces(r->kw0);
         if (k.n > 0) {
-            if (maybe_unknown(k)) return none;  /* check_recipe drops an "unknown" first keyword */
             static const char *suffixes[] = {"\xe7\x9a\x84\xe5\x81\x9a\xe6\xb3\x95",  /* 的做法 */
                                              "\xe7\x9a\x84\xe5\xae\xb6\xe5\xb8\xb8\xe5\x81\x9a\xe6\xb3\x95",  /* 的家常做法 */
                                              "\xe7\x9a\x84\xe7\xae\x80\xe5\x8d\x95\xe5\x81\x9a\xe6\xb3\x95"}; /* 的简单做法 */
@@ -649,7 +648,7 @@ static str_t dish_name(rec_t *r) {
     for (int i = 0; i < 2; i++) {
         if (!have[i]) continue;
         str_t v = strip_spaces(cands[i]);
-        if (v.n > 0 && !(v.n == 7 && memcmp(v.p, "Unknown", 7) == 0)) return v;
+        if (v.n > 0) return v;  /* "Unknown" (skipped by Python) goes to Python as a name */
     }
     return none;
 }
