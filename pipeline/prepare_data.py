@@ -55,7 +55,7 @@ from pipeline.stage import Progress, StageCommand, StageError, user_path
 OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl", "stats.json")
 DEFAULTS = {"val": 500, "test": 500, "holdout": 0.02, "max_length": 2048, "seed": 0}
 REJECT_SAMPLES_PER_REASON = 100
-BLOCK_SIZE = 1 << 20
+BLOCK_SIZE = 4 << 20
 
 
 class _Band:
@@ -149,7 +149,7 @@ class _FdSink:
 def slot_bytes(block_size: int) -> int:
     """Shared memory for the training lines of one block (they take about the block's size; a
     block whose lines do not fit sends them through the pipe instead)."""
-    return 4 * block_size + (1 << 20)
+    return 2 * block_size + (1 << 20)
 
 
 def _blocks(stream, path: Path, plain: bool, size: int, slots: int):
