@@ -43,14 +43,18 @@ from array import array
 from collections import deque
 from pathlib import Path
 
-import numpy as np
-import orjson
+# The converter makes no BLAS call: when it runs as a program, numpy's OpenBLAS starts no
+# threads of its own to compete with the workers for the CPUs (numpy reads this on import).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from pipeline import native
-from pipeline import prepare_worker as W
-from pipeline.corpus import REASONS, CorpusError, iter_blocks, open_corpus
-from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet
-from pipeline.stage import Progress, StageCommand, StageError, user_path
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+
+from pipeline import native  # noqa: E402
+from pipeline import prepare_worker as W  # noqa: E402
+from pipeline.corpus import REASONS, CorpusError, iter_blocks, open_corpus  # noqa: E402
+from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet  # noqa: E402
+from pipeline.stage import Progress, StageCommand, StageError, user_path  # noqa: E402
 
 OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl", "stats.json")
 DEFAULTS = {"val": 500, "test": 500, "holdout": 0.02, "max_length": 2048, "seed": 0}

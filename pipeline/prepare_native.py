@@ -71,24 +71,27 @@ class NativeConverter:
                            "out_end": np.empty(size, np.uint64)}
         return self.arrays
 
-    def _run(self, data: bytes, n_lines: int, out: np.ndarray) -> tuple[int, int]:
+    def _run(self, data: np.ndarray, n_lines: int, out: np.ndarray) -> tuple[int, int]:
         a = self.arrays
         used = ctypes.c_size_t(0)
         done = self.lib.rc_convert(
-            data, len(data), n_lines, *(a[k].ctypes.data for k in ("status", "starts", "ends", "digest", "key",
+            data.ctypes.data, len(data), n_lines, *(a[k].ctypes.data for k in ("status", "starts", "ends", "digest", "key",
                                                                      "chars", "out_end")),
             out.ctypes.data, len(out), ctypes.byref(used))
         if done < 0:
             raise MemoryError("the compiled converter could not allocate its buffers")
         return done, used.value
 
-    def convert(self, data: bytes, python_convert, out: np.ndarray | None = None):
-        """(BlockResult of the lines of data (split like prepare_worker._split), in_out):
+    def convert(self, data, python_convert, out: np.ndarray | None = None):
+        """(BlockResult of the lines of data (bytes or a uint8 array; split like
+        prepare_worker._split), in_out):
         python_convert(lines) converts the lines C leaves; the training lines are written to
         out (in_out True; the result's blob is b"") where they fit, else they are the blob."""
         from pipeline.prepare_worker import KEEP, SEEN, TOO_LONG, BlockResult
 
-        n_lines = self.lib.rc_count_lines(data, len(data))
+        if not isinstance(data, np.ndarray):
+            data = np.frombuffer(data, dtype=np.uint8)
+        n_lines = self.lib.rc_count_lines(data.ctypes.data, len(data))
         a = self._arrays(n_lines)
         done, n = self._run(data, n_lines, out) if out is not None else (-1, 0)
         in_out = done == n_lines
@@ -112,7 +115,7 @@ class NativeConverter:
         long_detail = {int(j): f"{int(chars[j])} characters > {self.max_length}"
                        for j in np.flatnonzero(c_st == C_TOO_LONG).tolist()}
         starts, ends = a["starts"], a["ends"]
-        py = python_convert([data[s:e] for s, e in zip(starts[fb].tolist(), ends[fb].tolist())])
+        py = python_convert([data[s:e].tobytes() for s, e in zip(starts[fb].tolist(), ends[fb].tolist())])
         rejects = [(int(fb[i]), reason, detail, head) for i, reason, detail, head in py.rejects]
         if not py.rel:
             blob = b"" if in_out else out[:n].tobytes()

@@ -175,10 +175,10 @@ def _split(block: bytes) -> list[bytes]:
     return lines
 
 
-def convert_data(data: bytes, slot: int | None = None) -> BlockResult:
-    """Convert the lines of data (split like _split): through the compiled fast path when this
-    process has one, else convert_lines. The training lines go to shared slot `slot` (when
-    given and they fit), else in the result's blob."""
+def convert_data(data, slot: int | None = None) -> BlockResult:
+    """Convert the lines of data (bytes, or a uint8 array; split like _split): through the
+    compiled fast path when this process has one, else convert_lines. The training lines go
+    to shared slot `slot` (when given and they fit), else in the result's blob."""
     out = SLOTS.view(slot) if SLOTS is not None and slot is not None else None
     conv = _native.get("conv")
     if conv is not None:
@@ -186,7 +186,7 @@ def convert_data(data: bytes, slot: int | None = None) -> BlockResult:
         if in_out:
             res.blob, res.slot = b"", slot
         return res
-    res = convert_lines(_split(data))
+    res = convert_lines(_split(bytes(data)))
     if out is not None and len(res.blob) <= len(out):
         out[: len(res.blob)] = np.frombuffer(res.blob, dtype=np.uint8)
         res.blob, res.slot = b"", slot
@@ -202,22 +202,57 @@ _files: dict = {}
 
 
 def convert_range(path: str, start: int, end: int, slot: int | None = None) -> BlockResult:
-    """Convert the lines of a plain file that start in bytes [start, end)."""
+    """Convert the lines of a plain file that start in bytes [start, end), read into a buffer
+    this process keeps."""
     f = _files.get(path)
     if f is None:
-        f = _files[path] = open(path, "rb")
-    if start == 0:
-        f.seek(0)
-        data = f.read(end)
-        if data.startswith(BOM):
-            data = data[len(BOM):]
-    else:
-        f.seek(start - 1)
-        f.readline()  # the line that started before `start` belongs to the previous range
-        pos = f.tell()
+        f = _files[path] = open(path, "rb", buffering=0)
+    pos = start
+    if start > 0:
+        os.lseek(f.fileno(), start - 1, os.SEEK_SET)
+        pos = start - 1 + len(_readline(f))  # the line that started before `start` belongs to the previous range
         if pos >= end:
             return convert_lines([])
-        data = f.read(end - pos)
-    if data and not data.endswith(b"\n"):
-        data += f.readline()  # complete the last line
+    buf = _buffer(end - pos)
+    n = os.preadv(f.fileno(), [memoryview(buf)[: end - pos]], pos) if end > pos else 0
+    if n != end - pos:
+        raise RuntimeError(f"{path} changed while being read")
+    if n and buf[n - 1] != 0x0A:  # complete the last line
+        os.lseek(f.fileno(), end, os.SEEK_SET)
+        tail = _readline(f)
+        buf = _buffer(n + len(tail), keep=n)
+        buf[n:n + len(tail)] = np.frombuffer(tail, dtype=np.uint8)
+        n += len(tail)
+    data = buf[:n]
+    if start == 0 and bytes(data[:3]) == BOM:
+        data = data[3:]
     return convert_data(data, slot)
+
+
+_read: dict = {}
+
+
+def _buffer(size: int, keep: int = 0) -> np.ndarray:
+    """This process's read buffer, at least `size` bytes (its first `keep` bytes kept)."""
+    buf = _read.get("buf")
+    if buf is None or len(buf) < size:
+        grown = np.empty(max(size, 2 * len(buf) if buf is not None else 0), dtype=np.uint8)
+        if keep:
+            grown[:keep] = buf[:keep]
+        buf = _read["buf"] = grown
+    return buf
+
+
+def _readline(f) -> bytes:
+    """The rest of the line at f's position, with its newline (unbuffered f: read in chunks)."""
+    parts = []
+    while True:
+        chunk = f.read(1 << 16)
+        if not chunk:
+            break
+        cut = chunk.find(b"\n")
+        if cut >= 0:
+            parts.append(chunk[: cut + 1])
+            break
+        parts.append(chunk)
+    return b"".join(parts)

@@ -96,9 +96,9 @@ def _declare(lib):
     lib.rc_init.restype = c.c_int
     lib.rc_cache_clear.argtypes = []
     lib.rc_cache_clear.restype = None
-    lib.rc_count_lines.argtypes = [c.c_char_p, c.c_size_t]
+    lib.rc_count_lines.argtypes = [c.c_void_p, c.c_size_t]
     lib.rc_count_lines.restype = c.c_long
-    lib.rc_convert.argtypes = [c.c_char_p, c.c_size_t, c.c_long] + [c.c_void_p] * 7 + [
+    lib.rc_convert.argtypes = [c.c_void_p, c.c_size_t, c.c_long] + [c.c_void_p] * 7 + [
         c.c_void_p, c.c_size_t, c.POINTER(c.c_size_t)]
     lib.rc_convert.restype = c.c_long
     return lib

@@ -203,79 +203,68 @@ static int hexval(uint8_t b) {
     return -1;
 }
 
-/* At a '"': decode the string into out (when not NULL) as UTF-8; its byte length, or -1.
- * Refuses raw control characters, invalid UTF-8, 4-byte sequences and escaped surrogates. */
-static long read_string(cur_t *c, uint8_t *out) {
+/* The escape at p (p[0] == '\\'): its code point in *cp and its length, or -1 (escaped
+ * surrogates included: Python's cleaning would drop them). */
+static int read_escape(const uint8_t *p, const uint8_t *end, int *cp) {
+    if (p + 1 >= end) return -1;
+    switch (p[1]) {
+        case '"': *cp = '"'; return 2;
+        case '\\': *cp = '\\'; return 2;
+        case '/': *cp = '/'; return 2;
+        case 'b': *cp = '\b'; return 2;
+        case 'f': *cp = '\f'; return 2;
+        case 'n': *cp = '\n'; return 2;
+        case 'r': *cp = '\r'; return 2;
+        case 't': *cp = '\t'; return 2;
+        case 'u': {
+            if (p + 6 > end) return -1;
+            int v = 0;
+            for (int i = 2; i < 6; i++) {
+                int h = hexval(p[i]);
+                if (h < 0) return -1;
+                v = v * 16 + h;
+            }
+            if (v >= 0xD800 && v <= 0xDFFF) return -1;
+            *cp = v;
+            return 6;
+        }
+        default: return -1;
+    }
+}
+
+/* The 2- or 3-byte UTF-8 sequence at p: its code point in *cp and its length, or -1 for
+ * invalid UTF-8 (overlong forms, surrogates) and for 4-byte sequences (emoji and the like,
+ * which Python's cleaning drops). */
+static inline int read_utf8(const uint8_t *p, const uint8_t *end, int *cp) {
+    uint8_t b = p[0];
+    if (b >= 0xE0 && b <= 0xEF) {
+        if (p + 3 > end || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return -1;
+        int v = ((b & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+        if (v < 0x800 || (v >= 0xD800 && v <= 0xDFFF)) return -1;
+        *cp = v;
+        return 3;
+    }
+    if (b >= 0xC2 && b <= 0xDF) {
+        if (p + 2 > end || (p[1] & 0xC0) != 0x80) return -1;
+        *cp = ((b & 0x1F) << 6) | (p[1] & 0x3F);
+        return 2;
+    }
+    return -1;
+}
+
+/* At a '"': step over a string the record does not use, validating it; 0, or -1. */
+static int skip_string(cur_t *c) {
     const uint8_t *p = c->p + 1, *end = c->end;
-    long n = 0;
+    int cp, len;
     for (;;) {
         if (p >= end) return -1;
         uint8_t b = *p;
-        if (b == '"') { c->p = p + 1; return n; }
+        if (b == '"') { c->p = p + 1; return 0; }
         if (b < 0x20) return -1;
-        if (b < 0x80 && b != '\\') {
-            /* a run of plain ASCII */
-            const uint8_t *q = p;
-            while (q < end && *q >= 0x20 && *q < 0x80 && *q != '"' && *q != '\\') q++;
-            if (out) memcpy(out + n, p, q - p);
-            n += q - p;
-            p = q;
-            continue;
-        }
-        if (b == '\\') {
-            if (p + 1 >= end) return -1;
-            uint8_t e = p[1], ch;
-            switch (e) {
-                case '"': ch = '"'; break;
-                case '\\': ch = '\\'; break;
-                case '/': ch = '/'; break;
-                case 'b': ch = '\b'; break;
-                case 'f': ch = '\f'; break;
-                case 'n': ch = '\n'; break;
-                case 'r': ch = '\r'; break;
-                case 't': ch = '\t'; break;
-                case 'u': {
-                    if (p + 6 > end) return -1;
-                    int cp = 0;
-                    for (int i = 2; i < 6; i++) {
-                        int h = hexval(p[i]);
-                        if (h < 0) return -1;
-                        cp = cp * 16 + h;
-                    }
-                    if (cp >= 0xD800 && cp <= 0xDFFF) return -1;
-                    if (out) {
-                        if (cp < 0x80) out[n] = (uint8_t)cp;
-                        else if (cp < 0x800) { out[n] = 0xC0 | (cp >> 6); out[n + 1] = 0x80 | (cp & 0x3F); }
-                        else { out[n] = 0xE0 | (cp >> 12); out[n + 1] = 0x80 | ((cp >> 6) & 0x3F);
-                               out[n + 2] = 0x80 | (cp & 0x3F); }
-                    }
-                    n += cp < 0x80 ? 1 : cp < 0x800 ? 2 : 3;
-                    p += 6;
-                    continue;
-                }
-                default: return -1;
-            }
-            if (out) out[n] = ch;
-            n++;
-            p += 2;
-            continue;
-        }
-        /* multi-byte UTF-8: 2 or 3 bytes, no overlong forms, no surrogates */
-        if (b >= 0xC2 && b <= 0xDF) {
-            if (p + 2 > end || (p[1] & 0xC0) != 0x80) return -1;
-            if (out) { out[n] = b; out[n + 1] = p[1]; }
-            n += 2;
-            p += 2;
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            if (p + 3 > end || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return -1;
-            if (b == 0xE0 && p[1] < 0xA0) return -1;
-            if (b == 0xED && p[1] > 0x9F) return -1;
-            if (out) { out[n] = b; out[n + 1] = p[1]; out[n + 2] = p[2]; }
-            n += 3;
-            p += 3;
-        } else {
-            return -1;
-        }
+        if (b < 0x80 && b != '\\') { p++; continue; }
+        len = b == '\\' ? read_escape(p, end, &cp) : read_utf8(p, end, &cp);
+        if (len < 0) return -1;
+        p += len;
     }
 }
 
@@ -314,7 +303,7 @@ static int skip_value(cur_t *c, int depth) {
     skip_ws(c);
     if (c->p >= c->end) return -1;
     switch (*c->p) {
-        case '"': return read_string(c, NULL) < 0 ? -1 : 0;
+        case '"': return skip_string(c);
         case 't': return skip_literal(c, "true", 4);
         case 'f': return skip_literal(c, "false", 5);
         case 'n': return skip_literal(c, "null", 4);
@@ -336,7 +325,7 @@ static int skip_value(cur_t *c, int depth) {
             if (c->p < c->end && *c->p == '}') { c->p++; return 0; }
             for (;;) {
                 skip_ws(c);
-                if (c->p >= c->end || *c->p != '"' || read_string(c, NULL) < 0) return -1;
+                if (c->p >= c->end || *c->p != '"' || skip_string(c) < 0) return -1;
                 skip_ws(c);
                 if (c->p >= c->end || *c->p != ':') return -1;
                 c->p++;
@@ -406,47 +395,18 @@ static int take_string(cur_t *c, rec_t *r, str_t *s) {
                 continue;
             }
             if (!out) { out = r->scratch + r->used; n = p - start; memcpy(out, start, n); }
-            if (p + 1 >= end) return -1;
-            switch (p[1]) {
-                case '"': cp = '"'; break;
-                case '\\': cp = '\\'; break;
-                case '/': cp = '/'; break;
-                case 'b': cp = '\b'; break;
-                case 'f': cp = '\f'; break;
-                case 'n': cp = '\n'; break;
-                case 'r': cp = '\r'; break;
-                case 't': cp = '\t'; break;
-                case 'u':
-                    if (p + 6 > end) return -1;
-                    cp = 0;
-                    for (int i = 2; i < 6; i++) {
-                        int h = hexval(p[i]);
-                        if (h < 0) return -1;
-                        cp = cp * 16 + h;
-                    }
-                    if (cp >= 0xD800 && cp <= 0xDFFF) return -1;
-                    p += 4;
-                    break;
-                default: return -1;
-            }
-            p += 2;
+            int len = read_escape(p, end, &cp);
+            if (len < 0) return -1;
+            p += len;
             if (cp == '"' || cp == '\\') esc = 1;
             if (cp < 0x80) out[n++] = (uint8_t)cp;
             else if (cp < 0x800) { out[n++] = 0xC0 | (cp >> 6); out[n++] = 0x80 | (cp & 0x3F); }
             else { out[n++] = 0xE0 | (cp >> 12); out[n++] = 0x80 | ((cp >> 6) & 0x3F); out[n++] = 0x80 | (cp & 0x3F); }
-        } else if (b >= 0xE0 && b <= 0xEF) {
-            if (p + 3 > end || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return -1;
-            cp = ((b & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F);
-            if (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF)) return -1;
-            if (out) { out[n] = b; out[n + 1] = p[1]; out[n + 2] = p[2]; n += 3; }
-            p += 3;
-        } else if (b >= 0xC2 && b <= 0xDF) {
-            if (p + 2 > end || (p[1] & 0xC0) != 0x80) return -1;
-            cp = ((b & 0x1F) << 6) | (p[1] & 0x3F);
-            if (out) { out[n] = b; out[n + 1] = p[1]; n += 2; }
-            p += 2;
         } else {
-            return -1; /* invalid UTF-8, or a 4-byte sequence (emoji and the like: Python cleans them) */
+            int len = read_utf8(p, end, &cp);
+            if (len < 0) return -1;
+            if (out) { memcpy(out + n, p, len); n += len; }
+            p += len;
         }
         /* a code point from an escape or a multi-byte sequence */
         chars++;
@@ -498,7 +458,7 @@ static int parse_record(cur_t *c, rec_t *r) {
         skip_ws(c);
         if (c->p >= c->end || *c->p != '"') return -1;
         const uint8_t *k = c->p + 1;
-        if (read_string(c, NULL) < 0) return -1;
+        if (skip_string(c) < 0) return -1;
         long kn = (long)(c->p - 1 - k);
         int kind = memchr(k, '\\', kn) ? -1 : key_kind(k, kn);
         if (kind < 0) return -1;  /* an escaped key: leave it to Python */
@@ -538,7 +498,7 @@ static int parse_record(cur_t *c, rec_t *r) {
             case K_AUTHOR:
                 if (is_null(c)) break;
                 skip_ws(c);
-                if (c->p >= c->end || *c->p != '"' || read_string(c, NULL) < 0) return -1;
+                if (c->p >= c->end || *c->p != '"' || skip_string(c) < 0) return -1;
                 break;
             case K_INGREDIENTS:
                 if (take_string_list(c, r, r->ing, &r->n_ing) < 0) return -1;
@@ -808,12 +768,14 @@ long rc_count_lines(const uint8_t *data, size_t len) {
 long rc_convert(const uint8_t *data, size_t len, long max_lines, uint8_t *status, uint64_t *starts,
                 uint64_t *ends, uint64_t *digest, uint64_t *key, int64_t *chars, uint64_t *out_end,
                 uint8_t *out, size_t out_cap, size_t *out_used) {
-    rec_t *r = malloc(sizeof(rec_t));
-    size_t scratch_cap = 0;
+    static rec_t *r;  /* kept between calls (a process converts one block at a time) */
+    static size_t scratch_cap;
     long n = 0;
     size_t pos = 0, o = 0;
-    if (!r) return -1;
-    r->scratch = NULL;
+    if (!r) {
+        r = calloc(1, sizeof(rec_t));
+        if (!r) return -1;
+    }
     while (pos < len && n < max_lines) {
         const uint8_t *nl = memchr(data + pos, '\n', len - pos);
         size_t end = nl ? (size_t)(nl - data) : len;
@@ -822,10 +784,11 @@ long rc_convert(const uint8_t *data, size_t len, long max_lines, uint8_t *status
         /* decoded strings are no longer than the line; the fingerprint repeats name and
            ingredients with a separator each */
         if (3 * line_len + 64 > scratch_cap) {
-            free(r->scratch);
-            scratch_cap = 6 * line_len + 64 > 65536 ? 6 * line_len + 64 : 65536;
-            r->scratch = malloc(scratch_cap);
-            if (!r->scratch) { free(r); return -1; }
+            size_t cap = 6 * line_len + 64 > 65536 ? 6 * line_len + 64 : 65536;
+            uint8_t *grown = realloc(r->scratch, cap);
+            if (!grown) return -1;
+            r->scratch = grown;
+            scratch_cap = cap;
         }
         size_t wrote = 0;
         int st = convert_one(data + pos, line_len, r, out + o, &wrote, &digest[n], &key[n], &chars[n]);
@@ -837,8 +800,6 @@ long rc_convert(const uint8_t *data, size_t len, long max_lines, uint8_t *status
         n++;
         pos = nl ? end + 1 : len;
     }
-    free(r->scratch);
-    free(r);
     *out_used = o;
     return n;
 }
