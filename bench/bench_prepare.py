@@ -8,8 +8,9 @@ Seconds are wall time; CPU s is user + system time of the process and all its ch
 worker processes included: they are reaped before the converter exits), which depends less on
 what else the machine runs. Peak memory is the largest sum of PSS (proportional set size:
 shared pages split between the processes that share them) over the process and all its
-children, sampled every 20 ms. Files written (outputs, the workers' spool files) are page
-cache, not process memory, for both converters.
+children, sampled every 20 ms (the shared memory that carries training lines from the workers
+to the main process included). Files written (the outputs) are page cache, not process memory,
+for both converters.
 
     python -m bench.bench_prepare [--records 200000] [--big 1000000] [--workers N] [--repeat 3]
 """
