@@ -193,9 +193,19 @@ def machine_fact(settings: Settings) -> Fact:
     return Fact("machine", None, f"{os.cpu_count()} CPU cores{mem}{disk}")
 
 
+def converter_fact() -> Fact:
+    """Whether the corpus converter's compiled fast path is built (building it if need be)."""
+    from pipeline import native
+
+    if native.load() is not None:
+        return Fact("corpus converter", True, f"compiled fast path ({native.library_path().name})")
+    return Fact("corpus converter", False, f"pure Python, about 2x slower: {native.why_not()}",
+                "install a C compiler (apt install gcc), then run `.venv/bin/python -m pipeline.native`")
+
+
 def system_facts(settings: Settings, probe_lmdeploy: bool = True) -> list[Fact]:
     """Everything the System panel shows, in order."""
     facts = [machine_fact(settings), gpu_fact()]
     if probe_lmdeploy:
         facts.append(lmdeploy_fact())
-    return facts + env_facts() + config_facts(settings)
+    return facts + env_facts() + [converter_fact()] + config_facts(settings)
