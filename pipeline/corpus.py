@@ -175,6 +175,8 @@ def parse_line_slow(raw: bytes):
         return json.loads(text, strict=False)  # raw control characters inside strings
     except ValueError as e:
         return _Failure("invalid_json", str(e)[:80])
+    except RecursionError:  # arrays or objects nested thousands deep
+        return _Failure("invalid_json", "nested too deeply")
 
 
 class _Failure(tuple):

@@ -167,7 +167,10 @@ def fuzz_lines(seed: int, n: int) -> list[bytes]:
         if rng.random() < 0.8:
             obj = _mutate_object(rng, obj)
         lines.append(_serialise(rng, obj).replace(b"\n", b"\\n"))
-    return lines + [b"", b" ", b"{}", b"[]", b"null", b'"x"', b"{", b'{"recipeIngredient":["a"]}']
+    deep = b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b',"recipeIngredient":["a"],"recipeInstructions":["b"]}'
+    return lines + [b"", b" ", b"{}", b"[]", b"null", b'"x"', b"{", b'{"recipeIngredient":["a"]}', deep,
+                    deep[:50_000], b'{"x":' + b"[" * 60 + b"]" * 60 + b',"recipeIngredient":["a"],"name":"c",'
+                    b'"recipeInstructions":["b"]}']
 
 
 # ---- line by line ---------------------------------------------------------------------------

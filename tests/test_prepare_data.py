@@ -206,6 +206,7 @@ def test_cleaning_unknown_names_and_too_long(tmp_path):
         json.dumps({k: v for k, v in good.items() if k != "recipeInstructions"}, ensure_ascii=False),
         json.dumps({**good, "recipeIngredient": ["鸡蛋", 3]}, ensure_ascii=False),
         '{"name": "raw\ttab", "recipeIngredient": ["盐"], "recipeInstructions": ["撒"]}',
+        '{"x": ' + "[" * 100_000 + "]" * 100_000 + ', "recipeIngredient": ["盐"], "recipeInstructions": ["撒"]}',
     ]
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -214,6 +215,9 @@ def test_cleaning_unknown_names_and_too_long(tmp_path):
     s = stats_of(out)
     assert s["kept"] == 3 and s["rejected"]["no_name"] == 1 and s["rejected"]["too_long"] == 1
     assert s["rejected"]["missing_field"] == 1 and s["rejected"]["wrong_type"] == 1
+    assert s["rejected"]["invalid_json"] == 1  # nested 100,000 deep: counted, not a crash
+    assert [r["detail"] for r in read_jsonl(out / "rejects.jsonl") if r["reason"] == "invalid_json"] == [
+        "nested too deeply"]
     convs = [r["conversation"][0] for r in read_jsonl(out / "train.jsonl")]
     first = convs[0]["output"]
     assert "- 鸡蛋 2个\n- 西红柿 1个\n" in first and "1. 打散 鸡蛋❤\n2. 炒熟" in first
