@@ -205,6 +205,14 @@ def test_sample_recipes_line_by_line(conv, lib):
     assert counts["c"] >= 0.9 * len(lines), counts  # clean recipes: C's own work
 
 
+def test_very_long_lines_go_to_python(conv, lib):
+    """A 3 MB line (a huge description beside a normal recipe) is left to Python, whole."""
+    recipe = json.loads(SAMPLE_RECIPES.read_bytes().splitlines()[0])
+    big = orjson.dumps({**recipe, "description": "很长" * 600_000})
+    counts = compare_lines(conv(), lib, [big, orjson.dumps(recipe)])
+    assert counts == {"c": 1, "python": 1}
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_fuzzed_lines_line_by_line(conv, lib, seed):
     lines = fuzz_lines(seed, 1500)

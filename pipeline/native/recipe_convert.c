@@ -18,6 +18,7 @@
 #define SEEN 3 /* this process made the training line of the same dish and ingredients before */
 #define MAX_ITEMS 4096
 #define MAX_DEPTH 64
+#define MAX_LINE (1 << 20) /* longer lines go to Python: C's buffers stay small */
 #define NFORMS_MAX 16
 
 /* ---- BLAKE2b (RFC 7693), 8-byte digest, no key: hashlib.blake2b(digest_size=8) ---------- */
@@ -780,6 +781,15 @@ long rc_convert(const uint8_t *data, size_t len, long max_lines, uint8_t *status
         const uint8_t *nl = memchr(data + pos, '\n', len - pos);
         size_t end = nl ? (size_t)(nl - data) : len;
         size_t line_len = end - pos;
+        if (line_len > MAX_LINE) {
+            status[n] = FALLBACK;
+            starts[n] = pos;
+            ends[n] = end;
+            out_end[n] = o;
+            n++;
+            pos = nl ? end + 1 : len;
+            continue;
+        }
         if (o + P.fixed_out + 6 * line_len + 16 > out_cap) break;
         /* decoded strings are no longer than the line; the fingerprint repeats name and
            ingredients with a separator each */
