@@ -6,10 +6,10 @@ progress position. Used by pipeline.prepare_data (in worker processes) and backe
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -18,6 +18,13 @@ from pathlib import Path
 import orjson
 
 from pipeline.recipe_format import dish_name
+
+try:  # ISA-L's inflate: the same API as zlib's and gzip's, two to three times faster
+    from isal import igzip as _gzip
+    from isal import isal_zlib as _zlib
+except ImportError:  # pragma: no cover - isal is in requirements.txt
+    import gzip as _gzip
+    import zlib as _zlib
 
 # Every rejected line gets exactly one of these reasons (stats.json "rejected" keys).
 REASONS = {
@@ -231,14 +238,89 @@ def open_corpus(path: str | os.PathLike) -> CorpusStream:
         if not jsons:
             raise CorpusError(f"{path} contains no file; expected a .json/.jsonl corpus inside")
         member = max(jsons, key=lambda m: m.file_size)
-        f = zf.open(member)
-        return CorpusStream(f, member.file_size, lambda: f.tell(), [zf, f])
+        if member.flag_bits & 0x1:
+            raise CorpusError(f"{path}: {member.filename} is encrypted; unzip it with its password first")
+        if member.compress_type in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED):
+            f = _ZipMember(path, member)
+            return CorpusStream(f, member.file_size, f.tell, [zf, f])
+        f = zf.open(member)  # bzip2, lzma: Python's own reader
+        return CorpusStream(_Checked(f, path), member.file_size, f.tell, [zf, f])
     raw = open(path, "rb")
     total = os.fstat(raw.fileno()).st_size
     if name.endswith(".gz"):
-        f = gzip.GzipFile(fileobj=raw, mode="rb")
-        return CorpusStream(f, total, raw.tell, [raw, f])
+        f = _gzip.GzipFile(fileobj=raw, mode="rb")
+        return CorpusStream(_Checked(f, path), total, raw.tell, [raw, f])
     return CorpusStream(raw, total, raw.tell, [raw])
+
+
+class _ZipMember:
+    """A deflated or stored zip member as a stream: its raw bytes through ISA-L's inflate
+    (zipfile would use zlib's), checked against its CRC-32 and size at the end."""
+
+    def __init__(self, path: Path, info: zipfile.ZipInfo):
+        self.path, self.info = path, info
+        self.f = open(path, "rb")
+        self.f.seek(info.header_offset)
+        head = self.f.read(30)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            raise CorpusError(f"{path} is not a readable zip file (no local header for {info.filename})")
+        name_len, extra_len = struct.unpack("<HH", head[26:30])
+        self.f.seek(info.header_offset + 30 + name_len + extra_len)
+        self.left = info.compress_size  # compressed bytes not read yet
+        self.inflate = _zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+        self.tail = b""  # read, not yet inflated
+        self.crc = self.pos = 0
+        self.done = False
+
+    def _damaged(self, why: str) -> CorpusError:
+        return CorpusError(f"{self.path}: {self.info.filename} is damaged ({why}); download or copy it again")
+
+    def read(self, n: int = -1) -> bytes:
+        n = n if n and n > 0 else 1 << 20
+        while not self.done:
+            if not self.tail and self.left:
+                self.tail = self.f.read(min(self.left, 1 << 18))
+                if not self.tail:
+                    raise self._damaged("it ends early")
+                self.left -= len(self.tail)
+            if self.inflate is None:
+                out, self.tail = self.tail[:n], self.tail[n:]
+            else:
+                try:
+                    out = self.inflate.decompress(self.tail, n)
+                except _zlib.error as e:
+                    raise self._damaged(str(e)) from None
+                self.tail = self.inflate.unconsumed_tail
+            if not self.tail and not self.left:
+                if self.inflate is not None:
+                    out += self.inflate.flush()
+                self.done = True
+            self.crc = _zlib.crc32(out, self.crc)
+            self.pos += len(out)
+            if self.done and (self.crc != self.info.CRC or self.pos != self.info.file_size):
+                raise self._damaged("CRC-32 or size does not match")
+            if out:
+                return out
+        return b""
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _Checked:
+    """A decompressing reader whose errors become CorpusErrors that say what to do."""
+
+    def __init__(self, f, path: Path):
+        self.f, self.path = f, path
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self.f.read(n)
+        except (OSError, EOFError, _zlib.error, zipfile.BadZipFile) as e:
+            raise CorpusError(f"{self.path} is damaged ({e}); download or copy it again") from None
 
 
 def iter_blocks(stream: CorpusStream, size: int = 1 << 20):

@@ -35,9 +35,11 @@ import heapq
 import json
 import multiprocessing
 import os
+import queue
 import re
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from collections import deque
@@ -163,9 +165,49 @@ def _blocks(stream, path: Path, plain: bool, size: int, slots: int):
         for i, start in enumerate(range(0, stream.total, size)):
             end = min(start + size, stream.total)
             yield W.convert_range, (str(path), start, end, i % slots), end
-    else:
-        for i, block in enumerate(iter_blocks(stream, size)):
-            yield W.convert_block, (block, i % slots), stream.position()
+    else:  # decompressed here, in a thread of its own (zlib lets go of the GIL meanwhile)
+        blocks = _prefetched((block, stream.position()) for block in iter_blocks(stream, size))
+        for i, (block, position) in enumerate(blocks):
+            yield W.convert_block, (block, i % slots), position
+
+
+def _prefetched(items, depth: int = 2):
+    """Yield the items of an iterator computed ahead, up to `depth` of them, in a thread."""
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        try:
+            for item in items:
+                put((item, None))
+                if stop.is_set():
+                    return
+            put((end, None))
+        except BaseException as e:  # handed to the consumer
+            put((end, e))
+
+    thread = threading.Thread(target=produce, name="prepare-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _results(tasks, pool, workers: int, opts: dict):

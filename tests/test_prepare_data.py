@@ -142,10 +142,12 @@ def test_lines_too_big_for_shared_memory_go_through_the_pipe(tmp_path, monkeypat
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
-def test_bom_crlf_gz_zip_inputs(howtocook, tmp_path):
-    raw = howtocook.read_bytes()
+@pytest.mark.parametrize("source", ["sample", "howtocook"])
+def test_bom_crlf_gz_zip_inputs(request, tmp_path, source):
+    corpus = SAMPLE_RECIPES if source == "sample" else request.getfixturevalue("howtocook")
+    raw = corpus.read_bytes()
     plain = tmp_path / "out_plain"
-    prepare(howtocook, plain, "--holdout", "0.2", "--val", "5", "--test", "5")
+    prepare(corpus, plain, "--holdout", "0.2", "--val", "5", "--test", "5")
     variants = {
         "bom_crlf.jsonl": b"\xef\xbb\xbf" + raw.replace(b"\n", b"\r\n"),
         "no_final_newline.json": raw.rstrip(b"\n"),
@@ -154,16 +156,44 @@ def test_bom_crlf_gz_zip_inputs(howtocook, tmp_path):
         (tmp_path / name).write_bytes(data)
     with gzip.open(tmp_path / "c.jsonl.gz", "wb") as f:
         f.write(raw)
-    with zipfile.ZipFile(tmp_path / "c.zip", "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("readme.txt", "not the corpus")
-        z.writestr("recipe_corpus_full.json", raw)
-    for name in [*variants, "c.jsonl.gz", "c.zip"]:
+    for name, method in (("c.zip", zipfile.ZIP_DEFLATED), ("stored.zip", zipfile.ZIP_STORED),
+                         ("bzip2.zip", zipfile.ZIP_BZIP2)):
+        with zipfile.ZipFile(tmp_path / name, "w", method) as z:
+            z.writestr("readme.txt", "not the corpus")
+            z.writestr("recipe_corpus_full.json", raw)
+    for name in [*variants, "c.jsonl.gz", "c.zip", "stored.zip", "bzip2.zip"]:
         out = tmp_path / f"out_{name}"
         prepare(tmp_path / name, out, "--holdout", "0.2", "--val", "5", "--test", "5")
         s = stats_of(out)
         assert s["kept"] == stats_of(plain)["kept"], name
         for part in ("train.jsonl", "val.jsonl", "test.jsonl"):
             assert (out / part).read_bytes() == (plain / part).read_bytes(), (name, part)
+
+
+def test_damaged_archives_say_so_and_keep_previous_outputs(tmp_path):
+    raw = SAMPLE_RECIPES.read_bytes() * 40
+    out = tmp_path / "out"
+    prepare(SAMPLE_RECIPES, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".jsonl", ".json")}
+    with zipfile.ZipFile(tmp_path / "good.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("recipe_corpus_full.json", raw)
+    good = (tmp_path / "good.zip").read_bytes()
+    info = zipfile.ZipFile(tmp_path / "good.zip").infolist()[0]
+    data_at = info.header_offset + 30 + len(info.filename)
+    flipped = bytearray(good)
+    for i in range(data_at + 2000, data_at + 2040):
+        flipped[i] ^= 0x5A
+    (tmp_path / "flipped.zip").write_bytes(bytes(flipped))
+    (tmp_path / "truncated.zip").write_bytes(good[: len(good) // 2])
+    with gzip.open(tmp_path / "c.jsonl.gz", "wb") as f:
+        f.write(raw)
+    gz = (tmp_path / "c.jsonl.gz").read_bytes()
+    (tmp_path / "truncated.jsonl.gz").write_bytes(gz[: len(gz) // 2])
+    for name, says in (("flipped.zip", "is damaged"), ("truncated.zip", "is not a readable zip file"),
+                       ("truncated.jsonl.gz", "is damaged")):
+        p = prepare(tmp_path / name, out, check=False)
+        assert p.returncode != 0 and says in p.stderr and "Traceback" not in p.stderr, (name, p.stderr)
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".jsonl", ".json")} == before
 
 
 def test_split_is_stable_when_data_grows(tmp_path, synth_corpus):
