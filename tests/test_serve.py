@@ -21,3 +21,20 @@ def test_ci_runs_the_readme_test_command():
     lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     assert lines[-1] == "make test" and all(line.startswith(("set ", "cd ")) for line in lines[:-1])
+
+
+def test_serve_app_tries_another_port_when_its_port_is_taken(workspace, monkeypatch):
+    """The test helper's answer to free_port()'s race: a port taken before the app binds it."""
+    import socket
+
+    from tests import app_server
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        given = iter([taken])
+        real = app_server.free_port
+        monkeypatch.setattr(app_server, "free_port", lambda: next(given, None) or real())
+        with app_server.serve_app(workspace) as url:
+            assert not url.endswith(f":{taken}")
