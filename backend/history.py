@@ -234,8 +234,9 @@ class History:
                     out += [f"> ⚠️ 回答不完整（{m['finish_reason']}）", ""]
                 if m.get("sources"):
                     out += ["参考菜谱：" + "、".join(s.get("name", "") for s in m["sources"]), ""]
-                meta = [m.get("engine") or "", m.get("model") or ""]
-                out += [f"<sub>{' · '.join(x for x in meta if x)}</sub>", ""]
+                meta = " · ".join(x for x in (m.get("engine"), m.get("model")) if x)
+                if meta:  # no empty <sub></sub> line for an answer without engine or model
+                    out += [f"<sub>{meta}</sub>", ""]
         return "\n".join(out)
 
 
