@@ -1,7 +1,9 @@
 """The real app in a real browser: Chromium driven by Playwright asks a question, watches the
-answer stream in, reloads the page and finds the conversation still there."""
+answer stream in, reloads the page and finds the conversation still there, stops an answer,
+and downloads the conversation as Markdown and JSON."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -88,5 +90,19 @@ def test_ask_stream_refresh(app_url):
             expect(messages).to_have_count(4)
             bot = History(app_url.workspace / "app.db").messages(page.url.split("c=")[1][:12])[-1]
             assert bot["finish_reason"] == "stopped" and 0 < bot["completion_tokens"] < 3000
+
+            # the conversation exported from the sidebar, as the files a user downloads
+            sidebar = page.get_by_test_id("stSidebar")
+            sidebar.get_by_text("管理当前对话 / Manage").click()
+            with page.expect_download(timeout=60_000) as md:
+                sidebar.get_by_role("button", name="⬇️ 导出 Markdown").click()
+            text = Path(md.value.path()).read_text(encoding="utf-8")
+            assert text.startswith("# 番茄炒蛋的做法") and "## 🧑 用户\n\n红烧肉怎么做？" in text
+            assert "回答不完整（stopped）" in text and "<sub>transformers" in text
+            with page.expect_download(timeout=60_000) as js:
+                sidebar.get_by_role("button", name="⬇️ 导出 JSON").click()
+            data = json.loads(Path(js.value.path()).read_text(encoding="utf-8"))
+            assert [m["role"] for m in data["messages"]] == ["user", "assistant"] * 2
+            assert data["messages"][3]["finish_reason"] == "stopped"
         finally:
             browser.close()
