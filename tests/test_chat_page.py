@@ -45,6 +45,8 @@ def test_library_engine_answers_and_the_conversation_survives_a_restart(settings
     assert any(e.label.startswith("📖 参考菜谱") for e in bubbles[1].expander)  # grounding sources
     assert any("library" in c.value and "TTFT" in c.value for c in bubbles[1].caption)
     cid = at.query_params["c"][0] if isinstance(at.query_params["c"], list) else at.query_params["c"]
+    stored = History(settings.app_db).messages(cid)[-1]["content"]
+    assert [c.value for c in bubbles[1].code] == [stored]  # the copy popover holds the answer as stored
     assert History(settings.app_db).get_conversation(cid)["title"] == "番茄炒蛋的做法"
 
     restarted = _app()  # a new AppTest: a restarted app / another browser
