@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from backend.model_folder import model_folder_problem
 from backend.settings import Settings, SettingsError, save_settings
 
 MANIFEST = "recipe_model.json"
@@ -137,8 +138,9 @@ def use_for_chat(settings: Settings, model_path: str | os.PathLike) -> Settings:
     root = settings.models_dir.resolve()
     if root not in folder.parents:
         raise SettingsError(f"{model_path} is not in the model registry ({root}); choose a model listed there")
-    if not (folder / "config.json").exists():
-        raise SettingsError(f"{folder} holds no config.json: it is not a complete model folder")
+    why = model_folder_problem(folder)
+    if why:
+        raise SettingsError(f"{why}: not a complete model folder")
     return save_settings(settings, model=str(folder))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backend.envs import STAGE_ENVS, env_dir, env_installed, env_python, setup_hint
+from backend.model_folder import model_folder_problem
 from backend.settings import Settings
 
 # key packages to report per environment
@@ -154,7 +155,7 @@ def env_facts() -> list[Fact]:
     return out
 
 
-def _path_fact(topic: str, value: str, var: str, what: str, need: str = "") -> Fact:
+def _path_fact(topic: str, value: str, var: str, what: str, need: str = "", model: bool = False) -> Fact:
     if not value:
         return Fact(topic, False, "not configured", f"set {var} (or the key in settings.toml) to {what}")
     p = Path(value).expanduser()
@@ -162,15 +163,19 @@ def _path_fact(topic: str, value: str, var: str, what: str, need: str = "") -> F
         return Fact(topic, False, f"{value} does not exist", f"fix {var}: it should point at {what}")
     if need and not (p / need).exists():
         return Fact(topic, False, f"{value} has no {need}", f"{var} should point at {what}")
+    why = model_folder_problem(p) if model else None
+    if why:
+        return Fact(topic, False, why, f"{var} should point at {what}")
     return Fact(topic, True, value)
 
 
 def config_facts(settings: Settings) -> list[Fact]:
     return [
         _path_fact("chat model", settings.model, "RECIPE_MODEL",
-                   "a model folder (or choose one under Models: Use for chat); without one, chat answers from the recipe library"),
+                   "a model folder (or choose one under Models: Use for chat); without one, chat answers from the recipe library",
+                   model=True),
         _path_fact("base model", settings.base_model, "RECIPE_BASE_MODEL", "the base model folder for training",
-                   "config.json"),
+                   model=True),
         _path_fact("corpus", settings.corpus, "RECIPE_CORPUS", "the XiaChuFang corpus file"),
         _path_fact("C-Eval data", settings.ceval_data, "RECIPE_CEVAL_DATA", "a folder holding ceval/formal_ceval",
                    "ceval/formal_ceval"),

@@ -22,6 +22,7 @@ import re
 import time
 from pathlib import Path
 
+from backend.model_folder import model_folder_problem
 from pipeline import eval_results
 from pipeline.opencompass_cfg.models import hf_chat_model, model_abbr, turbomind_chat_model
 from pipeline.opencompass_cfg.testset import read_questions
@@ -96,9 +97,10 @@ def turbomind_ready() -> tuple[bool, str]:
 # ---- parameters ----------------------------------------------------------------------------
 def _model_folder(settings, value: str, what: str) -> Path:
     p = user_path(settings, value, what, (settings.base_model, settings.model))
-    if not (p / "config.json").is_file():
-        raise StageError(f"{what} '{value}' is not a Hugging Face model folder (no config.json in {p}); "
-                         f"choose a merged model under {settings.models_dir} or the base model folder")
+    why = model_folder_problem(p)
+    if why:
+        raise StageError(f"{what} '{value}': {why}; choose a merged model under {settings.models_dir} or the base "
+                         "model folder")
     return p
 
 

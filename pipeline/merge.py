@@ -27,6 +27,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from backend.model_folder import model_folder_problem
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
@@ -104,8 +105,9 @@ def command(settings, run_name: str = "", adapter: str = "", base_model: str = "
         Path(record["base_model"]) if record.get("base_model") else None)
     if base is None:
         raise StageError("choose the base model the adapter was trained on (base_model)")
-    if not (base / "config.json").is_file():
-        raise StageError(f"base model folder {base} has no config.json")
+    why = model_folder_problem(base)
+    if why:
+        raise StageError(f"base model: {why}")
     name = model_name(name or run_name or adapter_dir.parent.name)
     out = settings.models_dir / name
     if out.exists():

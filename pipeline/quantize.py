@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from backend.model_folder import model_folder_problem
 from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
@@ -47,8 +48,9 @@ def _model_folder(settings, model: str) -> Path:
         raise StageError("choose the merged model to quantise")
     p = settings.models_dir / model if "/" not in model and "\\" not in model else Path(model)
     path = user_path(settings, p, "model")
-    if not (path / "config.json").is_file():
-        raise StageError(f"{path} is not a model folder (no config.json); merge a model first")
+    why = model_folder_problem(path)
+    if why:
+        raise StageError(f"{why}; merge a model first")
     return path
 
 

@@ -147,6 +147,19 @@ def test_missing_model_folder_falls_back_to_library(workspace, monkeypatch, libr
     assert choice.engine.name == "library" and "does not exist" in choice.notes[0]
 
 
+def test_model_folder_without_weights_falls_back_to_library(workspace, monkeypatch, library, tiny_model):
+    import shutil
+
+    half = workspace / "models" / "half"
+    shutil.copytree(tiny_model, half)
+    for w in half.glob("*.safetensors"):
+        w.unlink()  # a copy or merge that stopped before the weights
+    monkeypatch.setenv("RECIPE_MODEL", str(half))
+    monkeypatch.setenv("RECIPE_ENGINE", "transformers")
+    choice = select(load_settings(), library)
+    assert choice.engine.name == "library" and "no weights" in choice.notes[0]
+
+
 def test_model_path_relative_to_workspace(settings, tiny_model, library):
     import shutil
 

@@ -92,9 +92,10 @@ def write_test_split(path: Path, recipes=RECIPES) -> Path:
 
 
 def fake_model(folder: Path) -> Path:
-    """A folder that passes command()'s check (config.json); never loaded in these tests."""
+    """A folder that passes command()'s check (config.json and a weights file); never loaded here."""
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}", encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"")
     return folder
 
 
@@ -153,7 +154,7 @@ def test_command_refuses_bad_input(ws):
         evaluate.command(ws)
     with pytest.raises(StageError, match="outside the workspace"):
         evaluate.command(ws, models=["/etc"])
-    with pytest.raises(StageError, match="not a Hugging Face model folder"):
+    with pytest.raises(StageError, match="is not a model folder"):
         evaluate.command(ws, models=["data"])
     with pytest.raises(StageError, match="backend"):
         evaluate.command(ws, models=["models/base"], backend="vllm")

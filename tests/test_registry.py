@@ -17,6 +17,7 @@ def make_model(settings, name, tiny_model=None, manifest=None, created="2026-11-
     else:
         folder.mkdir(parents=True)
         (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"")  # never loaded here
     if manifest is not False:
         m = {"base_model": "/models/internlm2_5-7b-chat", "adapter": f"/ws/runs/{name}/adapter",
              "run_dir": f"/ws/runs/{name}", "training": {"lr": 2e-4, "lora_r": 64}, "created": created}
@@ -87,7 +88,27 @@ def test_use_for_chat_refuses_folders_outside_the_registry(settings, tmp_path):
     (settings.models_dir / "half").mkdir(parents=True)
     with pytest.raises(SettingsError, match="config.json"):
         use_for_chat(settings, settings.models_dir / "half")
+    (settings.models_dir / "half" / "config.json").write_text("{}")  # a copy that stopped before the weights
+    with pytest.raises(SettingsError, match="no weights"):
+        use_for_chat(settings, settings.models_dir / "half")
     assert load_settings().model == ""
+
+
+def test_model_folder_problem_is_the_one_check(tmp_path, tiny_model):
+    """One definition of a model folder: the engines, registry, stages and System panel use it."""
+    from backend.model_folder import model_folder_problem
+
+    assert model_folder_problem(tiny_model) is None
+    assert "does not exist" in model_folder_problem(tmp_path / "nothing")
+    (tmp_path / "file").write_text("x")
+    assert "is not a folder" in model_folder_problem(tmp_path / "file")
+    half = tmp_path / "half"
+    half.mkdir()
+    assert "no config.json" in model_folder_problem(half)
+    (half / "config.json").write_text("{}")
+    assert "no weights" in model_folder_problem(half)
+    (half / "pytorch_model.bin").write_bytes(b"")
+    assert model_folder_problem(half) is None
 
 
 def test_workspace_choices_for_the_forms(settings):

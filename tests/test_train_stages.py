@@ -227,6 +227,7 @@ def ready(settings, train_python):
     base = settings.workspace / "base"
     base.mkdir()
     (base / "config.json").write_text("{}")
+    (base / "model.safetensors").write_bytes(b"")  # never loaded here
     (base / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>"}))
     data = settings.data_dir / "run1"
     data.mkdir(parents=True)

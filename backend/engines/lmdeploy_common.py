@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from backend.model_folder import model_folder_problem
 from backend.engines.base import (FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
                                   EngineUnavailable, GenerationParams)
 
@@ -74,8 +75,9 @@ class LMDeployEngine(Engine):
     def __init__(self, model_path: str | Path, session_len: int, cache_max_entry_count: float, quant_policy: int):
         super().__init__()
         path = Path(model_path)
-        if not (path / "config.json").exists():
-            raise EngineUnavailable(f"{path} is not a model folder (no config.json)")
+        why = model_folder_problem(path)
+        if why:
+            raise EngineUnavailable(f"{why}; pick a model on the Admin page or set RECIPE_MODEL")
         self._lmdeploy = import_lmdeploy()
         self._path = str(path)
         self.session_len = session_len

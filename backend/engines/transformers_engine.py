@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from backend.model_folder import model_folder_problem
 from backend.engines.base import (FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
                                   EngineUnavailable, GenerationParams)
 
@@ -55,9 +56,9 @@ class TransformersEngine(Engine):
         except ImportError as e:  # the app environment has both; a broken install lands here
             raise EngineUnavailable(f"transformers/torch cannot be imported ({e}); run scripts/setup-env.sh app") from e
         path = Path(model_path)
-        if not (path / "config.json").exists():
-            raise EngineUnavailable(f"{path} is not a model folder (no config.json); "
-                                    "pick a model on the Admin page or set RECIPE_MODEL")
+        why = model_folder_problem(path)
+        if why:
+            raise EngineUnavailable(f"{why}; pick a model on the Admin page or set RECIPE_MODEL")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif device == "cuda" and not torch.cuda.is_available():
