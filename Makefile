@@ -5,7 +5,7 @@ PY := .venv/bin/python
 PORT ?= 6006
 
 run: setup-app
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.port $(PORT) --browser.serverPort $(PORT)
 
 test: setup-dev setup-train setup-eval setup-browser
 	RECIPE_TEST_STRICT=1 $(PY) -m pytest -q -ra tests

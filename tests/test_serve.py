@@ -10,6 +10,18 @@ def test_app_serves_health_and_page(workspace):
             assert r.read().decode().strip() == "ok"
         with urllib.request.urlopen(url + "/", timeout=5) as r:
             assert r.status == 200 and b"<div id=\"root\">" in r.read()
+    assert f"URL: {url}" in (workspace / "streamlit-test.log").read_text()  # the address it prints is right
+
+
+def test_make_run_serves_on_the_port_it_is_given():
+    """`make run PORT=N` listens on N and prints N (not the config file's 6006)."""
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run(["make", "-n", "run", "PORT=6123"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert "streamlit run app.py --server.port 6123 --browser.serverPort 6123" in out
 
 
 def test_ci_runs_the_readme_test_command():
