@@ -15,6 +15,7 @@ cover in the name and the ingredients, so unrelated queries return nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sqlite3
@@ -78,6 +79,7 @@ _QTY = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1 << 15)  # pure; ingredient lines repeat a lot across a corpus
 def ingredient_name(entry: str) -> str:
     """'500g五花肉（带皮）' -> '五花肉' (canonical), for indexing and matching."""
     return canon(_QTY.sub(" ", _BRACKETS.sub(" ", entry.lower())))
@@ -86,6 +88,7 @@ def ingredient_name(entry: str) -> str:
 _CJK_RUNS = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+|[a-z0-9]+")
 
 
+@functools.lru_cache(maxsize=1 << 15)  # pure; ingredient names repeat a lot across a corpus
 def grams(canonical: str) -> str:
     """Index tokens of a canonical text: each Han run as bigrams plus its last character."""
     out = []
