@@ -158,17 +158,22 @@ def slot_bytes(block_size: int) -> int:
     return 2 * block_size + (1 << 20)
 
 
-def _blocks(stream, path: Path, plain: bool, size: int, slots: int):
+def _blocks(stream, path: Path, plain: bool, size: int, slots: W.Slots):
     """(task function, args, end position in bytes) for each block of the input; block i
-    puts its training lines in shared slot i % slots."""
+    uses shared slot i % slots.count."""
     if plain:  # workers read their own byte ranges: nothing to copy through this process
         for i, start in enumerate(range(0, stream.total, size)):
             end = min(start + size, stream.total)
-            yield W.convert_range, (str(path), start, end, i % slots), end
-    else:  # decompressed here, in a thread of its own (zlib lets go of the GIL meanwhile)
+            yield W.convert_range, (str(path), start, end, i % slots.count), end
+    else:  # decompressed here, in a thread of its own (inflate lets go of the GIL meanwhile)
         blocks = _prefetched((block, stream.position()) for block in iter_blocks(stream, size))
         for i, (block, position) in enumerate(blocks):
-            yield W.convert_block, (block, i % slots), position
+            slot = i % slots.count
+            if len(block) <= slots.in_size:  # to the worker through shared memory, not the pipe
+                slots.input(slot)[: len(block)] = np.frombuffer(block, dtype=np.uint8)
+                yield W.convert_block, (None, slot, len(block)), position
+            else:
+                yield W.convert_block, (block, slot), position
 
 
 def _prefetched(items, depth: int = 2):
@@ -284,7 +289,7 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
         print(f"note: {native.why_not()}", file=sys.stderr, flush=True)
     else:
         stats["converter"] = "compiled"
-    slots = W.SLOTS = W.Slots(2 * workers + 2, slot_bytes(block_size))
+    slots = W.SLOTS = W.Slots(2 * workers + 2, slot_bytes(block_size), 0 if plain else 2 * block_size)
     pool = None
     if workers > 0:
         pool = multiprocessing.get_context("fork").Pool(
@@ -371,7 +376,7 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 reporter.update(end_pos, stats)
 
             line_no = 1
-            tasks = _blocks(stream, input_path, plain, block_size, slots.count)
+            tasks = _blocks(stream, input_path, plain, block_size, slots)
             for res, end_pos in _results(tasks, pool, workers, opts):
                 handle(res, line_no, end_pos)
                 line_no += res.n_lines

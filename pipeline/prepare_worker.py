@@ -59,23 +59,32 @@ class BlockResult:
 
 
 class Slots:
-    """Shared memory for the training lines of the blocks in flight, made by the main process
-    before the workers fork: the task of block i writes into slot i % count, and the main
-    process writes them to train.jsonl from there. A slot is used again only once the main
-    process has handled the block before (prepare_data._results keeps at most 2 x workers + 1
-    blocks in flight, so count = 2 x workers + 2)."""
+    """Shared memory for the blocks in flight, made by the main process before the workers
+    fork: the task of block i writes its training lines into slot i % count, and the main
+    process writes them to train.jsonl from there; with in_size, a slot also carries the block
+    itself to the worker (decompressed inputs, which only the main process reads). A slot is
+    used again only once the main process has handled the block before (prepare_data._results
+    keeps at most 2 x workers + 1 blocks in flight, so count = 2 x workers + 2)."""
 
-    def __init__(self, count: int, size: int):
-        self.count, self.size = count, size
-        self.mem = mmap.mmap(-1, count * size)  # MAP_SHARED | MAP_ANONYMOUS: seen by forked children
+    def __init__(self, count: int, size: int, in_size: int = 0):
+        self.count, self.size, self.in_size = count, size, in_size
+        # MAP_SHARED | MAP_ANONYMOUS: seen by forked children
+        self.mem = mmap.mmap(-1, count * size)
+        self.in_mem = mmap.mmap(-1, count * in_size) if in_size else None
         self.array = np.frombuffer(self.mem, dtype=np.uint8)
+        self.in_array = np.frombuffer(self.in_mem, dtype=np.uint8) if in_size else None
 
     def view(self, slot: int) -> np.ndarray:
         return self.array[slot * self.size:(slot + 1) * self.size]
 
+    def input(self, slot: int) -> np.ndarray:
+        return self.in_array[slot * self.in_size:(slot + 1) * self.in_size]
+
     def close(self) -> None:
-        self.array = None
+        self.array = self.in_array = None
         self.mem.close()
+        if self.in_mem is not None:
+            self.in_mem.close()
 
 
 SLOTS: Slots | None = None  # set by the main process before it starts the workers
@@ -193,9 +202,10 @@ def convert_data(data, slot: int | None = None) -> BlockResult:
     return res
 
 
-def convert_block(block: bytes, slot: int | None = None) -> BlockResult:
-    """Convert a block of whole lines (sent by the main process: compressed inputs)."""
-    return convert_data(block, slot)
+def convert_block(block: bytes | None, slot: int | None = None, length: int = 0) -> BlockResult:
+    """Convert a block of whole lines from the main process (compressed inputs): `block`, or
+    when it is None the first `length` bytes of the shared slot's input."""
+    return convert_data(SLOTS.input(slot)[:length] if block is None else block, slot)
 
 
 _files: dict = {}
