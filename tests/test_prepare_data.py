@@ -424,3 +424,21 @@ def test_configured_corpus_outside_the_workspace_is_accepted(settings, tmp_path,
     other.write_text("{}\n")
     with pytest.raises(StageError, match="outside the workspace"):
         prepare_data.command(s, input=str(other))
+
+
+@pytest.mark.parametrize("compiled,expected", [(True, 4), (False, 8)])
+def test_default_workers_are_capped_on_big_machines(tmp_path, monkeypatch, compiled, expected):
+    """On a 64-core GPU box the converter starts 4 workers (8 without the compiled converter):
+    more would only cost memory, as the main process sets the pace."""
+    from pipeline import native
+
+    monkeypatch.setenv("RECIPE_NATIVE", "1" if compiled else "0")
+    native.reset()
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    try:
+        stats = prepare_data.run(SAMPLE_RECIPES, tmp_path / "out", block_size=8192, progress_every=60)
+    finally:
+        native.reset()
+    assert stats["options"]["workers"] == expected and stats["kept"] == stats["lines"]
+    small = prepare_data.run(SAMPLE_RECIPES, tmp_path / "small", progress_every=60)  # under 2 blocks
+    assert small["options"]["workers"] == 0
