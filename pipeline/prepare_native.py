@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+from typing import NamedTuple
 
 import numpy as np
 import orjson
@@ -39,11 +40,23 @@ def _escaped(text: str) -> bytes:
     return orjson.dumps(text)[1:-1]
 
 
+class _Part(NamedTuple):
+    """The recipes of a block that one path converted, in line order."""
+
+    rel: np.ndarray  # line index in the block
+    digests: np.ndarray
+    keys: np.ndarray
+    status: np.ndarray  # prepare_worker's KEEP, TOO_LONG or SEEN
+    long_detail: dict  # recipe index -> detail, for TOO_LONG
+    starts: np.ndarray  # where each KEEP line starts and ends in the block's output
+    ends: np.ndarray
+
+
 class NativeConverter:
     """One a process: rc_init with this run's options, and reusable buffers."""
 
-    def __init__(self, lib, *, seed: int, max_length: int, forms: list[tuple[str, str]], prefix: bytes,
-                 middle: bytes, suffix: bytes, salt: int):
+    def __init__(self, lib, *, max_length: int, forms: list[tuple[str, str]], prefix: bytes, middle: bytes,
+                 suffix: bytes, salt: int):
         self.lib, self.max_length = lib, max_length
         self.ok, self.digit = char_tables()
         head, sep, steps = INGREDIENTS_HEADER + "\n- ", "\n- ", "\n" + STEPS_HEADER
@@ -51,8 +64,7 @@ class NativeConverter:
         texts += [_escaped(h) for h, _ in forms] + [_escaped(t) for _, t in forms]
         chars = [len(head), len(sep), len(steps)] + [len(h) for h, _ in forms] + [len(t) for _, t in forms]
         self._texts = texts  # kept alive: C holds pointers into them
-        arr_t = ctypes.c_char_p * len(texts)
-        self._c_texts = arr_t(*texts)
+        self._c_texts = (ctypes.c_char_p * len(texts))(*texts)
         self._c_lens = (ctypes.c_size_t * len(texts))(*map(len, texts))
         self._c_chars = (ctypes.c_int64 * len(chars))(*chars)
         rc = lib.rc_init(self.ok, self.digit, salt, max_length, len(SYSTEM_PROMPT), len(forms),
@@ -72,22 +84,22 @@ class NativeConverter:
         return self.arrays
 
     def _run(self, data: np.ndarray, n_lines: int, out: np.ndarray) -> tuple[int, int]:
+        """rc_convert: (lines done, bytes written to out)."""
         a = self.arrays
         used = ctypes.c_size_t(0)
-        done = self.lib.rc_convert(
-            data.ctypes.data, len(data), n_lines, *(a[k].ctypes.data for k in ("status", "starts", "ends", "digest", "key",
-                                                                     "chars", "out_end")),
-            out.ctypes.data, len(out), ctypes.byref(used))
+        arrays = (a[k].ctypes.data for k in ("status", "starts", "ends", "digest", "key", "chars", "out_end"))
+        done = self.lib.rc_convert(data.ctypes.data, len(data), n_lines, *arrays, out.ctypes.data, len(out),
+                                   ctypes.byref(used))
         if done < 0:
             raise MemoryError("the compiled converter could not allocate its buffers")
         return done, used.value
 
     def convert(self, data, python_convert, out: np.ndarray | None = None):
         """(BlockResult of the lines of data (bytes or a uint8 array; split like
-        prepare_worker._split), in_out):
-        python_convert(lines) converts the lines C leaves; the training lines are written to
-        out (in_out True; the result's blob is b"") where they fit, else they are the blob."""
-        from pipeline.prepare_worker import KEEP, SEEN, TOO_LONG, BlockResult
+        prepare_worker._split), in_out): python_convert(lines) converts the lines C leaves; the
+        training lines are written to out (in_out True; the result's blob is b"") where they
+        fit, else they are the result's blob."""
+        from pipeline.prepare_worker import BlockResult
 
         if not isinstance(data, np.ndarray):
             data = np.frombuffer(data, dtype=np.uint8)
@@ -104,47 +116,59 @@ class NativeConverter:
             done, n = self._run(data, n_lines, out)
             if done != n_lines:
                 raise RuntimeError(f"internal error: the compiled converter did {done} of {n_lines} lines")
-        status = a["status"][:n_lines]
-        fb = np.flatnonzero(status == C_FALLBACK)
-        mine = np.flatnonzero(status != C_FALLBACK)
-        c_st = status[mine]
-        c_status = np.choose(c_st, (0, KEEP, TOO_LONG, SEEN)).astype(np.uint8)
-        c_ends = a["out_end"][mine[c_st == C_KEEP]]
-        c_starts = np.concatenate((np.zeros(1, np.uint64), c_ends[:-1])) if len(c_ends) else c_ends
-        chars = a["chars"][mine]
-        long_detail = {int(j): f"{int(chars[j])} characters > {self.max_length}"
-                       for j in np.flatnonzero(c_st == C_TOO_LONG).tolist()}
-        starts, ends = a["starts"], a["ends"]
-        py = python_convert([data[s:e].tobytes() for s, e in zip(starts[fb].tolist(), ends[fb].tolist())])
+        fb = np.flatnonzero(a["status"][:n_lines] == C_FALLBACK)
+        py = python_convert([data[s:e].tobytes() for s, e in zip(a["starts"][fb].tolist(), a["ends"][fb].tolist())])
         rejects = [(int(fb[i]), reason, detail, head) for i, reason, detail, head in py.rejects]
-        if not py.rel:
-            blob = b"" if in_out else out[:n].tobytes()
-            return BlockResult(n_lines, rejects, mine.astype(np.uint32).tobytes(), a["digest"][mine].tobytes(),
-                               a["key"][mine].tobytes(), c_status.tobytes(), long_detail, blob,
-                               c_starts.tobytes(), c_ends.tobytes(), None), in_out
-        # Python's training lines go after C's; the result lists them in line order
-        if in_out and n + len(py.blob) <= len(out):
-            out[n:n + len(py.blob)] = np.frombuffer(py.blob, dtype=np.uint8)
-            blob = b""
-        else:
-            blob, in_out = out[:n].tobytes() + py.blob, False
-        p_rel = fb[np.frombuffer(py.rel, dtype=np.uint32)]
-        p_status = np.frombuffer(py.status, dtype=np.uint8)
-        rel = np.concatenate((mine, p_rel))
-        order = np.argsort(rel, kind="stable")
-        position = np.empty_like(order)
-        position[order] = np.arange(len(order))
-        for j, detail in py.long_detail.items():
-            long_detail[len(mine) + j] = detail
-        long_detail = {int(position[j]): d for j, d in long_detail.items()}
-        keep_order = np.argsort(np.concatenate((mine[c_st == C_KEEP], p_rel[p_status == KEEP])), kind="stable")
-        line_starts = np.concatenate((c_starts, np.frombuffer(py.starts, dtype=np.uint64) + np.uint64(n)))
-        line_ends = np.concatenate((c_ends, np.frombuffer(py.ends, dtype=np.uint64) + np.uint64(n)))
-        return BlockResult(n_lines, rejects, rel[order].astype(np.uint32).tobytes(),
-                           np.concatenate((a["digest"][mine], np.frombuffer(py.digests, dtype="<u8")))[order].tobytes(),
-                           np.concatenate((a["key"][mine], np.frombuffer(py.keys, dtype="<u8")))[order].tobytes(),
-                           np.concatenate((c_status, p_status))[order].tobytes(), long_detail, blob,
-                           line_starts[keep_order].tobytes(), line_ends[keep_order].tobytes(), None), in_out
+        part = self._c_part(n_lines)
+        if py.rel:  # Python's training lines go after C's
+            if in_out and n + len(py.blob) <= len(out):
+                out[n:n + len(py.blob)] = np.frombuffer(py.blob, dtype=np.uint8)
+            else:
+                out, in_out = np.frombuffer(out[:n].tobytes() + py.blob, dtype=np.uint8), False
+            part = _merged(part, _python_part(py, fb, n))
+            n += len(py.blob)
+        return BlockResult(n_lines, rejects, part.rel.astype(np.uint32).tobytes(), part.digests.tobytes(),
+                           part.keys.tobytes(), part.status.tobytes(), part.long_detail,
+                           b"" if in_out else out[:n].tobytes(), part.starts.tobytes(), part.ends.tobytes(),
+                           None), in_out
+
+    def _c_part(self, n_lines: int) -> _Part:
+        from pipeline.prepare_worker import KEEP, SEEN, TOO_LONG
+
+        a = self.arrays
+        mine = np.flatnonzero(a["status"][:n_lines] != C_FALLBACK)
+        st = a["status"][mine]
+        ends = a["out_end"][mine[st == C_KEEP]]
+        starts = np.concatenate((np.zeros(1, np.uint64), ends[:-1])) if len(ends) else ends
+        chars = a["chars"][mine]
+        long_detail = {j: f"{int(chars[j])} characters > {self.max_length}"
+                       for j in np.flatnonzero(st == C_TOO_LONG).tolist()}
+        return _Part(mine, a["digest"][mine], a["key"][mine], np.choose(st, (0, KEEP, TOO_LONG, SEEN)).astype(np.uint8),
+                     long_detail, starts, ends)
+
+
+def _python_part(py, fb: np.ndarray, offset: int) -> _Part:
+    """The Python path's result for the lines fb of a block, its lines at offset in the output."""
+    return _Part(fb[np.frombuffer(py.rel, dtype=np.uint32)], np.frombuffer(py.digests, dtype="<u8"),
+                 np.frombuffer(py.keys, dtype="<u8"), np.frombuffer(py.status, dtype=np.uint8), py.long_detail,
+                 np.frombuffer(py.starts, dtype=np.uint64) + np.uint64(offset),
+                 np.frombuffer(py.ends, dtype=np.uint64) + np.uint64(offset))
+
+
+def _merged(a: _Part, b: _Part) -> _Part:
+    """Two parts of one block as one, in line order."""
+    from pipeline.prepare_worker import KEEP
+
+    rel = np.concatenate((a.rel, b.rel))
+    order = np.argsort(rel, kind="stable")
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    long_detail = {int(position[j]): d for j, d in a.long_detail.items()}
+    long_detail.update({int(position[len(a.rel) + j]): d for j, d in b.long_detail.items()})
+    keep_order = np.argsort(np.concatenate((a.rel[a.status == KEEP], b.rel[b.status == KEEP])), kind="stable")
+    return _Part(rel[order], np.concatenate((a.digests, b.digests))[order], np.concatenate((a.keys, b.keys))[order],
+                 np.concatenate((a.status, b.status))[order], long_detail,
+                 np.concatenate((a.starts, b.starts))[keep_order], np.concatenate((a.ends, b.ends))[keep_order])
 
 
 def converter(opts: dict, forms, prefix: bytes, middle: bytes, suffix: bytes, salt: int) -> NativeConverter | None:
@@ -155,5 +179,5 @@ def converter(opts: dict, forms, prefix: bytes, middle: bytes, suffix: bytes, sa
     lib = native.load()
     if lib is None:
         return None
-    return NativeConverter(lib, seed=opts["seed"], max_length=opts["max_length"], forms=forms, prefix=prefix,
-                           middle=middle, suffix=suffix, salt=salt)
+    return NativeConverter(lib, max_length=opts["max_length"], forms=forms, prefix=prefix, middle=middle,
+                           suffix=suffix, salt=salt)
