@@ -437,8 +437,8 @@ def test_default_workers_are_capped_on_big_machines(tmp_path, monkeypatch, compi
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     try:
         stats = prepare_data.run(SAMPLE_RECIPES, tmp_path / "out", block_size=8192, progress_every=60)
+        small = prepare_data.run(SAMPLE_RECIPES, tmp_path / "small", progress_every=60)  # under 2 blocks
     finally:
-        native.reset()
+        native.reset()  # nothing loaded under RECIPE_NATIVE=0 stays for the next tests
     assert stats["options"]["workers"] == expected and stats["kept"] == stats["lines"]
-    small = prepare_data.run(SAMPLE_RECIPES, tmp_path / "small", progress_every=60)  # under 2 blocks
     assert small["options"]["workers"] == 0
