@@ -327,7 +327,7 @@ def test_no_memory_errors_under_address_sanitizer(tmp_path, lib):
     so = tmp_path / "rc_asan.so"
     subprocess.run([cc, "-O1", "-g", "-std=c99", "-shared", "-fPIC", "-fsanitize=address,undefined",
                     "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer", "-o", str(so),
-                    str(native.SOURCE)], check=True, timeout=120)
+                    *map(str, native.SOURCES)], check=True, timeout=120)
     env = {**os.environ, "LD_PRELOAD": f"{asan}:{ubsan}", "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
            "PYTHONMALLOC": "malloc"}  # every buffer a malloc of its own: ASan sees its bounds
     p = subprocess.run([sys.executable, "-c", ASAN_SCRIPT, str(so)], cwd=ROOT, env=env, capture_output=True,

@@ -1,7 +1,7 @@
 """The compiled fast path of the corpus converter (recipe_convert.c), built on first use.
 
-``load()`` compiles recipe_convert.c with the system C compiler (``cc``; no Python headers
-needed) into a cache folder keyed by the source's hash, and returns the library loaded through
+``load()`` compiles the C sources here with the system C compiler (``cc``; no Python headers
+needed) into a cache folder keyed by the sources' hash, and returns the library loaded through
 ctypes, or None, with the reason in ``why_not()``, where there is no compiler, the build fails,
 or RECIPE_NATIVE=0. The converter then runs its pure-Python path, which gives the same bytes
 (tests/test_native_convert.py), only slower.
@@ -18,7 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("recipe_convert.c")
+HERE = Path(__file__).parent
+SOURCES = sorted(HERE.glob("*.c"))  # recipe_convert.c (the converter), blake2b64.c; headers beside them
 CFLAGS = ("-O2", "-std=c99", "-shared", "-fPIC", "-Wall", "-Werror")
 _state: dict = {}
 
@@ -32,7 +33,8 @@ def cache_dir() -> Path:
 
 
 def library_path() -> Path:
-    tag = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    text = b"".join(p.read_bytes() for p in sorted([*HERE.glob("*.c"), *HERE.glob("*.h")]))
+    tag = hashlib.sha256(text + " ".join(CFLAGS).encode()).hexdigest()[:16]
     return cache_dir() / f"recipe_convert-{tag}-{platform.machine()}-{sys.platform}.so"
 
 
@@ -46,7 +48,8 @@ def build(target: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([cc, *CFLAGS, "-o", tmp, *map(str, SOURCES)], capture_output=True, text=True,
+                              timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-600:]}")
         os.replace(tmp, target)
