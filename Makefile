@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Everything else is a helper.
-.PHONY: run test setup setup-app setup-dev setup-train setup-eval setup-browser bench
+.PHONY: run test setup setup-app setup-dev setup-train setup-eval setup-system bench
 
 PY := .venv/bin/python
 PORT ?= 6006
@@ -7,7 +7,7 @@ PORT ?= 6006
 run: setup-app
 	$(PY) -m streamlit run app.py --server.port $(PORT) --browser.serverPort $(PORT)
 
-test: setup-dev setup-train setup-eval setup-browser
+test: setup-dev setup-train setup-eval setup-system
 	RECIPE_TEST_STRICT=1 $(PY) -m pytest -q -ra tests
 
 setup: setup-app setup-train setup-eval
@@ -24,8 +24,8 @@ setup-train:
 setup-eval:
 	@scripts/setup-env.sh eval
 
-setup-browser:
-	@scripts/install-browser.sh
+setup-system:
+	@scripts/install-system-packages.sh
 
 bench: setup-dev
 	$(PY) -m bench
