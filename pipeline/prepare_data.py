@@ -282,7 +282,8 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
         workers = 0 if stream.total < 2 * block_size else min(os.cpu_count() or 1, cap)
     test_cut = int(holdout / 2 * (1 << 64))
     val_cut = int(holdout * (1 << 64))
-    opts = {"seed": seed, "max_length": max_length, "library": lib_path is not None}
+    opts = {"seed": seed, "max_length": max_length, "library": lib_path is not None,
+            "compiled": converter == "compiled"}
 
     stats = {"input": str(input_path), "lines": 0, "kept": 0, "duplicates": 0,
              "rejected": dict.fromkeys(REASONS, 0), "train": 0, "val": 0, "test": 0,

@@ -172,12 +172,9 @@ def _merged(a: _Part, b: _Part) -> _Part:
 
 
 def converter(opts: dict, forms, prefix: bytes, middle: bytes, suffix: bytes, salt: int) -> NativeConverter | None:
-    """A NativeConverter for these options, or None where the compiled path does not apply
-    (library rows wanted: they come from the Python path) or is unavailable."""
-    if opts.get("library"):
+    """A NativeConverter where the main process chose the compiled path (opts["compiled"]:
+    see prepare_data), else None."""
+    if not opts.get("compiled"):
         return None
-    lib = native.load()
-    if lib is None:
-        return None
-    return NativeConverter(lib, max_length=opts["max_length"], forms=forms, prefix=prefix, middle=middle,
+    return NativeConverter(native.load(), max_length=opts["max_length"], forms=forms, prefix=prefix, middle=middle,
                            suffix=suffix, salt=salt)

@@ -25,7 +25,7 @@ from pipeline import prepare_worker as W
 from pipeline.corpus import clean_text
 from tests.conftest import ROOT, SAMPLE_RECIPES, require
 
-OPTS = {"seed": 0, "max_length": 2048, "library": False}
+OPTS = {"seed": 0, "max_length": 2048, "library": False, "compiled": True}
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +302,7 @@ from pipeline import prepare_worker as W
 from tests.test_native_convert import compare_lines, fuzz_lines
 from tests.conftest import SAMPLE_RECIPES
 for seed in (1, 2, 3):
-    W.init_worker({"seed": seed, "max_length": (2048, 300, 600)[seed - 1], "library": False})
+    W.init_worker({"seed": seed, "max_length": (2048, 300, 600)[seed - 1], "library": False, "compiled": True})
     conv = W._native["conv"]
     lines = fuzz_lines(seed, 1000) + SAMPLE_RECIPES.read_bytes().splitlines()
     compare_lines(conv, conv.lib, lines)

@@ -295,12 +295,12 @@ static int parse_record(cur_t *c, rec_t *r) {
     return 0;
 }
 
-static inline int utf8_next(const uint8_t *s, long *i) {
-    uint8_t b = s[*i];
-    if (b < 0x80) { (*i)++; return b; }
-    if (b < 0xE0) { int cp = ((b & 0x1F) << 6) | (s[*i + 1] & 0x3F); *i += 2; return cp; }
-    int cp = ((b & 0x0F) << 12) | ((s[*i + 1] & 0x3F) << 6) | (s[*i + 2] & 0x3F);
-    *i += 3;
+/* The code point at s.p[*i] of a string take_string validated (json_scan.h's decoder); *i
+ * moves past it. */
+static inline int utf8_next(str_t s, long *i) {
+    int cp = s.p[*i];
+    if (cp < 0x80) { (*i)++; return cp; }
+    *i += read_utf8(s.p + *i, s.p + s.n, &cp);
     return cp;
 }
 
@@ -320,7 +320,7 @@ static long clean_chars(str_t s) {
                 prev_space = 0;
             }
         } else {
-            if (!P.ok[utf8_next(s.p, &i)]) return -1;
+            if (!P.ok[utf8_next(s, &i)]) return -1;
             prev_space = 0;
         }
         chars++;
@@ -392,22 +392,22 @@ static str_t dish_name(rec_t *r) {
  * strip a number. */
 static int step_number(str_t s) {
     long i = 0;
-    int cp = utf8_next(s.p, &i);
+    int cp = utf8_next(s, &i);
     if (cp >= 0x2460 && cp <= 0x2473) return 1;  /* ①-⑳ */
     if (cp == 0x7B2C) {                          /* 第 */
         if (i >= s.n) return 0;
-        cp = utf8_next(s.p, &i);
+        cp = utf8_next(s, &i);
     }
     if (!P.digit[cp]) return 0;
     while (i < s.n) {
         long j = i;
-        cp = utf8_next(s.p, &j);
+        cp = utf8_next(s, &j);
         if (!P.digit[cp]) break;
         i = j;
     }
     if (i < s.n && s.p[i] == ' ') i++;
     if (i >= s.n) return 0;
-    cp = utf8_next(s.p, &i);
+    cp = utf8_next(s, &i);
     return cp == '.' || cp == 0x3001 || cp == ':' || cp == 0xFF1A || cp == ')' || cp == 0xFF09 || cp == 0x6B65;
 }
 
