@@ -253,6 +253,11 @@ def open_corpus(path: str | os.PathLike) -> CorpusStream:
     return CorpusStream(raw, total, raw.tell, [raw])
 
 
+def damaged(what: str, why) -> CorpusError:
+    """The error for a compressed input that cannot be read to its end, and what to do."""
+    return CorpusError(f"{what} is damaged ({why}); download or copy it again")
+
+
 class _ZipMember:
     """A deflated or stored zip member as a stream: its raw bytes through ISA-L's inflate
     (zipfile would use zlib's), checked against its CRC-32 and size at the end."""
@@ -273,7 +278,7 @@ class _ZipMember:
         self.done = False
 
     def _damaged(self, why: str) -> CorpusError:
-        return CorpusError(f"{self.path}: {self.info.filename} is damaged ({why}); download or copy it again")
+        return damaged(f"{self.path}: {self.info.filename}", why)
 
     def read(self, n: int = -1) -> bytes:
         n = n if n and n > 0 else 1 << 20
@@ -320,7 +325,7 @@ class _Checked:
         try:
             return self.f.read(n)
         except (OSError, EOFError, _zlib.error, zipfile.BadZipFile) as e:
-            raise CorpusError(f"{self.path} is damaged ({e}); download or copy it again") from None
+            raise damaged(str(self.path), e) from None
 
 
 def iter_blocks(stream: CorpusStream, size: int = 1 << 20):
