@@ -30,6 +30,8 @@ from pipeline import xtuner_log
 LMDEPLOY_DATASETS = ("wikitext2", "c4", "pileval", "gsm8k", "neuralmagic_calibration", "open-platypus",
                      "openwebtext")
 STEPS = 2
+# the AWQ group sizes TurboMind 0.18 loads (lmdeploy/turbomind/converter.py _SUPPORTED_GROUP_SIZES['awq'])
+AWQ_GROUP_SIZES = (128,)
 
 
 def lmdeploy_installed() -> bool:
@@ -92,8 +94,9 @@ def command(settings, model: str = "", name: str = "", calib: str = "local", cal
                                ("batch_size", batch_size, 1, 64)):
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
             raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {value!r}")
-    if w_group_size not in (32, 64, 128):
-        raise StageError(f"w_group_size must be 32, 64 or 128 (TurboMind's AWQ kernels), got {w_group_size!r}")
+    if w_group_size not in AWQ_GROUP_SIZES:
+        raise StageError(f"w_group_size must be {' or '.join(map(str, AWQ_GROUP_SIZES))}: TurboMind (LMDeploy "
+                         f"0.18) loads AWQ weights with that group size only, got {w_group_size!r}")
     argv = [str(env_python("app")), "-P", "-m", "pipeline.quantize", "--model", str(src), "--out", str(out),
             "--calib-samples", str(calib_samples), "--calib-seqlen", str(calib_seqlen), "--w-bits", "4",
             "--w-group-size", str(w_group_size), "--batch-size", str(batch_size)]
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-samples", type=int, default=128)
     ap.add_argument("--calib-seqlen", type=int, default=2048)
     ap.add_argument("--w-bits", type=int, default=4)
-    ap.add_argument("--w-group-size", type=int, default=128)
+    ap.add_argument("--w-group-size", type=int, default=AWQ_GROUP_SIZES[0], choices=AWQ_GROUP_SIZES)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--search-scale", action="store_true")
     a = ap.parse_args(argv)

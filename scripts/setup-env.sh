@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or update one of the project's Python environments, idempotently.
 #   scripts/setup-env.sh app     -> .venv          (requirements.txt [+ requirements-gpu.txt on GPU])
-#   scripts/setup-env.sh dev     -> .venv          (app + requirements-dev.txt)
+#   scripts/setup-env.sh dev     -> .venv          (app + requirements-dev.txt [+ -nodeps.txt on CPU])
 #   scripts/setup-env.sh train   -> .venvs/train   (pipeline/envs/train.txt, XTuner)
 #   scripts/setup-env.sh eval    -> .venvs/eval    (pipeline/envs/eval.txt, OpenCompass)
 # On a machine where nvidia-smi sees a GPU, requirements-gpu.txt / pipeline/envs/NAME-gpu.txt
@@ -18,8 +18,12 @@ case "$name" in
     reqs=()
     if has_gpu; then reqs+=(requirements-gpu.txt); fi
     reqs+=(requirements.txt)
-    if [ "$name" = dev ]; then reqs+=(requirements-dev.txt); fi
-    nodeps=() ; post=() ;;
+    nodeps=() ; post=()
+    if [ "$name" = dev ]; then
+      reqs+=(requirements-dev.txt)
+      # LMDeploy's Python code for the contract tests (on a GPU it came with requirements-gpu.txt)
+      has_gpu || nodeps=(requirements-dev-nodeps.txt)
+    fi ;;
   train|eval)
     venv=.venvs/$name
     reqs=()

@@ -1,5 +1,18 @@
 """What LMDeploy's two engines share: ``lmdeploy.pipeline`` + ``stream_infer`` (LMDeploy 0.18).
 
+Checked against the 0.18.0 release (tests/test_lmdeploy_contract.py runs its real Pipeline code):
+
+- ``pipeline(..., trust_remote_code=True)``: InternLM2/2.5 ship their tokenizer and config as code;
+  with LMDeploy's default (False) the chat template may silently fall back to the empty 'base'
+  one, so the engine refuses to start unless the async engine uses the model's own (HF) template.
+- With a TurboMind config LMDeploy silently runs an architecture TurboMind lacks on its PyTorch
+  engine: ``name`` is the backend that really runs (``pipe.async_engine.backend``).
+- ``Pipeline.close()`` stops LMDeploy's event loop and cancels its tasks, so a stream still
+  running in another tab would wait forever: :meth:`LMDeployEngine.close` first stops taking
+  requests, aborts the running sessions and waits (bounded) until none is active.
+- A failed request carries its reason in ``Response.error_message`` (e.g. a prompt longer than
+  session_len): it is raised as :class:`EngineError` with that text, shown under the answer.
+
 ``pipe.stream_infer(messages, sessions=session, gen_config=GenerationConfig(...))`` takes one
 conversation as {role, content} dicts, applies the model's own chat template (the tokenizer's,
 e.g. InternLM2's ``<|im_start|>`` format) and yields ``Response`` objects: ``.text`` is a delta,
@@ -13,9 +26,11 @@ failure (ImportError, a failed environment check that calls ``exit(1)``, CUDA er
 """
 from __future__ import annotations
 
-import dataclasses
+import gc
 import json
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +40,8 @@ from backend.engines.base import (FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINI
 
 _FINISH = {"stop": FINISH_STOP, "length": FINISH_LENGTH, "abort": FINISH_STOPPED, "cancel": FINISH_STOPPED,
            "error": FINISH_ERROR}
+log = logging.getLogger(__name__)
+CLOSE_WAIT_S = 30.0  # how long close() waits for running answers to end after aborting them
 GPU_HINT = ("LMDeploy runs on NVIDIA GPUs only; on a GPU machine `scripts/setup-env.sh app` installs it "
             "(requirements-gpu.txt)")
 
@@ -46,6 +63,49 @@ def import_lmdeploy():
     return lmdeploy
 
 
+class EngineError(RuntimeError):
+    """The engine failed a request; the message is LMDeploy's own reason."""
+
+
+def chat_template_problem(pipe) -> str | None:
+    """None when LMDeploy formats prompts with the model's own chat template (its ``hf``
+    template, read from the tokenizer), else what is wrong and what to do."""
+    from lmdeploy.model import HFChatTemplate
+
+    tpl = getattr(getattr(pipe, "async_engine", None), "chat_template", None)
+    if isinstance(tpl, HFChatTemplate):
+        return None
+    return (f"LMDeploy did not read the model's own chat template (it would use {type(tpl).__name__}, "
+            "whose prompts lack the model's turn markers, so answers would be garbage): check that the "
+            "model folder's tokenizer_config.json has a chat_template and that its tokenizer loads with "
+            "transformers (AutoTokenizer.from_pretrained(folder, trust_remote_code=True))")
+
+
+def gpu_memory_used() -> int | None:
+    """Bytes in use on the current CUDA device, all allocators together (TurboMind allocates
+    outside torch's), or None without CUDA."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+    except Exception:  # noqa: BLE001 - a fact for the log, never a failure
+        return None
+
+
+def free_gpu_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def model_format(model_path: Path) -> str | None:
     """'awq' for AWQ (W4A16) weights such as `lmdeploy lite auto_awq` writes, else None (auto)."""
     try:
@@ -57,14 +117,11 @@ def model_format(model_path: Path) -> str | None:
 
 
 def generation_config(lmdeploy, params: GenerationParams):
-    """GenerationConfig from our params; fields a release lacks (e.g. do_sample) are left out."""
-    wanted = dict(max_new_tokens=params.max_new_tokens, top_p=params.top_p, top_k=params.top_k,
-                  temperature=params.temperature, repetition_penalty=params.repetition_penalty,
-                  do_sample=not params.greedy)
-    if params.greedy:
-        wanted.update(top_k=1, temperature=1.0)
-    known = {f.name for f in dataclasses.fields(lmdeploy.GenerationConfig)}
-    return lmdeploy.GenerationConfig(**{k: v for k, v in wanted.items() if k in known})
+    """LMDeploy's GenerationConfig for our params (every field checked by the contract tests)."""
+    return lmdeploy.GenerationConfig(
+        max_new_tokens=params.max_new_tokens, do_sample=not params.greedy, top_p=params.top_p,
+        top_k=1 if params.greedy else params.top_k, temperature=1.0 if params.greedy else params.temperature,
+        repetition_penalty=params.repetition_penalty)
 
 
 class LMDeployEngine(Engine):
@@ -78,18 +135,49 @@ class LMDeployEngine(Engine):
         why = model_folder_problem(path)
         if why:
             raise EngineUnavailable(f"{why}; pick a model on the Admin page or set RECIPE_MODEL")
-        self._lmdeploy = import_lmdeploy()
-        self._path = str(path)
+        lmdeploy = import_lmdeploy()
         self.session_len = session_len
-        # LMDeploy asserts 0 < cache_max_entry_count < 1
-        backend_config = self.backend_config(self._lmdeploy, path, session_len=session_len,
+        # LMDeploy asserts 0 < cache_max_entry_count < 1 (in TurboMind >= 1 means a number of blocks)
+        backend_config = self.backend_config(lmdeploy, path, session_len=session_len,
                                              cache_max_entry_count=min(cache_max_entry_count, 0.95),
                                              quant_policy=quant_policy)
         try:
-            self.pipe = self._lmdeploy.pipeline(self._path, backend_config=backend_config, log_level="ERROR")
+            pipe = lmdeploy.pipeline(str(path), backend_config=backend_config, log_level="ERROR",
+                                     trust_remote_code=True)
         except (SystemExit, Exception) as e:  # noqa: BLE001 - LMDeploy may exit(1) on a failed check
             raise EngineUnavailable(f"{self.name} could not load {path}: {type(e).__name__}: {e}") from e
+        self._attach(lmdeploy, pipe, path)
+
+    def _attach(self, lmdeploy, pipe, path: Path) -> None:
+        """Take a loaded pipeline: refuse one without the model's chat template, and say which
+        of LMDeploy's engines really runs."""
+        problem = chat_template_problem(pipe)
+        if problem:
+            try:
+                pipe.close()
+            finally:
+                raise EngineUnavailable(f"{self.name}: {problem}")
+        self._lmdeploy = lmdeploy
+        self.pipe = pipe
+        self._path = str(path)
         self._tokenizer = None
+        self._closing = False
+        self._sessions: dict[threading.Event, object] = {}  # running answers -> their LMDeploy sessions
+        self.requested = self.name
+        actual = getattr(getattr(pipe, "async_engine", None), "backend", None) or self.name
+        self.name = actual
+        self.backend_note = None if actual == self.requested else (
+            f"LMDeploy runs this model on its {actual} engine: {self.requested} does not support its "
+            "architecture")
+
+    @classmethod
+    def from_pipeline(cls, lmdeploy, pipe, path: str | Path) -> "LMDeployEngine":
+        """An engine around an already loaded pipeline (the contract tests' way in)."""
+        self = cls.__new__(cls)
+        Engine.__init__(self)
+        self.session_len = getattr(getattr(pipe, "backend_config", None), "session_len", None)
+        self._attach(lmdeploy, pipe, Path(path))
+        return self
 
     def backend_config(self, lmdeploy, path: Path, **options):
         raise NotImplementedError
@@ -117,28 +205,39 @@ class LMDeployEngine(Engine):
         except AttributeError:
             return len(text)
 
-    def _new_session(self):
-        make = getattr(self.pipe, "session", None)
-        return make() if callable(make) else None
-
-    def _abort(self, session) -> None:
+    @staticmethod
+    def _abort(session) -> None:
         try:
-            if session is not None and hasattr(session, "abort"):
-                session.abort()
-            elif session is not None and hasattr(self.pipe, "stop_session"):
-                self.pipe.stop_session(session.session_id)
+            session.abort()
         except Exception:  # noqa: BLE001 - best effort; the stream ends anyway
             pass
 
     def stream(self, messages: list[dict], params: GenerationParams,
                stop_event: threading.Event | None = None) -> Iterator[Delta]:
-        ev = self._track(stop_event)
-        session = self._new_session()
+        with self._active_lock:
+            if self._closing or self.pipe is None:
+                raise EngineUnavailable(f"the {self.name} engine is being replaced (a new model was chosen "
+                                        "for chat): ask again in a moment")
+            ev = stop_event or threading.Event()
+            self._active.add(ev)
+            session = self.pipe.session()
+            self._sessions[ev] = session
+        try:
+            yield from self._stream(session, messages, params, ev)
+        finally:
+            with self._active_lock:
+                self._sessions.pop(ev, None)
+                self._active.discard(ev)
+            try:
+                session.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _stream(self, session, messages, params, ev) -> Iterator[Delta]:
         gen = generation_config(self._lmdeploy, params)
-        kwargs = {"sessions": session} if session is not None else {}
-        responses = self.pipe.stream_infer(messages, gen_config=gen, **kwargs)
+        responses = self.pipe.stream_infer(messages, sessions=session, gen_config=gen)
         finished = False
-        reason = None
+        reason = error = None
         tokens = prompt = 0
         try:
             for r in responses:
@@ -146,6 +245,8 @@ class LMDeployEngine(Engine):
                 prompt = getattr(r, "input_token_len", prompt) or prompt
                 if r.finish_reason:
                     reason = _FINISH.get(str(r.finish_reason), FINISH_STOP)
+                    if reason == FINISH_ERROR:
+                        error = getattr(r, "error_message", None) or getattr(r, "error_code", None)
                 if r.text:
                     yield Delta(r.text, tokens, prompt)
                 if ev.is_set() and reason is None:
@@ -160,19 +261,41 @@ class LMDeployEngine(Engine):
                 self._abort(session)
                 for _ in responses:
                     pass
-            self._untrack(ev)
-            if session is not None and hasattr(session, "close"):
-                try:
-                    session.close()
-                except Exception:  # noqa: BLE001
-                    pass
         if reason == FINISH_ERROR:
-            raise RuntimeError(f"{self.name} reported an error while generating")
+            raise EngineError(f"{self.name}: {error or 'the engine reported an error without a reason'}")
         yield Delta("", tokens, prompt, reason or FINISH_STOP)
 
-    def close(self) -> None:
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Release the model for another one without hanging anybody: stop taking requests,
+        abort the running answers (they end 'stopped' with their partial text), wait until none
+        is active (at most ``wait_s``), then close LMDeploy and free the GPU memory."""
+        if self.pipe is None:
+            return
+        before = gpu_memory_used()
+        with self._active_lock:
+            self._closing = True
+            running = list(self._sessions.items())
+        for ev, session in running:
+            ev.set()
+            self._abort(session)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            with self._active_lock:
+                if not self._active:
+                    break
+            time.sleep(0.02)
+        with self._active_lock:
+            left = len(self._active)
+        if left:
+            log.warning("%s: %d answer(s) still running after %.0f s; closing anyway", self.name, left, wait_s)
         try:
             self.pipe.close()
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as e:  # noqa: BLE001 - closing must not fail the switch
+            log.warning("%s: closing the pipeline failed: %s: %s", self.name, type(e).__name__, e)
         self.pipe = None
+        free_gpu_memory()
+        after = gpu_memory_used()
+        self.closed_memory = (before, after)
+        if before is not None:
+            log.warning("%s closed: GPU memory in use %.0f MiB -> %.0f MiB", self.name, before / 2**20,
+                        (after or 0) / 2**20)

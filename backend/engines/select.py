@@ -39,7 +39,7 @@ def lmdeploy_gpu_available() -> tuple[bool, str]:
     try:
         import torch
         if not torch.cuda.is_available():
-            return False, "no CUDA GPU is visible"
+            return False, "no CUDA GPU is visible (LMDeploy runs on NVIDIA GPUs only)"
     except ImportError:
         return False, "torch is missing"
     return True, ""
@@ -91,7 +91,10 @@ def select(settings: Settings, library) -> EngineChoice:
         name, notes = auto_engine(settings)
     while True:
         try:
-            return EngineChoice(build(name, settings, library), requested, notes)
+            engine = build(name, settings, library)
+            if getattr(engine, "backend_note", None):  # TurboMind asked for, LMDeploy runs its PyTorch engine
+                notes.append(engine.backend_note)
+            return EngineChoice(engine, requested, notes)
         except (EngineUnavailable, ImportError, RuntimeError, OSError, SystemExit) as e:
             nxt = FALLBACK.get(name)
             if nxt is None:
