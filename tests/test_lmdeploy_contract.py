@@ -384,3 +384,23 @@ def test_from_pipeline_wraps_a_loaded_pipeline(tiny_model, lmdeploy_here):
     assert isinstance(engine, LMDeployEngine) and engine.name == "pytorch"
     assert _stream(engine, GenerationParams(max_new_tokens=2))[-1].finish_reason == "length"
     engine.close()
+
+
+def test_quantise_offers_only_the_group_size_turbomind_loads(settings, tiny_model, monkeypatch):
+    """TurboMind 0.18 loads AWQ weights with group size 128 only: 64 or 32 are refused up front
+    (the stage and its CLI), not after an hour of calibration."""
+    import subprocess
+    import sys
+
+    from pipeline import quantize, train
+    from pipeline.stage import StageError
+
+    monkeypatch.setattr(train, "cuda_available", lambda: True)  # the GPU check is not what is tested
+    shutil.copytree(tiny_model, settings.models_dir / "chef")
+    with pytest.raises(StageError, match="128"):
+        quantize.command(settings, model="chef", w_group_size=64)
+    cmd = quantize.command(settings, model="chef", calib_samples=0)
+    assert cmd.argv[cmd.argv.index("--w-group-size") + 1] == "128"
+    p = subprocess.run([sys.executable, "-m", "pipeline.quantize", "--model", "x", "--out", "y", "--w-group-size", "32"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "invalid choice: 32" in p.stderr
