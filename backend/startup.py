@@ -5,6 +5,8 @@ none is configured), and the jobs table reconciled with the processes that survi
 restart."""
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
 from backend.settings import Settings
@@ -18,12 +20,23 @@ def _startup(workspace: str, _settings: Settings) -> None:
     from backend.chat_service import open_library
 
     settings = _settings
+    _log_to_stderr()
     settings.ensure_dirs()
     library = open_library(settings)
     if library is not None:
         library.search("番茄炒蛋的做法")  # loads jieba's dictionary now, not at the first question
     ensure_admin_password(settings)
     reconcile(settings)
+
+
+def _log_to_stderr() -> None:
+    """The app's own log lines (``backend.*``: engine switches, GPU memory) on the server's stderr."""
+    log = logging.getLogger("backend")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 def startup(settings: Settings) -> None:

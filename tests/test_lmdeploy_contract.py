@@ -344,7 +344,8 @@ def test_upstream_pipeline_close_strands_a_running_stream(tiny_model, lmdeploy_h
     assert t.is_alive() and "done" not in out  # stranded (a daemon thread, left behind)
 
 
-def test_hot_swap_while_streaming_ends_the_answer_and_frees_the_engine(tiny_model, lmdeploy_here):
+def test_hot_swap_while_streaming_ends_the_answer_and_frees_the_engine(tiny_model, lmdeploy_here, caplog):
+    caplog.set_level("INFO", logger="backend")
     engine = TurboMindEngine(tiny_model, session_len=4096, cache_max_entry_count=0.5, quant_policy=0)
     inner = lmdeploy_here[-1]
     streams = [_start_stream(engine) for _ in range(2)]
@@ -355,6 +356,7 @@ def test_hot_swap_while_streaming_ends_the_answer_and_frees_the_engine(tiny_mode
         assert "error" not in out and out["deltas"][-1].finish_reason == "stopped"
         assert len(out["deltas"]) > 3  # the partial answer was kept
     assert inner.closed and inner.generating == 0 and engine.pipe is None
+    assert "closed; GPU memory in use" in caplog.text
     with pytest.raises(EngineUnavailable, match="being replaced"):
         _stream(engine)
 

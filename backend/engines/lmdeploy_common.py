@@ -296,6 +296,5 @@ class LMDeployEngine(Engine):
         free_gpu_memory()
         after = gpu_memory_used()
         self.closed_memory = (before, after)
-        if before is not None:
-            log.warning("%s closed: GPU memory in use %.0f MiB -> %.0f MiB", self.name, before / 2**20,
-                        (after or 0) / 2**20)
+        mib = lambda b: "?" if b is None else f"{b / 2**20:.0f} MiB"  # noqa: E731
+        log.info("%s engine for %s closed; GPU memory in use %s -> %s", self.name, self._path, mib(before), mib(after))
