@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Iterator
 
 from backend.engines.base import FINISH_ERROR, FINISH_STOP, FINISH_STOPPED, Engine, GenerationParams
-from backend.history import History, HistoryError
+from backend.history import FINISH_STREAMING, History, HistoryError
 from backend.settings import Settings
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
 
 GROUNDING_LIMIT = 3
+SAVE_EVERY_S = 0.5  # a streaming answer is written to the history at most this often (a crash keeps it)
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template, per message
 GROUNDING_HEADER = "以下是菜谱库中与用户问题相关的菜谱，回答时优先参考（用户问的不是这些菜时可忽略）："
 
@@ -152,6 +153,8 @@ class Answer:
         engine = self._service.engine
         parts: list[str] = []
         first = None
+        self._open_record(engine)
+        saved_at = time.monotonic()
         stream = engine.stream(self.messages, self.params, self.stop_event)
         try:
             for d in stream:
@@ -166,6 +169,9 @@ class Answer:
                         first = time.perf_counter()
                     parts.append(d.text)
                     yield d.text
+                    if time.monotonic() - saved_at >= SAVE_EVERY_S:  # what was shown survives a crash
+                        self._save_partial("".join(parts))
+                        saved_at = time.monotonic()
             self.finish_reason = self.finish_reason or FINISH_STOP
         except GeneratorExit:
             self.finish_reason = FINISH_STOPPED
@@ -186,13 +192,34 @@ class Answer:
                     self.tokens_per_s = (n - 1) / (end - first)
             self._record(engine)
 
-    def _record(self, engine: Engine) -> None:
+    def _open_record(self, engine: Engine) -> None:
+        """The answer's row, written before the first token and marked 'streaming' until it ends
+        (app start marks rows left so by a crash 'interrupted')."""
         try:
             self.message_id = self._service.history.add_message(
-                self.conversation_id, "assistant", self.text, engine=engine.name, model=engine.model,
-                params=self._meta, sources=self.sources or None, ttft_ms=self.ttft_ms,
-                duration_ms=self.duration_ms, tokens_per_s=self.tokens_per_s, prompt_tokens=self.prompt_tokens,
-                completion_tokens=self.completion_tokens, finish_reason=self.finish_reason, error=self.error)
+                self.conversation_id, "assistant", "", engine=engine.name, model=engine.model, params=self._meta,
+                sources=self.sources or None, finish_reason=FINISH_STREAMING)
+        except HistoryError:
+            self.message_id = None  # the conversation is gone: _record says so at the end
+
+    def _save_partial(self, text: str) -> None:
+        if self.message_id is not None:
+            try:
+                self._service.history.update_message(self.message_id, content=text)
+            except Exception:  # noqa: BLE001 - a failed intermediate save must not end the answer
+                pass
+
+    def _record(self, engine: Engine) -> None:
+        fields = dict(engine=engine.name, model=engine.model, params=self._meta, sources=self.sources or None,
+                      ttft_ms=self.ttft_ms, duration_ms=self.duration_ms, tokens_per_s=self.tokens_per_s,
+                      prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                      finish_reason=self.finish_reason, error=self.error)
+        try:
+            if self.message_id is None:
+                self.message_id = self._service.history.add_message(self.conversation_id, "assistant", self.text,
+                                                                    **fields)
+            else:
+                self._service.history.update_message(self.message_id, content=self.text, **fields)
         finally:
             self.recorded.set()
 

@@ -24,6 +24,9 @@ BUSY_TIMEOUT_S = 60
 MESSAGE_FIELDS = ("engine", "model", "params", "sources", "ttft_ms", "duration_ms", "tokens_per_s",
                   "prompt_tokens", "completion_tokens", "finish_reason", "error")
 _JSON_FIELDS = ("params", "sources")
+FINISH_STREAMING = "streaming"  # an answer being written (saved as it streams)
+FINISH_INTERRUPTED = "interrupted"  # a 'streaming' answer whose app process died: its text is what was shown
+INCOMPLETE = ("stopped", "error", FINISH_INTERRUPTED)
 _ready: set[str] = set()
 _ready_lock = threading.Lock()
 _local = threading.local()  # per-thread connections: {path: sqlite3.Connection}
@@ -161,6 +164,13 @@ class History:
             db.execute(f"UPDATE messages SET {', '.join(f'{k} = ?' for k in enc)} WHERE id = ?",
                        [*enc.values(), mid])
 
+    def mark_interrupted(self) -> int:
+        """Answers left 'streaming' by an app process that died (kill -9, OOM, power) are
+        'interrupted': run at app start, before this process streams anything."""
+        with self._write() as db:
+            return db.execute("UPDATE messages SET finish_reason = ? WHERE finish_reason = ?",
+                              [FINISH_INTERRUPTED, FINISH_STREAMING]).rowcount
+
     def delete_message(self, mid: int) -> None:
         with self._write() as db:
             db.execute("DELETE FROM feedback WHERE message_id = ?", [mid])
@@ -230,7 +240,7 @@ class History:
             who = {"user": "🧑 用户", "assistant": "🍳 菜谱小管家", "system": "⚙️ 系统"}[m["role"]]
             out += [f"## {who}", "", m["content"], ""]
             if m["role"] == "assistant":
-                if m.get("finish_reason") in ("stopped", "error"):
+                if m.get("finish_reason") in INCOMPLETE:
                     out += [f"> ⚠️ 回答不完整（{m['finish_reason']}）", ""]
                 if m.get("sources"):
                     out += ["参考菜谱：" + "、".join(s.get("name", "") for s in m["sources"]), ""]

@@ -1,7 +1,7 @@
 """Work done once per app process at first page load (idempotent, cheap on later calls):
 workspace folders, the recipe library (built from data/sample_recipes.jsonl on an empty
 workspace; its word splitter warmed up), the admin password (generated and printed once when
-none is configured), and the jobs table reconciled with the processes that survived an app
+none is configured), answers a crashed process left 'streaming' marked 'interrupted', and the jobs table reconciled with the processes that survived an app
 restart."""
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def _startup(workspace: str, _settings: Settings) -> None:
     from backend.auth import ensure_admin_password
     from backend.chain import reconcile
     from backend.chat_service import open_library
+    from backend.history import History
 
     settings = _settings
     _log_to_stderr()
@@ -26,6 +27,7 @@ def _startup(workspace: str, _settings: Settings) -> None:
     if library is not None:
         library.search("番茄炒蛋的做法")  # loads jieba's dictionary now, not at the first question
     ensure_admin_password(settings)
+    History(settings.app_db).mark_interrupted()  # answers a crashed app process left half-written
     reconcile(settings)
 
 

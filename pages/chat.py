@@ -163,6 +163,11 @@ def show_assistant(m: dict, last: bool) -> None:
         st.warning("⏹ 已停止生成，以上是部分回答。 / Stopped: partial answer.")
     elif m.get("finish_reason") == "error":
         st.error(f"生成出错，以上是部分回答：{m.get('error')}。可点「重新生成」再试。")
+    elif m.get("finish_reason") == "interrupted":
+        st.warning("⚠️ 生成被中断（应用重启），以上是已显示的部分回答。可点「重新生成」再试。 / "
+                   "Interrupted by an app restart: partial answer.")
+    elif m.get("finish_reason") == "streaming":
+        st.info("⏳ 正在生成（另一个窗口）… / Being generated in another tab…")
     elif m.get("finish_reason") == "length":
         st.caption("（已达到 max new tokens 上限，回答可能不完整）")
     if m.get("sources"):
