@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Everything else is a helper.
-.PHONY: run test setup setup-app setup-dev setup-train setup-eval setup-system bench
+.PHONY: run test setup setup-app setup-dev setup-train setup-eval setup-system bench gpu-check
 
 PY := .venv/bin/python
 PORT ?= 6006
@@ -29,3 +29,8 @@ setup-system:
 
 bench: setup-dev
 	$(PY) -m bench
+
+# On a GPU machine: the environments with their GPU requirements, then every GPU path end to end on
+# tiny models (bench/gpu_check.py). Without a GPU it says so and exits 0. GPU_CHECK_ARGS="--only train".
+gpu-check: setup-app setup-train setup-eval
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
