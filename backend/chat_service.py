@@ -21,6 +21,7 @@ from backend.settings import Settings
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
 
 GROUNDING_LIMIT = 3
+MAX_QUESTION_CHARS = 4000  # the chat input's limit (a recipe question fits many times over)
 SAVE_EVERY_S = 0.5  # a streaming answer is written to the history at most this often (a crash keeps it)
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template, per message
 GROUNDING_HEADER = "以下是菜谱库中与用户问题相关的菜谱，回答时优先参考（用户问的不是这些菜时可忽略）："
@@ -99,7 +100,22 @@ def build_messages(turns: list[dict], question: str, system_prompt: str, sources
         sources.pop()
         before, sys_size = sys_size, system_size()
         total -= before - sys_size
+    if total > budget:  # the question alone is longer than the context: keep its start
+        room = budget - sys_size - MESSAGE_OVERHEAD_TOKENS
+        question_msg["content"] = _cut_to(question, max(room, 1), count_tokens)
     return system() + turns + [question_msg], sources
+
+
+def _cut_to(text: str, tokens: int, count_tokens: Callable[[str], int]) -> str:
+    """The longest start of ``text`` of at most ``tokens`` tokens (binary search on characters)."""
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_tokens(text[:mid]) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
 
 
 class Answer:
@@ -257,6 +273,9 @@ class ChatService:
         question = question.strip()
         if not question:
             raise HistoryError("the question is empty / 问题不能为空")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise HistoryError(f"问题太长（{len(question)} 字），最多 {MAX_QUESTION_CHARS} 字：请只问菜名或做法。 / "
+                               f"The question is too long ({len(question)} characters; at most {MAX_QUESTION_CHARS}).")
         messages, sources = self.prepare(conversation_id, question, params, system_prompt, grounding)
         self.history.add_message(conversation_id, "user", question)
         return Answer(self, conversation_id, messages, params, sources,

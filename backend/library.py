@@ -167,6 +167,8 @@ def _term_grams(term: str) -> list[str]:
 
 
 _CANDIDATES = 200  # FTS matches re-scored per query step
+MAX_QUERY_CHARS = 200  # a search reads this much of a question: dish names and ingredient lists fit,
+# a pasted page does not cost seconds of word splitting (issue 12: 100 KB took 6-37 s)
 _STOP_WORDS = {"的", "和", "与", "了", "或", "及", "加", "用", "做", "有", "吃", "菜"}
 _jieba = None
 
@@ -321,10 +323,11 @@ class Library:
     def search(self, query: str, limit: int = 5) -> list[dict]:
         """Best recipes for a dish name, a question about a dish, or ingredients; [] when
         nothing relevant matches. Each result has id, name, ingredients, steps, score."""
-        terms = query_terms(query or "")
+        terms = query_terms((query or "")[:MAX_QUERY_CHARS])
         if not terms or limit <= 0:
             return []
         whole = "".join(terms)
+        words = _words(terms)  # user-controlled work: before taking the connection's lock
         cands: dict[int, tuple] = {}  # id -> (name_key, ing_text, quality)
         conn = self.db.conn
         with self._lock:
@@ -336,7 +339,6 @@ class Library:
             if len(cands) < limit:  # every term as a phrase, in the name first
                 self._match(terms, cands)
             if len(cands) < limit:  # the words of each term, in any order
-                words = _words(terms)
                 if words != terms:
                     self._match(words, cands)
                 if len(cands) < limit and len(words) > 1:  # any of the words

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from backend.chat_service import (ChatService, answer_markdown, library_count, library_error, open_library)
+from backend.chat_service import (MAX_QUESTION_CHARS, ChatService, answer_markdown, library_count, library_error,
+                                  open_library)
 from backend.engines import GenerationParams, get_engine, is_loaded
 from backend.history import History, HistoryError
 from backend.page_settings import settings_or_stop
@@ -130,7 +131,7 @@ if library_problem:
 
 
 # ---- what to answer in this run ----------------------------------------------------------------------
-prompt = st.chat_input("想做什么菜？例如：番茄炒蛋的做法")
+prompt = st.chat_input("想做什么菜？例如：番茄炒蛋的做法", max_chars=MAX_QUESTION_CHARS)
 answer = None
 try:
     if prompt and prompt.strip():
