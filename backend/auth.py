@@ -5,7 +5,7 @@ settings.toml (Settings.admin_password), Streamlit secrets (``admin_password`` o
 ``RECIPE_ADMIN_PASSWORD`` in .streamlit/secrets.toml), else a strong password generated at first
 start, stored in ``<workspace>/admin_password`` with 0600 permissions and printed once to the
 console. Checks compare in constant time; repeated failures lock further attempts out for a
-growing time (per app process).
+growing time (per client address, per app process).
 """
 from __future__ import annotations
 
@@ -93,8 +93,10 @@ class AuthResult:
 
 
 class Throttle:
-    """Failed attempts lock further attempts out: none for the first FREE_FAILURES, then
-    1, 2, 4, ... seconds (at most MAX_LOCKOUT_S). A success resets it."""
+    """Failed attempts lock further attempts out: the first FREE_FAILURES are compared at once;
+    the FREE_FAILURES-th failure locks for 1 s, the next for 2, 4, ... seconds (at most
+    MAX_LOCKOUT_S). An attempt is counted as failed the moment it is let through, under the lock,
+    so many simultaneous attempts cannot all slip past the check; a success resets the count."""
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
@@ -105,12 +107,18 @@ class Throttle:
     def wait_s(self) -> float:
         return max(0.0, self.locked_until - self.clock())
 
-    def failed(self) -> None:
+    def begin(self) -> float:
+        """0: go ahead and compare (counted as a failure until succeeded()); > 0: locked out for
+        that many seconds, do not compare."""
         with self._lock:
+            wait = self.wait_s()
+            if wait > 0:
+                return wait
             self.failures += 1
             extra = self.failures - FREE_FAILURES
-            if extra > 0:
-                self.locked_until = self.clock() + min(MAX_LOCKOUT_S, 2.0 ** (extra - 1))
+            if extra >= 0:
+                self.locked_until = self.clock() + min(MAX_LOCKOUT_S, 2.0 ** extra)
+            return 0.0
 
     def succeeded(self) -> None:
         with self._lock:
@@ -118,14 +126,34 @@ class Throttle:
             self.locked_until = 0.0
 
 
-THROTTLE = Throttle()
+_throttles: dict[str, Throttle] = {}
+_throttles_lock = threading.Lock()
 
 
-def check_password(settings: Settings, attempt: str, throttle: Throttle | None = None) -> AuthResult:
-    """Compare ``attempt`` with the admin password in constant time. While locked out after
-    repeated failures, the attempt is refused without being compared."""
-    throttle = throttle or THROTTLE
-    wait = throttle.wait_s()
+def client_key() -> str:
+    """Who is trying: the browser's address as Streamlit sees it (``st.context.ip_address``).
+    Through the usual SSH tunnel every browser is 127.0.0.1, so there an attacker's lockout is
+    also the admin's (capped at MAX_LOCKOUT_S); clients that reach the server directly each have
+    their own count."""
+    try:
+        import streamlit as st
+
+        return str(st.context.ip_address or "local")
+    except Exception:  # noqa: BLE001 - outside a Streamlit session
+        return "local"
+
+
+def throttle_for(client: str) -> Throttle:
+    with _throttles_lock:
+        return _throttles.setdefault(client, Throttle())
+
+
+def check_password(settings: Settings, attempt: str, throttle: Throttle | None = None,
+                   client: str | None = None) -> AuthResult:
+    """Compare ``attempt`` with the admin password in constant time. While this client is
+    locked out after repeated failures, the attempt is refused without being compared."""
+    throttle = throttle or throttle_for(client or client_key())
+    wait = throttle.begin()
     if wait > 0:
         return AuthResult(False, wait, f"Too many wrong passwords: try again in {wait:.0f} s.")
     expected = ensure_admin_password(settings)
@@ -135,7 +163,6 @@ def check_password(settings: Settings, attempt: str, throttle: Throttle | None =
     if ok:
         throttle.succeeded()
         return AuthResult(True)
-    throttle.failed()
     wait = throttle.wait_s()
     msg = "Wrong password."
     if wait > 0:

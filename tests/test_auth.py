@@ -62,10 +62,10 @@ def test_repeated_failures_lock_out_even_the_right_password(workspace, monkeypat
     s = load_settings()
     clock = FakeClock()
     t = Throttle(clock)
-    for _ in range(auth.FREE_FAILURES):
+    for _ in range(auth.FREE_FAILURES - 1):
         r = check_password(s, "wrong", t)
         assert not r and r.wait_s == 0
-    r = check_password(s, "wrong", t)
+    r = check_password(s, "wrong", t)  # the FREE_FAILURES-th failure locks
     assert not r and r.wait_s > 0 and "next attempt" in r.message
     first_wait = r.wait_s
     r = check_password(s, "right", t)  # refused while locked out, without comparing
@@ -88,3 +88,38 @@ def test_lockout_is_capped(workspace, monkeypatch):
         clock.now += auth.MAX_LOCKOUT_S + 1
         waits.append(check_password(s, "wrong", t).wait_s)
     assert max(waits) == auth.MAX_LOCKOUT_S
+
+
+def test_simultaneous_wrong_passwords_get_only_the_free_comparisons(workspace, monkeypatch):
+    """200 attempts at once: the check and the count are one step, so only FREE_FAILURES of
+    them are compared (it was 7 before the throttle was atomic)."""
+    import threading
+
+    monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", "right")
+    s = load_settings()
+    t = Throttle()
+    start = threading.Barrier(200)
+    results = []
+
+    def attempt():
+        start.wait()
+        results.append(check_password(s, "wrong", t))
+
+    threads = [threading.Thread(target=attempt) for _ in range(200)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    compared = [r for r in results if r.message.startswith("Wrong password")]
+    assert len(compared) == auth.FREE_FAILURES and len(results) == 200
+
+
+def test_a_locked_out_client_does_not_lock_out_another(workspace, monkeypatch):
+    monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", "right")
+    monkeypatch.setattr(auth, "_throttles", {})
+    s = load_settings()
+    for _ in range(auth.FREE_FAILURES + 2):
+        check_password(s, "wrong", client="203.0.113.7")
+    assert not check_password(s, "right", client="203.0.113.7")  # the attacker's address waits
+    assert check_password(s, "right", client="192.0.2.10")  # the admin elsewhere does not
+    assert auth.client_key() == "local"  # outside a Streamlit session
