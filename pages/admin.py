@@ -269,9 +269,21 @@ def train_fields(prefix: str, mod, with_data: bool) -> dict:
                                        key=f"{prefix}iters")
     p["lora_r"] = c[2].number_input("LoRA r", 1, 1024, int(d.get("lora_r", 64)), key=f"{prefix}r")
     p["lora_alpha"] = c[3].number_input("LoRA alpha", 1, 4096, int(d.get("lora_alpha", 16)), key=f"{prefix}alpha")
-    c = st.columns(3)
+    gpus = visible_gpus(mod)
+    c = st.columns(4)
     p["qlora"] = c[0].checkbox("QLoRA (4-bit, GPU)", value=bool(d.get("qlora", True)), key=f"{prefix}qlora")
-    p["deepspeed"] = c[1].checkbox("DeepSpeed ZeRO-2 (GPU)", value=bool(d.get("deepspeed", True)), key=f"{prefix}ds")
+    p["deepspeed"] = c[1].checkbox("DeepSpeed ZeRO-2 (GPU)", value=gpus > 0 and d.get("deepspeed", "auto") is not False,
+                                   key=f"{prefix}ds", help="On by default with a GPU; on CPU it works too but its "
+                                   "first run compiles an op (about a minute, needs g++)")
+    if gpus:
+        p["gpus"] = c[3].number_input(
+            "GPUs", 1, gpus, gpus, key=f"{prefix}gpus",
+            help=f"One training process per GPU on this machine (torch's launcher, one node); default all {gpus} "
+                 "visible. XTuner scales nothing: batch size is per GPU, so the effective batch is batch size × "
+                 "grad accumulation × GPUs, and the learning rate is used as given.")
+    else:
+        p["gpus"] = c[3].number_input("GPUs", 0, 0, 0, key=f"{prefix}gpus", disabled=True,
+                                      help="No GPU visible (nvidia-smi): training runs in one CPU process.")
     try:
         templates = mod.prompt_templates()
     except Exception:  # noqa: BLE001 - the train environment is missing: the stage says so on submit
@@ -285,6 +297,14 @@ def train_fields(prefix: str, mod, with_data: bool) -> dict:
                              value="请介绍一下红烧肉的做法。\n西红柿炒鸡蛋怎么做？", key=f"{prefix}questions")
     p["evaluation_inputs"] = [q for q in questions.splitlines() if q.strip()]
     return p
+
+
+def visible_gpus(mod) -> int:
+    """The GPUs the train stage may use (0 without one, or when the train environment is missing)."""
+    try:
+        return int(mod.visible_gpus())
+    except Exception:  # noqa: BLE001 - the stage says what is wrong on submit
+        return 0
 
 
 def run_names() -> list[str]:

@@ -2,9 +2,20 @@
 
 ``command()`` renders an XTuner config from XTuner's own template (the file inside the installed
 ``xtuner`` package) with the operator's choices, into ``<runs_dir>/<run>/config.py``, and returns
-the argument list ``<train python> -m xtuner.tools.train config.py --work-dir <run>/work_dir
-[--deepspeed deepspeed_zero2]``. (``xtuner train`` itself runs that script through a bare
-``python`` found on PATH and always exits 0, so the job runner calls the module directly.)
+the argument list of torch's distributed launcher, the way XTuner documents multi-GPU training
+(``NPROC_PER_NODE=N xtuner train``)::
+
+    <train python> -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node N
+        -m xtuner.tools.train config.py --launcher pytorch --work-dir <run>/work_dir
+        [--deepspeed deepspeed_zero2]
+
+One node, N processes: one per GPU (``gpus``; 0 = every visible GPU), one on CPU. The launcher
+sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT for each process; without them
+DeepSpeed falls back to MPI discovery and stops with ``No module named 'mpi4py'``.
+``--standalone`` picks a free rendezvous port when the job starts (jobs are queued, so a port
+chosen when the argv is built could be taken by then). ``xtuner train`` itself runs the script
+through a bare ``python`` found on PATH and always exits 0, so the job runner calls the launcher
+directly; PYTHONSAFEPATH=1 keeps the run folder off ``sys.path``.
 
 Rendering: the ``PART 1 Settings`` assignments of the template are replaced one by one (each must
 occur exactly once, else the template changed upstream and we say so), then an override block is
@@ -13,8 +24,12 @@ off when asked, the evaluation hook, logging interval, seed, an iteration budget
 
 On a machine without CUDA the CPU adaptations are applied automatically (and listed in the run's
 ``train_params.json``): float32 weights, ``OptimWrapper`` instead of ``AmpOptimWrapper``, no
-QLoRA (bitsandbytes 0.45 quantises on CUDA only), no DeepSpeed, ``torch.cpu.is_bf16_supported``
-defined, a short ``max_new_tokens`` for the evaluation answers.
+QLoRA (bitsandbytes 0.45 quantises on CUDA only), ``torch.cpu.is_bf16_supported`` defined, a
+short ``max_new_tokens`` for the evaluation answers, and what MMEngine's pytorch launcher needs
+without CUDA: the gloo backend (nccl needs CUDA), ``torch.cuda.set_device`` made a no-op and
+DistributedDataParallel without ``device_ids``. DeepSpeed is off on CPU unless asked for
+explicitly (``deepspeed=True``): then a copy of XTuner's ZeRO-2 JSON with fp16/bf16 off is used
+(its first run compiles DeepSpeed's CPU communication op: about a minute, needs g++).
 """
 from __future__ import annotations
 
@@ -38,6 +53,8 @@ TEMPLATES = {
 }
 DEFAULT_TEMPLATE = "internlm2_5_chat_7b_qlora_alpaca_e3"
 DEEPSPEED_CONFIG = "deepspeed_zero2"  # resolved by xtuner.tools.train to its bundled JSON
+DEEPSPEED_CPU_FILE = "deepspeed_zero2_cpu.json"  # in the run folder: the same, fp16/bf16 off
+LAUNCHER = ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]  # + --nproc-per-node N
 PARAMS_FILE = "train_params.json"
 CHECKPOINT = re.compile(r"iter_(\d+)\.pth")  # XTuner's checkpoint names in the work dir (fullmatch)
 CPU_EVAL_MAX_NEW_TOKENS = 16
@@ -46,10 +63,12 @@ CPU_EVAL_MAX_NEW_TOKENS = 16
 DEFAULTS = dict(
     template=DEFAULT_TEMPLATE, prompt_template="internlm2_chat", max_length=2048, pack_to_max_length=True,
     batch_size=1, accumulative_counts=1, lr=2e-4, max_epochs=3, max_iters=0, warmup_ratio=0.03,
-    lora_r=64, lora_alpha=16, lora_dropout=0.1, qlora=True, deepspeed=True, evaluation_inputs=None,
+    lora_r=64, lora_alpha=16, lora_dropout=0.1, qlora=True, deepspeed="auto", evaluation_inputs=None,
     evaluation_freq=500, eval_max_new_tokens=600, save_steps=500, save_total_limit=2, log_interval=10,
-    seed=None, device="auto",
+    seed=None, device="auto", gpus=0,
 )
+# deepspeed: "auto" = on with CUDA, off on CPU. gpus: 0 = every visible GPU; on CPU, the number of
+# training processes (0 = 1).
 
 
 # ---- the training environment -------------------------------------------------------------
@@ -93,11 +112,27 @@ def prompt_templates() -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def cuda_available() -> bool:
-    """A CUDA GPU is visible to nvidia-smi (backend.system.nvidia_gpus)."""
+def visible_gpus() -> int:
+    """How many CUDA GPUs training may use: those nvidia-smi lists (backend.system.nvidia_gpus),
+    narrowed by CUDA_VISIBLE_DEVICES when it is set (the job inherits the app's environment)."""
     from backend.system import nvidia_gpus
 
-    return bool(nvidia_gpus())
+    n = len(nvidia_gpus())
+    mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if mask is not None and n:
+        ids = []
+        for part in mask.split(","):  # CUDA stops at the first invalid entry (e.g. -1)
+            part = part.strip()
+            if not part or part.startswith("-"):
+                break
+            ids.append(part)
+        n = min(n, len(ids))
+    return n
+
+
+def cuda_available() -> bool:
+    """A CUDA GPU is visible (see visible_gpus)."""
+    return visible_gpus() > 0
 
 
 def resolve_device(device: str) -> str:
@@ -272,7 +307,7 @@ def resolve_params(settings, params: dict) -> dict:
     out["lora_alpha"] = _int(p, "lora_alpha", 1, 4096)
     out["lora_dropout"] = _float(p, "lora_dropout", 0.0, 1.0, lo_open=False)
     out["qlora"] = _bool(p, "qlora")
-    out["deepspeed"] = _bool(p, "deepspeed")
+    out["deepspeed"] = None if str(p["deepspeed"]).strip().lower() == "auto" else _bool(p, "deepspeed")
     out["evaluation_inputs"] = _questions(p["evaluation_inputs"])
     out["evaluation_freq"] = _int(p, "evaluation_freq", 1, 10_000_000)
     out["eval_max_new_tokens"] = _int(p, "eval_max_new_tokens", 1, 8192)
@@ -283,21 +318,52 @@ def resolve_params(settings, params: dict) -> dict:
     out["log_interval"] = _int(p, "log_interval", 1, 100_000)
     out["seed"] = None if p["seed"] in (None, "") else _int(p, "seed", 0, 2**31 - 1)
     out["device"] = resolve_device(p["device"])
+    out["gpus"], out["processes"] = _processes(p.get("gpus"), out["device"])
+    # XTuner scales nothing: batch_size is per process, and the learning rate is used as given
+    out["global_batch_size"] = out["batch_size"] * out["accumulative_counts"] * out["processes"]
     adaptations = []
     if out["device"] == "cpu":
         adaptations.append("float32 weights, OptimWrapper (no mixed precision)")
+        adaptations.append(f"{out['processes']} CPU process{'es' if out['processes'] > 1 else ''} over gloo "
+                           "(MMEngine's pytorch launcher without CUDA)")
         if out["qlora"]:
             out["qlora"] = False
             adaptations.append("QLoRA off: 4-bit quantisation needs CUDA (plain LoRA instead)")
-        if out["deepspeed"]:
+        if out["deepspeed"] is None:
             out["deepspeed"] = False
-            adaptations.append("DeepSpeed off (single CPU process)")
+            adaptations.append("DeepSpeed off (CPU; ask for deepspeed=true to use ZeRO-2 on CPU)")
+        elif out["deepspeed"]:
+            adaptations.append("DeepSpeed ZeRO-2 with fp16/bf16 off; its first run compiles DeepSpeed's CPU "
+                               "communication op (about a minute, needs g++)")
         if "eval_max_new_tokens" not in params or params.get("eval_max_new_tokens") is None:
             out["eval_max_new_tokens"] = CPU_EVAL_MAX_NEW_TOKENS
             adaptations.append(f"evaluation answers limited to {CPU_EVAL_MAX_NEW_TOKENS} new tokens")
+    elif out["deepspeed"] is None:
+        out["deepspeed"] = True
     out["map_num_proc"] = max(1, min(8, os.cpu_count() or 1))  # XTuner's default is 32 processes
     out["cpu_adaptations"] = adaptations
     return out
+
+
+def _processes(value, device: str) -> tuple[int, int]:
+    """(GPUs used, training processes) for the ``gpus`` parameter: 0 or empty = every visible
+    GPU; on CPU it counts processes (0 = 1), which only tests and experiments want."""
+    n = 0 if value in (None, "") else _int({"gpus": value}, "gpus", 0, 4096)
+    if device == "cpu":
+        top = max(1, os.cpu_count() or 1)
+        if n > top:
+            raise StageError(f"gpus: no GPU is visible, so training runs in CPU processes; at most {top} "
+                             f"(the CPU cores), got {n}")
+        return 0, max(1, n)
+    visible = visible_gpus()
+    if n == 0:
+        return visible, visible
+    if n > visible:
+        mask = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={mask})" if mask is not None else ""
+        raise StageError(f"gpus must be between 1 and {visible}, the GPUs visible here{where}, or 0 for all "
+                         f"of them; got {n}")
+    return n, n
 
 
 # ---- rendering ----------------------------------------------------------------------------
@@ -372,6 +438,12 @@ def _overrides(p: dict, data_var: str) -> str:
             'clip_grad=optim_wrapper["clip_grad"], accumulative_counts=accumulative_counts)',
             "# XTuner asks torch.<device>.is_bf16_supported(), which torch.cpu lacks",
             'setattr(__import__("torch").cpu, "is_bf16_supported", lambda *a, **k: False)',
+            "# Started by torch's launcher (--launcher pytorch): processes talk over gloo (nccl needs",
+            "# CUDA); MMEngine calls torch.cuda.set_device(LOCAL_RANK), which a CPU build of torch",
+            "# lacks; DistributedDataParallel takes no device_ids for a model on the CPU",
+            'env_cfg["dist_cfg"] = dict(backend="gloo")',
+            'setattr(__import__("torch").cuda, "set_device", lambda *a, **k: None)',
+            'model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)',
         ]
     hooks = ["    dict(type=DatasetInfoHook, tokenizer=tokenizer),"]
     if p["evaluation_inputs"]:
@@ -423,17 +495,37 @@ def command(settings, **params) -> StageCommand:
     text = render_config(tpl.read_text(encoding="utf-8"), p, p["template"])
     config = rdir / "config.py"
     atomic_write_text(config, text)
-    record = {**p, "config": str(config), "work_dir": str(work), "template_file": str(tpl),
-              "created": timestamp()}
-    atomic_write_text(rdir / PARAMS_FILE, json.dumps(record, ensure_ascii=False, indent=2))
-    argv = [str(python), "-P", "-m", "xtuner.tools.train", str(config), "--work-dir", str(work)]
+    deepspeed = None
     if p["deepspeed"]:
-        argv += ["--deepspeed", DEEPSPEED_CONFIG]
-    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        deepspeed = DEEPSPEED_CONFIG
+        if p["device"] == "cpu":
+            deepspeed = str(rdir / DEEPSPEED_CPU_FILE)
+            atomic_write_text(Path(deepspeed), deepspeed_cpu_json())
+    record = {**p, "config": str(config), "work_dir": str(work), "template_file": str(tpl),
+              "deepspeed_config": deepspeed, "created": timestamp()}
+    atomic_write_text(rdir / PARAMS_FILE, json.dumps(record, ensure_ascii=False, indent=2))
+    argv = [str(python), *LAUNCHER, "--nproc-per-node", str(p["processes"]),
+            "-m", "xtuner.tools.train", str(config), "--launcher", "pytorch", "--work-dir", str(work)]
+    if deepspeed:
+        argv += ["--deepspeed", deepspeed]
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return StageCommand(kind="train", argv=argv, cwd=rdir, env=env, gpu=True,
                         outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
                         params=record)
+
+
+def deepspeed_cpu_json() -> str:
+    """XTuner's bundled ZeRO-2 JSON with fp16 and bf16 off: XTuner resolves their "auto" through
+    torch.cpu.is_available(), which is True, and DeepSpeed's CPU path cannot train in fp16."""
+    src = xtuner_dir() / "configs" / "deepspeed" / f"{DEEPSPEED_CONFIG}.json"
+    try:
+        cfg = json.loads(src.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise StageError(f"XTuner's DeepSpeed config {src} is unreadable ({e}); rebuild the training environment")
+    for key in ("fp16", "bf16"):
+        cfg[key] = {**cfg.get(key, {}), "enabled": False}
+    return json.dumps(cfg, indent=2) + "\n"
 
 
 def checkpoints(work_dir: str | Path) -> list[Path]:

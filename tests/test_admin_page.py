@@ -174,6 +174,30 @@ def test_a_bad_form_value_is_a_message_and_starts_nothing(admin_env, monkeypatch
     assert JobRunner(admin_env).list() == []
 
 
+def test_train_form_takes_the_number_of_gpus(admin_env, monkeypatch, train_python):
+    """GPUs: default all visible, 1..visible; without a GPU one CPU process (the field is off) and
+    DeepSpeed unticked. The GPU count is faked for the second half: it is selection logic only."""
+    from pipeline import train
+
+    monkeypatch.setattr(train, "visible_gpus", lambda: 0)
+    at = login(page())
+    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    at.selectbox(key="stage_kind").set_value("train").run()
+    gpus = at.number_input(key="train_gpus")
+    assert gpus.value == 0 and gpus.proto.disabled and "one CPU process" in gpus.help
+    assert at.checkbox(key="train_ds").value is False
+
+    monkeypatch.setattr(train, "visible_gpus", lambda: 4)
+    at = login(page())
+    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    at.selectbox(key="stage_kind").set_value("train").run()
+    gpus = at.number_input(key="train_gpus")
+    assert (gpus.value, gpus.min, gpus.max) == (4, 1, 4) and not gpus.proto.disabled
+    assert "batch size is per GPU" in gpus.help and at.checkbox(key="train_ds").value is True
+    at.radio(key="section").set_value("Retrain · 重新训练").run()
+    assert at.number_input(key="rt_train_gpus").value == 4
+
+
 def test_system_section_shows_the_facts(admin_env):
     at = login(page())
     at.radio(key="section").set_value("System · 系统").run()

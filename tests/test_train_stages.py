@@ -139,7 +139,8 @@ for path in sys.argv[1:]:
         epochs=c.train_cfg.get("max_epochs"), iters=c.train_cfg.get("max_iters"), hooks=hooks,
         interval=c.default_hooks.logger.interval, seed=c.randomness.seed, system=c.SYSTEM,
         save=c.default_hooks.checkpoint.interval, keep=c.default_hooks.checkpoint.max_keep_ckpts,
-        sched=[(str(s["type"]), s.get("begin"), s.get("end"), s.get("by_epoch")) for s in c.param_scheduler])
+        sched=[(str(s["type"]), s.get("begin"), s.get("end"), s.get("by_epoch")) for s in c.param_scheduler],
+        dist=c.env_cfg.dist_cfg.backend, wrapper=c.get("model_wrapper_cfg"))
 print(json.dumps(out))
 """
 TUTORIAL = "internlm_chat_7b_qlora_oasst1_e3"
@@ -185,6 +186,8 @@ def test_render_gpu_config_keeps_qlora_and_mixed_precision(configs):
     assert c["hooks"][1]["max_new_tokens"] == 100 and c["hooks"][1]["inputs"] == ["红烧肉的做法"]
     assert c["interval"] == 5 and c["seed"] == 7 and c["system"] == SYSTEM_PROMPT
     assert (c["save"], c["keep"]) == (100, 3)
+    assert c["dist"] == "nccl" and c["wrapper"] is None  # the template's, for GPUs
+    assert "set_device" not in configs["text"]["gpu"]
 
 
 def test_render_cpu_config_with_iteration_budget(configs):
@@ -195,6 +198,8 @@ def test_render_cpu_config_with_iteration_budget(configs):
     # at least two warm-up steps (MMEngine's LinearLR needs end - begin >= 2 to reach the full rate)
     assert c["sched"][0][1:] == [0, 2, False] and c["sched"][1][1:] == [2, 10, False]
     assert len(c["hooks"]) == 1  # no evaluation questions: no EvaluateChatHook
+    # started by torch's launcher without CUDA: gloo, and DDP without device_ids
+    assert c["dist"] == "gloo" and c["wrapper"] == {"type": "MMDistributedDataParallel", "device_ids": None}
 
 
 def test_render_tutorial_template(configs):
@@ -240,8 +245,10 @@ def test_command_writes_config_and_params(ready):
     cmd = train.command(ready, run_name="r1", base_model="base", data="data/run1", max_iters=5, device="cpu")
     run = ready.runs_dir / "r1"
     assert cmd.kind == "train" and cmd.gpu is True and cmd.cwd == run
-    assert cmd.argv[:4] == [str(train.train_python()), "-P", "-m", "xtuner.tools.train"]
-    assert cmd.argv[4:] == [str(run / "config.py"), "--work-dir", str(run / "work_dir")]  # no DeepSpeed on CPU
+    assert cmd.argv == [str(train.train_python()), "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+                        "--nproc-per-node", "1", "-m", "xtuner.tools.train", str(run / "config.py"),
+                        "--launcher", "pytorch", "--work-dir", str(run / "work_dir")]  # no DeepSpeed on CPU
+    assert cmd.env["PYTHONSAFEPATH"] == "1"  # the run folder (config.py) stays off sys.path
     text = (run / "config.py").read_text(encoding="utf-8")
     assert f"pretrained_model_name_or_path = {str(ready.workspace / 'base')!r}" in text
     assert "is_bf16_supported" in text
@@ -249,6 +256,7 @@ def test_command_writes_config_and_params(ready):
     assert rec["data"] == str(ready.data_dir / "run1" / "train.jsonl")
     assert rec["data_stats"] == str(ready.data_dir / "run1" / "stats.json")
     assert rec["qlora"] is False and rec["deepspeed"] is False and rec["device"] == "cpu"
+    assert (rec["gpus"], rec["processes"]) == (0, 1) and rec["deepspeed_config"] is None
     assert any("QLoRA off" in a for a in rec["cpu_adaptations"])
     assert cmd.params["max_iters"] == 5 and cmd.outputs["work_dir"] == str(run / "work_dir")
 
@@ -283,6 +291,9 @@ def test_configured_base_model_may_live_outside_the_workspace(ready, tmp_path):
     (dict(evaluation_inputs=["q"] * 9), "at most 8 questions"),
     (dict(save_total_limit=0), "save_total_limit"),
     (dict(device="tpu"), "device must be"),
+    (dict(gpus=-1), "gpus must be a whole number"),
+    (dict(gpus="two"), "gpus must be a whole number"),
+    (dict(gpus=4096), "no GPU is visible.*CPU processes; at most"),
     (dict(colour="red"), "unknown train parameters"),
     (dict(data="../elsewhere.jsonl"), "outside the workspace"),
     (dict(data="data/missing"), "does not exist: run the prepare stage"),
@@ -294,6 +305,76 @@ def test_command_rejects_bad_parameters(ready, kw, message):
     with pytest.raises(StageError, match=message):
         train.command(ready, **args)
     assert not (ready.runs_dir / "bad").exists()
+
+
+# ---- the launcher: one node, one process per GPU ---------------------------------------------
+def fake_gpus(monkeypatch, n: int) -> None:
+    """Selection logic only: the stage believes n GPUs are visible (nothing runs on them here)."""
+    monkeypatch.setattr(train, "visible_gpus", lambda: n)
+
+
+def launcher_of(cmd) -> dict:
+    a = cmd.argv
+    i = a.index("xtuner.tools.train")
+    return {"launcher": a[1:a.index("--nproc-per-node")], "nproc": int(a[a.index("--nproc-per-node") + 1]), "script": a[i - 1:i + 2],
+            "launch": a[a.index("--launcher") + 1], "deepspeed": a[a.index("--deepspeed") + 1] if "--deepspeed" in a
+            else None}
+
+
+def test_gpu_command_launches_one_process_per_visible_gpu(ready, monkeypatch):
+    fake_gpus(monkeypatch, 4)
+    cmd = train.command(ready, run_name="g4", base_model="base", data="data/run1", batch_size=2, accumulative_counts=3)
+    assert launcher_of(cmd) == {"launcher": ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1"], "nproc": 4,
+                                "script": ["-m", "xtuner.tools.train", str(ready.runs_dir / "g4" / "config.py")],
+                                "launch": "pytorch", "deepspeed": "deepspeed_zero2"}  # XTuner's bundled JSON
+    assert cmd.env["PYTHONSAFEPATH"] == "1" and cmd.gpu is True
+    rec = json.loads((ready.runs_dir / "g4" / train.PARAMS_FILE).read_text(encoding="utf-8"))
+    assert (rec["device"], rec["gpus"], rec["processes"], rec["deepspeed"], rec["qlora"]) == ("cuda", 4, 4, True, True)
+    assert rec["global_batch_size"] == 2 * 3 * 4 and rec["cpu_adaptations"] == []
+    text = (ready.runs_dir / "g4" / "config.py").read_text(encoding="utf-8")
+    assert "gloo" not in text and "set_device" not in text  # nccl, as the template says
+
+    cmd = train.command(ready, run_name="g2", base_model="base", data="data/run1", gpus=2, deepspeed=False)
+    assert launcher_of(cmd)["nproc"] == 2 and launcher_of(cmd)["deepspeed"] is None
+    assert train.command(ready, run_name="g1", base_model="base", data="data/run1", gpus="1").params["gpus"] == 1
+    for bad in (5, 100):
+        with pytest.raises(StageError, match=r"gpus must be between 1 and 4, the GPUs visible here.*0 for all"):
+            train.command(ready, run_name="bad", base_model="base", data="data/run1", gpus=bad)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    with pytest.raises(StageError, match=r"CUDA_VISIBLE_DEVICES=1,3"):
+        train.command(ready, run_name="bad", base_model="base", data="data/run1", gpus=5)
+    assert not (ready.runs_dir / "bad").exists()
+
+
+@pytest.mark.parametrize("listed, mask, visible", [
+    (["A100", "A100", "A100", "A100"], None, 4), (["A100"] * 4, "1,3", 2), (["A100"] * 2, "0,1,2,3", 2),
+    (["A100"] * 4, "", 0), (["A100"] * 4, "2,-1,3", 1), ([], "0,1", 0)])
+def test_visible_gpus_counts_what_cuda_will_show(monkeypatch, listed, mask, visible):
+    import backend.system
+
+    monkeypatch.setattr(backend.system, "nvidia_gpus", lambda: listed)
+    if mask is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", mask)
+    train.visible_gpus.cache_clear()
+    try:
+        assert train.visible_gpus() == visible and train.cuda_available() is (visible > 0)
+    finally:
+        train.visible_gpus.cache_clear()
+
+
+def test_cpu_deepspeed_only_when_asked_and_then_without_fp16(ready):
+    cmd = train.command(ready, run_name="auto", base_model="base", data="data/run1", device="cpu", deepspeed="auto")
+    assert "--deepspeed" not in cmd.argv and cmd.params["deepspeed"] is False
+    cmd = train.command(ready, run_name="ds", base_model="base", data="data/run1", device="cpu", deepspeed=True, gpus=2)
+    ds = ready.runs_dir / "ds" / train.DEEPSPEED_CPU_FILE
+    assert launcher_of(cmd)["deepspeed"] == str(ds) and launcher_of(cmd)["nproc"] == 2
+    cfg = json.loads(ds.read_text(encoding="utf-8"))
+    assert cfg["fp16"]["enabled"] is False and cfg["bf16"]["enabled"] is False
+    assert cfg["zero_optimization"]["stage"] == 2  # otherwise XTuner's own ZeRO-2 file
+    assert cmd.params["deepspeed_config"] == str(ds) and (cmd.params["gpus"], cmd.params["processes"]) == (0, 2)
+    assert any("DeepSpeed ZeRO-2 with fp16/bf16 off" in a for a in cmd.params["cpu_adaptations"])
 
 
 def test_command_rejects_data_in_another_format(ready):
