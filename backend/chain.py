@@ -202,7 +202,8 @@ def reconcile_chains(settings: Settings) -> None:
 
 
 def reconcile(settings: Settings) -> None:
-    """What app startup calls: jobs whose supervisor vanished are marked failed (their leftover
-    processes stopped), queued jobs are dispatched, and Retrain chains left waiting move on."""
+    """What app startup calls: jobs whose supervisor vanished are handed to a new supervisor that
+    records their real outcome (and then advances their chain), queued jobs are dispatched, and
+    Retrain chains left waiting move on."""
     JobRunner(settings).reconcile()
     reconcile_chains(settings)

@@ -1,10 +1,16 @@
-"""``python -m backend.job_supervisor JOB_ID``: runs one job to its end, independent of the app.
+"""``python -m backend.job_supervisor [--adopt] JOB_ID``: runs one job to its end, independent of the app.
 
 Started by JobRunner.dispatch() in its own session with stdout/stderr on the job's log. It runs
-the stage's argument list as its child (in its own process group, output appended to the same
-log), records the return code and status (after the stage module's verify()), ends leftover
-descendants, advances the Retrain chain and dispatches the next queued job. SIGTERM (sent by
-JobRunner.cancel) ends the stage's whole process tree: SIGTERM, then SIGKILL after a grace period.
+the stage's argument list through the exit recorder (STAGE_SHIM, its child, in a new session and
+process group; output appended to the same log), records the return code and status (after the
+stage module's verify()), ends leftover descendants, removes temporary files the stage left
+beside its outputs, advances the Retrain chain and dispatches the next queued job. SIGTERM (sent
+by JobRunner.cancel) ends the stage's whole process tree: SIGTERM, then SIGKILL after a grace
+period.
+
+``--adopt`` (started by JobRunner.check_liveness when a job's supervisor vanished): the stage
+is not started but waited for by polling /proc (it is not our child), and its exit status is
+read from the file the exit recorder wrote; the rest is the same.
 """
 from __future__ import annotations
 
@@ -16,12 +22,42 @@ import sys
 import time
 import traceback
 from datetime import datetime
+from pathlib import Path
 
-from backend.jobs import CANCEL_GRACE_S, JobRunner, descendants, kill_tree, read_log
+from backend.fileio import remove_orphan_temps
+from backend.jobs import (CANCEL_GRACE_S, Job, JobRunner, _group_alive, descendants, kill_tree, process_alive,
+                          process_start, read_exit, read_log)
 from backend.settings import load_settings
 from pipeline.stage import STAGE_MODULES, stage_module
 
 PR_SET_CHILD_SUBREAPER = 36
+
+# The exit recorder: ``python -I -S -c STAGE_SHIM EXIT_FILE ARGV...``. It starts the stage (signal
+# dispositions reset to default), waits for it and writes its exit status to EXIT_FILE ("0",
+# "-9": killed by signal 9, or "error <why>" when it could not start), so the status is known
+# even when the supervisor is killed meanwhile. It ignores SIGTERM/SIGINT/SIGHUP (cancel signals
+# the whole group: the stage ends, the recorder records it); SIGKILL ends it.
+STAGE_SHIM = r"""
+import os, signal, sys
+exit_file, argv = sys.argv[1], sys.argv[2:]
+reset = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE, signal.SIGXFSZ)
+for s in reset[:3]:
+    signal.signal(s, signal.SIG_IGN)
+def record(text):
+    tmp = f"{exit_file}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text + "\n")
+    os.replace(tmp, exit_file)
+try:
+    pid = os.posix_spawnp(argv[0], argv, os.environ, setsigdef=reset)
+except OSError as e:
+    record(f"error {e}")
+    sys.exit(127)
+_, status = os.waitpid(pid, 0)
+rc = os.waitstatus_to_exitcode(status)
+record(str(rc))
+sys.exit(rc if rc >= 0 else 128 - rc)
+"""
 
 
 def _log(msg: str) -> None:
@@ -67,63 +103,139 @@ def _describe_exit(rc: int, log_tail: str) -> str:
     return f"{why}: {last}" if last else why
 
 
-def run(job_id: int) -> int:
+def _find_recorder(exit_file: str) -> tuple[int | None, str | None]:
+    """The exit recorder of a job whose stage pid was never recorded (its supervisor died at
+    once): found by its argument list, which names the job's exit file."""
+    want = exit_file.encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-c" in args and want in args:
+            pid = int(entry.name)
+            return pid, process_start(pid)
+    return None, None
+
+
+_term = {"received": False}  # SIGTERM (JobRunner.cancel) received
+
+
+def _on_term(signum, frame) -> None:
+    _term["received"] = True
+
+
+def _wait(job: Job, runner: JobRunner, is_running, on_cancel) -> bool:
+    """Poll until is_running() is false or a cancel is requested (SIGTERM or the job's flag);
+    on a cancel, on_cancel() ends the stage's tree. Returns True when cancelled."""
+    cancelled = False
+    next_db_check = 0.0
+    while is_running():
+        cancelled = cancelled or _term["received"]
+        if not cancelled and time.monotonic() > next_db_check:  # a cancel flag set while a signal was missed
+            next_db_check = time.monotonic() + 2.0
+            try:
+                cancelled = runner.get(job.id).cancel_requested
+            except Exception:  # the database is busy or gone: keep supervising
+                pass
+        if cancelled:
+            _log("cancel requested: ending the stage's process tree")
+            on_cancel()
+            return True
+    return cancelled or _term["received"]
+
+
+def run(job_id: int, adopt: bool = False) -> int:
     settings = load_settings()
     runner = JobRunner(settings)
     job = runner.get(job_id, wait_for_writers=True)
     if job.status != "running" or job.pid != os.getpid():
         _log(f"job {job_id} is {job.status} with supervisor {job.pid}, not this process ({os.getpid()}): nothing to do")
         return 0
-    cancelled = False
-
-    def on_term(signum, frame):
-        nonlocal cancelled
-        cancelled = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _become_subreaper()
-
-    _log(f"job {job_id} ({job.kind}) starting: {job.argv} in {job.cwd}")
-    env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1"}
-    try:
-        proc = subprocess.Popen(job.argv, cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stdout,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    except OSError as e:
-        _log(f"could not start: {e}")
-        runner.finish(job_id, "failed", None, f"could not start {job.argv[0]}: {e}")
-        return 0
-    runner.record_child(job_id, proc.pid)
+    exit_file = job.exit_path
     started = time.monotonic()
-    next_db_check = 0.0
-    while True:
+    rc: int | None = None
+    start_error: str | None = None
+
+    if not adopt:
+        _log(f"job {job_id} ({job.kind}) starting: {job.argv} in {job.cwd}")
+        env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1"}
+        exit_file.unlink(missing_ok=True)
         try:
-            rc = proc.wait(timeout=0.2)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        if not cancelled and time.monotonic() > next_db_check:  # a cancel flag set while a signal was missed
-            next_db_check = time.monotonic() + 2.0
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", STAGE_SHIM, str(exit_file), *job.argv],
+                                    cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stdout,
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        except OSError as e:  # e.g. the working folder is gone
+            _log(f"could not start: {e}")
+            runner.finish(job_id, "failed", None, f"could not start {job.argv[0]}: {e}")
+            return 0
+        runner.record_child(job_id, proc.pid)
+
+        def running() -> bool:
             try:
-                cancelled = runner.get(job_id).cancel_requested
-            except Exception:  # the database is busy or gone: keep supervising
-                pass
-        if cancelled:
-            _log("cancel requested: ending the stage's process tree")
+                proc.wait(timeout=0.2)
+                return False
+            except subprocess.TimeoutExpired:
+                return True
+
+        def stop() -> None:
             kill_tree(proc.pid, pgids=[proc.pid], grace=CANCEL_GRACE_S)
             # orphans re-parented to us (we are a subreaper)
             kill_tree(os.getpid(), include_root=False, grace=CANCEL_GRACE_S)
-            rc = proc.wait()
-            break
+            proc.wait()
+
+        cancelled = _wait(job, runner, running, stop)
+        rc, start_error = read_exit(exit_file)
+        if rc is None and start_error is None:
+            rc = proc.returncode  # the recorder itself was killed
+    else:
+        child, child_start = job.child_pid, job.child_start
+        if child is None:
+            child, child_start = _find_recorder(str(exit_file))
+        _log(f"job {job_id} ({job.kind}): its supervisor (pid {job.pid}) vanished; this process takes over"
+             + (f", waiting for the stage (pid {child})" if child and process_alive(child, child_start) else ""))
+        if child and child != job.child_pid:
+            runner.record_child(job_id, child)
+
+        def running() -> bool:
+            if child and process_alive(child, child_start):
+                time.sleep(0.2)
+                return True
+            return False
+
+        def stop() -> None:
+            if child and (process_alive(child, child_start) or _group_alive(child)):
+                kill_tree(child, pgids=[child], grace=CANCEL_GRACE_S)
+
+        cancelled = _wait(job, runner, running, stop)
+        if not cancelled and child and _group_alive(child):  # background processes the stage left
+            kill_tree(None, pgids=[child], grace=CANCEL_GRACE_S)
+        rc, start_error = read_exit(exit_file)
+        if child is None and rc is None and start_error is None:
+            start_error = "its supervisor vanished before the stage process was started or recorded"
+
     # leftover background processes of a finished stage are not kept alive
     if descendants(os.getpid()):
         kill_tree(os.getpid(), include_root=False, grace=CANCEL_GRACE_S)
     _reap_orphans()
+    for tmp in remove_orphan_temps(job.outputs.values()):
+        _log(f"removed the temporary file {tmp} the stage left behind")
     elapsed = time.monotonic() - started
 
     if cancelled:
         status, error = "cancelled", "cancelled by the operator"
+    elif start_error is not None:
+        status, error = "failed", f"could not start {job.argv[0]}: {start_error}"
+    elif rc is None:
+        status, error = "failed", (
+            f"its supervisor process (pid {job.pid}) vanished and the stage's exit status was not recorded "
+            "(machine restart, or its processes were killed too). Start it again from the Admin page")
     elif rc != 0:
         status, error = "failed", _describe_exit(rc, read_log(job.log_path, tail_bytes=8192))
     else:
@@ -141,12 +253,14 @@ def run(job_id: int) -> int:
 
 
 def main(argv: list[str]) -> int:
+    adopt = argv[:1] == ["--adopt"]
+    argv = argv[1:] if adopt else argv
     if len(argv) != 1 or not argv[0].isdigit():
-        print("usage: python -m backend.job_supervisor JOB_ID", file=sys.stderr)
+        print("usage: python -m backend.job_supervisor [--adopt] JOB_ID", file=sys.stderr)
         return 2
     job_id = int(argv[0])
     try:
-        run(job_id)
+        run(job_id, adopt)
     except Exception:
         _log("supervisor error:\n" + traceback.format_exc())
         try:

@@ -5,12 +5,21 @@ database. Its lifetime does not depend on the app process:
 
     app (JobRunner.submit) ── row 'queued' ── dispatch() claims it ('running') and starts
         python -m backend.job_supervisor JOB_ID      (detached: its own session)
-            └── the stage argv                       (its own process group; output -> log file)
+            └── the exit recorder (STAGE_SHIM)      (its own session and process group)
+                    └── the stage argv               (same group; output -> log file)
 
 The supervisor waits for the stage, records the return code and status, lets the Retrain chain
 advance, and then dispatches the next queued job, so queued work proceeds with the browser tab
-closed or the app stopped. ``reconcile()`` (app start) marks jobs whose supervisor vanished as
-failed, with the reason, after stopping whatever is left of their process tree.
+closed or the app stopped. The exit recorder is a few lines of Python that only waits for the
+stage and writes its exit status to ``<log>.exit``, so the status survives the supervisor.
+
+A lost supervisor (kill -9, the OOM killer) is noticed by ``check_liveness()``: the Admin page
+calls it on every refresh, and ``dispatch()`` and ``reconcile()`` (app start) call it first. It
+compares each running job's supervisor pid and /proc start time with the live processes (no
+heartbeat: a few /proc reads, no write unless one is lost) and hands a lost job to a new
+supervisor (``--adopt``) that waits for the orphaned stage by polling, then records its real
+outcome from the exit recorder's file and the stage's verify(), advances the chain and starts
+the next queued job (the GPU slot is free once the job is no longer running).
 
 Cancel ends the whole tree: SIGTERM, then SIGKILL after a grace period, to the stage's process
 group and every descendant found in /proc (the supervisor is a child subreaper, so orphaned
@@ -31,6 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.fileio import remove_orphan_temps
 from backend.settings import PROJECT_ROOT, Settings
 from backend.sqlite_tx import write_transaction
 from pipeline.stage import STAGE_MODULES, Progress, StageCommand, stage_module
@@ -106,6 +116,11 @@ class Job:
         if self.started_at is None:
             return None
         return (self.ended_at or time.time()) - self.started_at
+
+    @property
+    def exit_path(self) -> Path:
+        """Where the exit recorder writes the stage's exit status (see read_exit())."""
+        return Path(self.log_path).with_suffix(".exit")
 
     def command(self) -> StageCommand:
         """The StageCommand this job runs (for the stage module's verify())."""
@@ -215,6 +230,21 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def read_exit(path: str | os.PathLike) -> tuple[int | None, str | None]:
+    """What the exit recorder wrote: (return code, None), (None, why the stage could not start),
+    or (None, None) when nothing was recorded (the recorder was killed or never ran)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, OSError, UnicodeDecodeError):
+        return None, None
+    if text.startswith("error "):
+        return None, text[6:]
+    try:
+        return int(text), None
+    except ValueError:
+        return None, None
+
+
 # ---- the runner -------------------------------------------------------------------------------
 _spawned: list[subprocess.Popen] = []  # supervisors started by this process, reaped on later calls
 
@@ -309,8 +339,9 @@ class JobRunner:
 
     def dispatch(self) -> list[int]:
         """Start every queued job whose turn has come: all non-GPU jobs, and the oldest queued
-        GPU job when no GPU job runs. Safe to call from any process at any time."""
-        _reap_spawned()
+        GPU job when no GPU job runs. Safe to call from any process at any time. Lost
+        supervisors are handled first (check_liveness), so a dead one holds no GPU slot."""
+        self.check_liveness()
         started = []
         with self.transaction() as db:
             gpu_busy = db.execute("SELECT 1 FROM jobs WHERE status='running' AND gpu=1").fetchone() is not None
@@ -323,26 +354,54 @@ class JobRunner:
                 started.append(r["id"])
         return started
 
-    def _start_supervisor(self, db: sqlite3.Connection, job: Job) -> None:
-        """Inside dispatch's transaction: spawn the supervisor and mark the job running. The
-        supervisor's first read waits for this transaction, so it sees its own row."""
+    def _start_supervisor(self, db: sqlite3.Connection, job: Job, adopt: bool = False) -> None:
+        """Inside dispatch's (or check_liveness's) transaction: spawn the supervisor and mark the
+        job running with it. The supervisor's first read waits for this transaction, so it sees
+        its own row. adopt: the job's stage was started by a supervisor that is gone."""
         log = Path(job.log_path)
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "RECIPE_WORKSPACE": str(self.settings.workspace), "PYTHONUNBUFFERED": "1"}
         try:
             with open(log, "ab") as out:
                 p = subprocess.Popen(
-                    [self.python, "-m", "backend.job_supervisor", str(job.id)],
+                    [self.python, "-m", "backend.job_supervisor", *(["--adopt"] if adopt else []), str(job.id)],
                     cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True, close_fds=True,
                 )
         except OSError as e:
+            if adopt:  # nobody can watch the stage: stop what is left of it
+                self._kill_job_tree(job, CANCEL_GRACE_S)
             db.execute("UPDATE jobs SET status='failed', ended_at=?, error=? WHERE id=?",
                        (time.time(), f"could not start the job supervisor: {e}", job.id))
             return
         _spawned.append(p)
-        db.execute("UPDATE jobs SET status='running', pid=?, pid_start=?, started_at=? WHERE id=?",
-                   (p.pid, process_start(p.pid), time.time(), job.id))
+        if adopt:  # the job keeps its start time
+            db.execute("UPDATE jobs SET pid=?, pid_start=? WHERE id=?", (p.pid, process_start(p.pid), job.id))
+        else:
+            db.execute("UPDATE jobs SET status='running', pid=?, pid_start=?, started_at=? WHERE id=?",
+                       (p.pid, process_start(p.pid), time.time(), job.id))
+
+    # -- liveness --
+    def check_liveness(self) -> list[int]:
+        """Notice running jobs whose supervisor is gone (kill -9, the OOM killer) and hand each
+        to a new supervisor that waits for the orphaned stage and records its real outcome.
+        Returns the ids handed over. Cheap when nothing is lost (one SELECT, one /proc read per
+        running job, no write): the Admin page calls it on every refresh."""
+        _reap_spawned()  # supervisors this process started: a killed one is a zombie until reaped
+        with self.connection() as db:
+            running = db.execute("SELECT id, pid, pid_start FROM jobs WHERE status='running'").fetchall()
+        lost = [r["id"] for r in running if not process_alive(r["pid"], r["pid_start"])]
+        if not lost:
+            return []
+        adopted = []
+        with self.transaction() as db:  # one process adopts each job: the check is repeated under the lock
+            for job_id in lost:
+                r = db.execute("SELECT * FROM jobs WHERE id=? AND status='running'", (job_id,)).fetchone()
+                if r is None or process_alive(r["pid"], r["pid_start"]):
+                    continue  # it recorded its end, or another process adopted it meanwhile
+                self._start_supervisor(db, Job.from_row(r), adopt=True)
+                adopted.append(job_id)
+        return adopted
 
     # -- used by the supervisor --
     def record_child(self, job_id: int, child_pid: int) -> None:
@@ -385,6 +444,7 @@ class JobRunner:
                 time.sleep(0.05)
         # no supervisor (or it did not answer): end what is left ourselves
         self._kill_job_tree(job, grace)
+        remove_orphan_temps(job.outputs.values())
         self.finish(job_id, "cancelled", None, "cancelled by the operator")
         self.dispatch()
         return self.get(job_id)
@@ -404,31 +464,19 @@ class JobRunner:
             raise JobError(f"job {job_id} is {job.status}; cancel it before deleting it")
         with self.transaction() as db:
             db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
-        with contextlib.suppress(FileNotFoundError):
-            Path(job.log_path).unlink()
+        for path in (Path(job.log_path), job.exit_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     # -- app start --
     def reconcile(self) -> list[int]:
-        """After an app (re)start: jobs still marked running whose supervisor is gone are
-        marked failed with the reason (their leftover processes are stopped); then queued jobs
-        are dispatched. Jobs whose supervisor still runs are left alone. Returns the ids marked failed."""
-        failed = []
-        for job in self.list(limit=10_000, status="running"):
-            if process_alive(job.pid, job.pid_start):
-                continue
-            if job.pid is None:
-                reason = "it was marked running but never got a supervisor process"
-            else:
-                reason = (f"its supervisor process (pid {job.pid}) vanished without recording an exit status "
-                          "(machine restart, or the process was killed)")
-            child_left = job.child_pid and (process_alive(job.child_pid, job.child_start) or _group_alive(job.child_pid))
-            if child_left:
-                self._kill_job_tree(job, grace=CANCEL_GRACE_S)
-                reason += "; its leftover stage processes were stopped"
-            if self.finish(job.id, "failed", None, reason + ". Start it again from the Admin page."):
-                failed.append(job.id)
+        """After an app (re)start: jobs still marked running whose supervisor is gone are handed
+        to a new supervisor (check_liveness), which records their real outcome: the stage's exit
+        status when it was recorded, else 'failed' with the reason; a stage still running is
+        watched to its end. Then queued jobs are dispatched. Returns the ids handed over."""
+        adopted = self.check_liveness()
         self.dispatch()
-        return failed
+        return adopted
 
     # -- reading --
     def log_text(self, job: Job | int, tail_bytes: int | None = None) -> str:

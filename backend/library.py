@@ -19,7 +19,6 @@ import functools
 import os
 import re
 import sqlite3
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import orjson
 import sqlite_utils
 
+from backend.fileio import temp_beside
 from backend.sqlite_tx import write_transaction
 from backend.settings import PROJECT_ROOT
 from pipeline.corpus import Recipe, fingerprint, iter_recipes
@@ -408,9 +408,8 @@ class LibraryBuilder:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".building", dir=self.path.parent)
+        fd, self.tmp = temp_beside(self.path, ".building")  # named after this process: see fileio
         os.close(fd)
-        self.tmp = Path(tmp)
         self.lib = Library(self.tmp, _bulk=True)
         self.lib.db.conn.execute("BEGIN")
         return self

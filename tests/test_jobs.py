@@ -226,20 +226,25 @@ def test_cancel_a_queued_job_and_delete_finished_ones(settings, tmp_path):
     assert not log.exists() and [j.id for j in runner.list()] == [b]
 
 
-def test_reconcile_marks_vanished_jobs_failed_and_stops_leftovers(settings, tmp_path):
+def test_reconcile_hands_a_stage_left_running_to_a_new_supervisor(settings, tmp_path):
+    """App start after the supervisor was killed: the stage still running is adopted (not
+    killed), its outcome is recorded when it ends, and the queue moves on."""
     runner = JobRunner(settings)
-    flag = tmp_path / "never"
+    flag = tmp_path / "go"
     job_id = runner.submit(py(WAIT_FOR_FLAG, tmp_path, "test", True, str(flag)))
     queued = runner.submit(py("print('next one ran')", tmp_path, "test", True))
     wait_until(lambda: "tick 1" in runner.log_text(job_id), "the first log line")
-    job = runner.get(job_id)
+    job = wait_until(lambda: (j := runner.get(job_id)).child_pid and j, "the stage process to be recorded")
     os.kill(job.pid, signal.SIGKILL)  # the supervisor vanishes; its stage process is left behind
     wait_until(lambda: gone(job.pid), "the supervisor to die")
     assert not gone(job.child_pid)
     assert JobRunner(settings).reconcile() == [job_id]
-    job = runner.get(job_id)
-    assert job.status == "failed" and "vanished" in job.error and "stopped" in job.error
-    assert gone(job.child_pid)
+    adopted = runner.get(job_id)
+    assert adopted.status == "running" and adopted.pid != job.pid and not gone(job.child_pid)
+    assert runner.get(queued).status == "queued"
+    flag.touch()
+    job = wait_until(lambda: (j := runner.get(job_id)).finished and j, "the adopted job to finish")
+    assert job.status == "succeeded" and job.return_code == 0
     # the queue moves on
     wait_until(lambda: runner.get(queued).finished, "the queued job to run")
     assert runner.get(queued).status == "succeeded" and "next one ran" in runner.log_text(queued)
