@@ -13,7 +13,9 @@ the job, with the failed task's log tail, when a cell is ``-``.
 
 Models are Hugging Face folders (merged models, the base model): transformers everywhere
 (``HuggingFacewithChatTemplate``), LMDeploy TurboMind (``TurboMindModelwithChatTemplate``)
-where a GPU and LMDeploy in the eval environment are present.
+where a GPU and LMDeploy in the eval environment are present, through our subclass
+``pipeline.opencompass_cfg.turbomind_model.RecipeTurboMindModel`` (trust_remote_code=True for
+InternLM2 tokenizers, and a refusal when LMDeploy does not use the model's own chat template).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from backend.model_folder import model_folder_problem
 from pipeline import eval_results
-from pipeline.opencompass_cfg.models import hf_chat_model, model_abbr, turbomind_chat_model
+from pipeline.opencompass_cfg.models import MODEL_MODULES, hf_chat_model, model_abbr, turbomind_chat_model
 from pipeline.opencompass_cfg.testset import read_questions
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline.train import cuda_available
@@ -47,7 +49,7 @@ CEVAL_SUBJECTS = (
     "urban_and_rural_planner accountant fire_engineer environmental_impact_assessment_engineer "
     "tax_accountant physician"
 ).split()
-MODEL_CLASSES = ("HuggingFacewithChatTemplate", "TurboMindModelwithChatTemplate")
+MODEL_CLASSES = tuple(MODEL_MODULES)  # written as bare names, imported at the top of the config
 
 
 # ---- C-Eval data ---------------------------------------------------------------------------
@@ -191,7 +193,8 @@ def render_config(test_file: Path, models: list[dict], limit: int | None, ceval_
             lines.append("    from opencompass.configs.summarizers.groups.ceval import ceval_summary_groups")
     lines += [
         "",
-        f"from opencompass.models import {', '.join(classes)}",
+        *(f"from {module} import {', '.join(c for c in classes if MODEL_MODULES[c] == module)}"
+          for module in sorted({MODEL_MODULES[c] for c in classes})),
         "",
         "# the held-out recipe questions (never trained on)",
         f"recipe_datasets[0]['path'] = {str(test_file)!r}",

@@ -5,6 +5,7 @@ output. The OpenCompass run itself is in test_evaluate_e2e.py."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -205,6 +206,28 @@ def test_missing_ceval_folder_is_a_clear_message_not_a_download(ws, tmp_path, mo
         evaluate.command(s, models=["models/base"], ceval=True)
     with pytest.raises(StageError, match="unknown C-Eval subjects"):
         evaluate.command(s, models=["models/base"], ceval=True, ceval_subjects=["cooking"])
+
+
+def test_turbomind_config_uses_our_model_class_and_a_cache_share_below_one(ws, monkeypatch):
+    """Issue 10 item 6: TurboMind reads cache_max_entry_count >= 1 as a number of KV-cache blocks;
+    the config clamps it to a share (0.95 at most), as the app's engines do. Item 2: the TurboMind
+    entry is our RecipeTurboMindModel (trust_remote_code=True), imported by the config."""
+    from pipeline import evaluate
+    from pipeline.opencompass_cfg.models import turbomind_chat_model
+
+    assert turbomind_chat_model("/m", cache_max_entry_count=2)["engine_config"]["cache_max_entry_count"] == 0.95
+    assert turbomind_chat_model("/m", cache_max_entry_count=0.4)["engine_config"]["cache_max_entry_count"] == 0.4
+
+    monkeypatch.setattr(evaluate, "turbomind_ready", lambda: (True, "test: TurboMind taken as available"))
+    settings = dataclasses.replace(ws, cache_max_entry_count=1.0)  # the largest value settings accept
+    cmd = evaluate.command(settings, model_dir="models/tuned-1", base_model="", backend="turbomind", run_name="tm1")
+    text = (cmd.cwd / "eval_config.py").read_text(encoding="utf-8")
+    compile(text, "eval_config.py", "exec")
+    assert "from pipeline.opencompass_cfg.turbomind_model import RecipeTurboMindModel" in text
+    assert "type=RecipeTurboMindModel" in text and "TurboMindModelwithChatTemplate" not in text
+    assert "cache_max_entry_count=0.95" in text and "cache_max_entry_count=1.0" not in text
+    record = json.loads((cmd.cwd / "run.json").read_text(encoding="utf-8"))
+    assert record["backend"] == "turbomind" and record["models"][0]["type"] == "RecipeTurboMindModel"
 
 
 def test_ceval_config_reads_the_local_folder(ws, tmp_path, monkeypatch, eval_python):
