@@ -5,10 +5,12 @@ write in a ``BEGIN IMMEDIATE`` transaction, so concurrent writers queue instead 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import threading
 import time
+import unicodedata
 import uuid
 from contextlib import contextmanager
 from datetime import datetime
@@ -36,8 +38,19 @@ class HistoryError(ValueError):
     """A request the history cannot honour (unknown conversation, empty title, ...)."""
 
 
+SEARCH_CHARS = 200  # a sidebar search reads this much (a 50 KB LIKE pattern is "too complex" for SQLite)
+_KEEP_FORMAT = {"\u200d"}  # the zero-width joiner inside emoji sequences
+
+
+def clean_title(text: str) -> str:
+    """One line of visible text: whitespace runs become one space; control and format characters
+    (bidi overrides such as U+202E that reverse how a title reads, zero-width marks) are dropped."""
+    text = "".join(c for c in text if c in _KEEP_FORMAT or unicodedata.category(c) not in ("Cc", "Cf"))
+    return " ".join(text.split())
+
+
 def title_from(question: str) -> str:
-    t = " ".join(question.split())
+    t = clean_title(question)
     return t if len(t) <= TITLE_CHARS else t[:TITLE_CHARS - 1] + "…"
 
 
@@ -70,6 +83,14 @@ class History:
             yield db
 
     def _create_schema(self) -> None:
+        """Tables, indexes and the search index, created once. Processes opening a new app.db at
+        the same moment take turns on a lock file (WAL switching and sqlite-utils' scripts do not
+        wait on SQLite's busy timeout: 4 of 5 trials of 20 processes failed 'database is locked')."""
+        with open(self.path.with_name(self.path.name + ".schema-lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._create_schema_locked()
+
+    def _create_schema_locked(self) -> None:
         with self._db() as db:
             db.enable_wal()
             db["conversations"].create({"id": str, "title": str, "created_at": float, "updated_at": float},
@@ -96,7 +117,7 @@ class History:
         now = time.time()
         with self._write() as db:
             db.execute("INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                       [cid, title.strip()[:100], now, now])
+                       [cid, clean_title(title)[:100], now, now])
         return cid
 
     def get_conversation(self, cid: str) -> dict | None:
@@ -116,7 +137,7 @@ class History:
             return list(db["conversations"].rows_where(order_by="updated_at DESC, rowid DESC", limit=limit))
 
     def rename_conversation(self, cid: str, title: str) -> None:
-        title = " ".join(title.split())
+        title = clean_title(title)
         if not title:
             raise HistoryError("the title cannot be empty / 标题不能为空")
         with self._write() as db:
@@ -212,7 +233,7 @@ class History:
     def search(self, query: str, limit: int = 50) -> list[dict]:
         """Conversations whose title or messages contain ``query``, newest first. Message text is
         searched with the FTS5 trigram index (3+ characters) or LIKE (shorter queries)."""
-        q = " ".join(query.split())
+        q = " ".join(query[:SEARCH_CHARS].split())
         if not q:
             return self.list_conversations(limit)
         like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"

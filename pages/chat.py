@@ -11,7 +11,7 @@ import streamlit as st
 from backend.chat_service import (MAX_QUESTION_CHARS, ChatService, answer_markdown, library_count, library_error,
                                   open_library)
 from backend.engines import GenerationParams, get_engine, is_loaded
-from backend.history import History, HistoryError
+from backend.history import SEARCH_CHARS, History, HistoryError
 from backend.page_settings import settings_or_stop
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
 
@@ -59,7 +59,8 @@ def open_conversation(conversation_id: str | None) -> None:
 with st.sidebar:
     st.subheader("💬 对话 / Conversations")
     st.button("➕ 新对话 / New chat", on_click=open_conversation, args=(None,), width="stretch")
-    query = st.text_input("🔍 搜索对话 / Search", key="conv_search", placeholder="菜名、食材…")
+    query = st.text_input("🔍 搜索对话 / Search", key="conv_search", placeholder="菜名、食材…",
+                          max_chars=SEARCH_CHARS)
     conversations = history.search(query) if query.strip() else history.list_conversations()
     if query.strip() and not conversations:
         st.caption("没有找到匹配的对话。")

@@ -167,3 +167,18 @@ def test_sidebar_generation_settings_reach_the_answer(settings):
     assert bot["params"]["system_prompt"] == "你是川菜师傅" and not bot["sources"]
     at.sidebar.button(key="reset_prompt").click().run()
     assert at.sidebar.text_area(key="system_prompt").value == SYSTEM_PROMPT
+
+
+def test_hostile_input_gets_a_message_not_a_traceback(settings):
+    """A 60,000-character sidebar search (SQLite: 'LIKE or GLOB pattern too complex') and a paste
+    over the chat limit; a title with a bidi override is stored without it."""
+    from backend.chat_service import MAX_QUESTION_CHARS
+
+    at = _ask(_app(), "\u202e番茄炒蛋的做法\u0007")
+    assert _sidebar_titles(at) == ["番茄炒蛋的做法"]
+    at.sidebar.text_input(key="conv_search").set_value("红烧" * 30_000).run()
+    assert not at.exception, at.exception
+    at.run()  # the text stays in the box: every rerun searches it again
+    assert not at.exception, at.exception
+    at.sidebar.text_input(key="conv_search").set_value("").run()
+    assert at.chat_input[0].proto.max_chars == MAX_QUESTION_CHARS  # the box itself stops a longer paste

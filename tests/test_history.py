@@ -130,3 +130,29 @@ def test_twenty_threads_write_at_once(history, settings):
         assert len(msgs) == 2 * per_thread
         assert [m["content"] for m in msgs[::2]] == [f"问题 {i}" for i in range(per_thread)]
         assert all(m["feedback_rating"] == 1 for m in msgs[1::2])
+
+
+def test_twenty_processes_opening_a_new_app_db_at_once(tmp_path):
+    """Schema creation takes turns: before, 4 of 5 trials had a 'database is locked' failure."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = "import sys; from backend.history import History; History(sys.argv[1]).create_conversation('x')"
+    for trial in range(5):
+        db = tmp_path / f"t{trial}" / "app.db"
+        procs = [subprocess.Popen([sys.executable, "-c", code, str(db)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                 for _ in range(20)]
+        errors = [p.communicate()[1] for p in procs if p.wait() != 0]
+        assert not errors, errors[0][-500:]
+        assert len(History(db).list_conversations()) == 20
+
+
+def test_titles_drop_control_and_bidi_characters(history):
+    cid = history.create_conversation()
+    history.add_message(cid, "user", "\u202e肉烧红\u202c的做法\x07\x1b[31m")
+    assert history.get_conversation(cid)["title"] == "肉烧红的做法[31m"
+    history.rename_conversation(cid, "家常\u2066菜\u2069 👨\u200d🍳")
+    assert history.get_conversation(cid)["title"] == "家常菜 👨\u200d🍳"  # the emoji's joiner stays
+    assert history.search("炒" * 60_000) == []  # no 'LIKE or GLOB pattern too complex'
