@@ -127,6 +127,7 @@ def show_progress(job: Job) -> None:
 
 
 def live_job(job_id: int, active: bool) -> None:
+    runner.check_liveness()  # a supervisor killed meanwhile (OOM, kill -9): its job is taken over
     try:
         job = runner.get(job_id)
     except JobError as e:
@@ -162,6 +163,7 @@ def live_job(job_id: int, active: bool) -> None:
 
 
 def jobs_section() -> None:
+    runner.check_liveness()
     jobs = runner.list(limit=200)
     if not jobs:
         st.info("No jobs yet: start one under “Run a stage” or “Retrain”. · 还没有任务")
@@ -340,7 +342,8 @@ def quantize_fields(mod) -> dict:
     p["calib"] = c[0].selectbox("Calibration text", calib, key="quant_calib",
                                 help="local: the model's own training data; others need the data set in the HF cache")
     p["calib_samples"] = c[1].number_input("Calibration samples (0 = data-free)", 0, 4096, 128, key="quant_samples")
-    p["w_group_size"] = c[2].selectbox("Group size", [128, 64, 32], key="quant_group")
+    p["w_group_size"] = c[2].selectbox("Group size", list(mod.AWQ_GROUP_SIZES), key="quant_group",
+                                       help="TurboMind loads AWQ weights with group size 128 only")
     return p
 
 

@@ -29,7 +29,7 @@ STAGE_MODULES = {
 
 
 # names of runs and models (folders under runs/, models/, eval/): 1-64 characters, no leading . or -
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: '$' would let a trailing newline through
 
 
 def timestamp() -> str:

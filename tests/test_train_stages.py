@@ -509,3 +509,12 @@ def test_stages_say_how_to_build_a_missing_training_environment(settings, monkey
                  lambda: merge.command(settings, run_name="r")):
         with pytest.raises(StageError, match="scripts/setup-env.sh train"):
             call()
+
+
+def test_run_and_model_names_refuse_a_trailing_newline(settings):
+    """'$' matched before a final newline: 'run\\n' passed as a run or model name."""
+    from pipeline.stage import NAME
+
+    assert NAME.match("run-1") and not NAME.match("run-1\n") and not NAME.match("run\nx")
+    with pytest.raises(StageError):
+        merge.model_name("chef\n")
