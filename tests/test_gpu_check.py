@@ -67,7 +67,10 @@ def test_without_a_gpu_it_says_it_skipped_and_exits_0(tmp_path):
 
 
 def test_make_gpu_check_sets_up_the_environments_then_runs_the_check():
-    r = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, check=True)
+    # as a user types it, not as a sub-make of `make test` (which would print "Entering directory")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    r = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check"], cwd=ROOT, capture_output=True,
+                       text=True, check=True, env=env)
     lines = r.stdout.splitlines()
     assert lines[:3] == ["scripts/setup-env.sh app", "scripts/setup-env.sh train", "scripts/setup-env.sh eval"]
     assert lines[3].split()[1:4] == ["-m", "bench.gpu_check"] and len(lines) == 4
