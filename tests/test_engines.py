@@ -108,6 +108,56 @@ def test_transformers_engine_serialises_concurrent_requests(tiny_engine):
     assert sorted(i for kind, i in events if kind == "end") == [0, 1, 2]  # every request finished
 
 
+# A recipe whose dish name the tiny byte-level BPE tokenizer does not know as one token: 鳜 takes
+# several tokens (its UTF-8 bytes), so max_new_tokens can end an answer in the middle of it.
+CUT_ASK = [{"role": "user", "content": "清蒸鳜鱼的做法"}]
+CUT_ANSWER = "您需要准备以下食材:\n- 鳜鱼 1条\n- 葱姜 适量\n按以下方法制作:\n1. 鳜鱼洗净\n2. 蒸8分钟"
+
+
+@pytest.fixture(scope="module")
+def taught_model(tiny_model, tmp_path_factory):
+    """The tiny model taught CUT_ANSWER for CUT_ASK (plain torch, a few seconds), so that greedy
+    decoding writes real Chinese text, token by token, as a fine-tuned model does."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from backend.engines.transformers_engine import chat_prompt
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    prompt = tok(chat_prompt(tok, CUT_ASK), add_special_tokens=False)["input_ids"]
+    answer = tok(CUT_ANSWER + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    ids, labels = torch.tensor([prompt + answer]), torch.tensor([[-100] * len(prompt) + answer])
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for _ in range(60):
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    out = tmp_path_factory.mktemp("taught") / "model"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_transformers_engine_never_ends_an_answer_in_half_a_character(taught_model):
+    from backend.engines.transformers_engine import TransformersEngine
+
+    engine = TransformersEngine(taught_model, device="cpu")
+    tok = engine.tokenizer
+    whole = list(engine.stream(CUT_ASK, GenerationParams(max_new_tokens=80, temperature=0)))
+    assert "".join(d.text for d in whole) == CUT_ANSWER and whole[-1].finish_reason == "stop"
+    ids = tok(CUT_ANSWER, add_special_tokens=False)["input_ids"]
+    cuts = [k for k in range(1, len(ids)) if tok.decode(ids[:k]).endswith("\ufffd")]
+    assert len(cuts) >= 2, "鳜 should take several tokens of the tiny tokenizer"
+    for k in cuts:  # each limit that cuts a character: the answer ends before it, no U+FFFD
+        deltas = list(engine.stream(CUT_ASK, GenerationParams(max_new_tokens=k, temperature=0)))
+        text = "".join(d.text for d in deltas)
+        assert deltas[-1].finish_reason == "length" and deltas[-1].completion_tokens == k
+        assert "\ufffd" not in text, (k, text)
+        assert text == tok.decode(ids[:k]).rstrip("\ufffd")  # every whole character before the cut is kept
+
+
 def test_transformers_engine_rejects_a_folder_without_model(tmp_path):
     from backend.engines.transformers_engine import TransformersEngine
 

@@ -13,6 +13,10 @@ from backend.model_folder import model_folder_problem
 from backend.engines.base import (FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
                                   EngineUnavailable, GenerationParams)
 
+# What a tokenizer decodes an incomplete UTF-8 sequence to: the tail of an answer cut inside a
+# character by max_new_tokens (or a stop) when one character takes several byte-level tokens.
+REPLACEMENT_CHARACTER = "\ufffd"
+
 # InternLM2's chat format, used when a tokenizer carries no chat template of its own.
 INTERNLM2_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -104,6 +108,14 @@ class TransformersEngine(Engine):
                 if not self.next_tokens_are_prompt:
                     self.generated += int(value.numel())
                 super().put(value)
+
+            def on_finalized_text(self, text: str, stream_end: bool = False):
+                # While tokens come, TextStreamer holds back a half character (decoded as U+FFFD) until
+                # its other bytes arrive; at the end (max_new_tokens, stop) it flushes what is left, and a
+                # byte-level BPE cut inside a character would end the answer in U+FFFD.
+                if stream_end:
+                    text = text.rstrip(REPLACEMENT_CHARACTER)
+                super().on_finalized_text(text, stream_end)
 
         try:
             with self._lock:  # one generation at a time; waiting requests queue here
