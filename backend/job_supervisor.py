@@ -120,6 +120,86 @@ def _find_recorder(exit_file: str) -> tuple[int | None, str | None]:
     return None, None
 
 
+# ---- threads of the stage's maths libraries ------------------------------------------------
+# torch (OpenMP) and MKL start one thread per CPU they see, which can be more than the process
+# may use (a cgroup CPU quota: a container), more than its share with several training
+# processes, and on a small machine every CPU, although the app (chat answers on the CPU), the
+# supervisor and other jobs run beside the stage: OpenMP threads then wait for each other at every
+# parallel step (measured on a 2-CPU machine with other work running: a training step 2.4-5 s
+# with one thread, 7-13 s with two). The stage gets OMP_NUM_THREADS / MKL_NUM_THREADS from the
+# CPUs it may really use (affinity, cgroup quota), one of them left to everything else, split
+# between its training processes, unless the operator set them.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+RESERVED_CPUS = 1  # left to the app, the supervisor and other jobs
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs allowed by this process's cgroup (v2 cpu.max or v1 cfs quota), None when unlimited."""
+    paths = []
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, rel = line.split(":", 2)
+            if controllers == "":
+                paths.append(("v2", Path("/sys/fs/cgroup") / rel.lstrip("/")))
+            elif "cpu" in controllers.split(","):
+                for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+                    paths.append(("v1", Path("/sys/fs/cgroup") / mount / rel.lstrip("/")))
+    except (OSError, ValueError):
+        pass
+    paths += [("v2", Path("/sys/fs/cgroup")), ("v1", Path("/sys/fs/cgroup/cpu"))]
+    for kind, d in paths:
+        try:
+            if kind == "v2":
+                quota, period = (d / "cpu.max").read_text().split()[:2]
+                if quota == "max":
+                    continue
+            else:
+                quota = (d / "cpu.cfs_quota_us").read_text().strip()
+                period = (d / "cpu.cfs_period_us").read_text().strip()
+                if int(quota) <= 0:
+                    continue
+            return int(quota) / int(period)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def usable_cpus() -> tuple[int, str]:
+    """(CPUs this process may really use, how that was found): its CPU affinity, capped by a
+    cgroup CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+        how = f"affinity {n}"
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+        how = f"cpu_count {n}"
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        how += f", cgroup quota {quota:g}"
+        n = min(n, max(1, int(quota)))
+    return max(1, n), how
+
+
+def thread_env(env: dict, job: Job) -> str:
+    """Set the thread variables in ``env`` (the stage's environment) for ``job``; returns the
+    line that says what was set. A value the operator set (the app's environment or the job's)
+    is kept; MKL_NUM_THREADS follows an operator's OMP_NUM_THREADS."""
+    cpus, how = usable_cpus()
+    try:
+        procs = max(1, int((job.params or {}).get("processes") or 1))
+    except (TypeError, ValueError):
+        procs = 1
+    per_process = max(1, (cpus - RESERVED_CPUS) // procs)
+    operator = {k: env[k] for k in THREAD_VARS if env.get(k, "").strip()}
+    value = operator.get("OMP_NUM_THREADS") or str(per_process)
+    for k in THREAD_VARS:
+        if k not in operator:
+            env[k] = value
+    said = ", ".join(f"{k}={env[k]}" + (" (set by the operator)" if k in operator else "") for k in THREAD_VARS)
+    return (f"threads: {said}; {cpus} usable CPU{'s' if cpus > 1 else ''} ({how}), {RESERVED_CPUS} left to the "
+            f"app and other jobs, {procs} process{'es' if procs > 1 else ''}")
+
+
 _term = {"received": False}  # SIGTERM (JobRunner.cancel) received
 
 
@@ -166,6 +246,7 @@ def run(job_id: int, adopt: bool = False) -> int:
     if not adopt:
         _log(f"job {job_id} ({job.kind}) starting: {job.argv} in {job.cwd}")
         env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1"}
+        _log(thread_env(env, job))
         exit_file.unlink(missing_ok=True)
         try:
             proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", STAGE_SHIM, str(exit_file), *job.argv],
