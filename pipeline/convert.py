@@ -7,7 +7,10 @@ writes into a hidden ``.hf_adapter.partial`` folder and renames it to ``<run>/hf
 when the adapter is complete, with ``recipe_adapter.json`` saying which checkpoint it came from.
 
     <train python> -P -m pipeline.convert --config <run>/config.py --work-dir <run>/work_dir \
-        --out <run>/hf_adapter [--checkpoint <run>/work_dir/iter_N.pth]
+        --out <run>/hf_adapter [--checkpoint <run>/work_dir/iter_N.pth] [--fp32]
+
+The adapter keeps the training precision on the CPU: ``--fp32`` is passed for a run trained on
+the CPU (float32); otherwise XTuner saves it in float16 unless fp32 is asked for.
 """
 from __future__ import annotations
 
@@ -52,6 +55,8 @@ def job_env() -> dict[str, str]:
 
 
 def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = False) -> StageCommand:
+    """fp32: save the adapter in float32, as is always done for a run trained on the CPU (in
+    float32); otherwise XTuner saves it in float16."""
     from pipeline.train import CHECKPOINT, checkpoints, train_python
 
     python = train_python()
@@ -68,6 +73,10 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
             have = ", ".join(c.name for c in checkpoints(work)) or "none yet"
             raise StageError(f"checkpoint {ckpt.name} does not exist; the run has: {have}")
         argv += ["--checkpoint", str(ckpt)]
+    # XTuner saves the adapter in float16 unless --fp32; a run trained on the CPU trained in
+    # float32 (float16 on the CPU is slow and loses precision): keep that
+    trained_fp32 = record.get("device") == "cpu"
+    fp32 = bool(fp32) or trained_fp32
     if fp32:
         argv.append("--fp32")
     return StageCommand(
@@ -76,7 +85,8 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
         # a QLoRA config rebuilds the 4-bit model, which needs the GPU
         gpu=bool(record.get("qlora")),
         outputs={"adapter": str(rdir / ADAPTER_DIR), "run_dir": str(rdir)},
-        params={"run_name": run_name, "checkpoint": checkpoint or "latest", "fp32": bool(fp32)},
+        params={"run_name": run_name, "checkpoint": checkpoint or "latest", "fp32": fp32,
+                "dtype": "float32" if fp32 else "float16"},
     )
 
 

@@ -17,6 +17,11 @@ manifest (read by the Admin page's model registry), and renames the folder to
     data: {train_file, stats_file, stats (stats.json's content or null)},
     training_log: {iterations, total_iters, final_loss, samples (last evaluation answers)},
     dtype, quantization (null, or {method, w_bits, w_group_size, calib, source_model})
+
+Precision (``dtype``): XTuner's merge loads the base model in float16 and saves that. A run trained
+on the CPU trained in float32, and float16 on the CPU is slow and loses precision, so such a run
+(or, without a run, a merge on the CPU) is merged in float32 by the same steps (load, PeftModel,
+merge_and_unload, save_pretrained); ``dtype`` float16 / float32 chooses either way.
 """
 from __future__ import annotations
 
@@ -83,8 +88,23 @@ def model_name(value: str) -> str:
     return value
 
 
+DTYPES = ("float16", "float32")
+
+
+def merge_dtype(dtype: str, record: dict, device: str) -> str:
+    """The precision of the merged model: dtype as asked, or for "auto" float32 when the run
+    trained on the CPU (float32) or, without a run, when the merge runs on the CPU; else
+    XTuner's float16."""
+    if dtype in DTYPES:
+        return dtype
+    if dtype not in ("auto", "", None):
+        raise StageError(f"dtype must be auto, float16 or float32, got {dtype!r}")
+    trained_on_cpu = record.get("device") == "cpu" if record.get("device") else device == "cpu"
+    return "float32" if trained_on_cpu else "float16"
+
+
 def command(settings, run_name: str = "", adapter: str = "", base_model: str = "", name: str = "",
-            device: str = "auto") -> StageCommand:
+            device: str = "auto", dtype: str = "auto") -> StageCommand:
     from pipeline.convert import ADAPTER_DIR, job_env, load_run
     from pipeline.train import _model_dir, resolve_device, train_python
 
@@ -113,8 +133,9 @@ def command(settings, run_name: str = "", adapter: str = "", base_model: str = "
     if out.exists():
         raise StageError(f"a model named {name!r} already exists in {settings.models_dir}; choose another name")
     dev = resolve_device(device)
+    dt = merge_dtype(dtype, record, dev)
     argv = [str(python), "-P", "-m", "pipeline.merge", "--base", str(base), "--adapter", str(adapter_dir),
-            "--out", str(out), "--device", dev]
+            "--out", str(out), "--device", dev, "--dtype", dt]
     if rdir is not None:
         argv += ["--run-dir", str(rdir)]
     return StageCommand(
@@ -122,7 +143,7 @@ def command(settings, run_name: str = "", adapter: str = "", base_model: str = "
         env=job_env(),
         gpu=dev == "cuda", outputs={"model": str(out)},
         params={"run_name": run_name, "adapter": str(adapter_dir), "base_model": str(base), "name": name,
-                "device": dev},
+                "device": dev, "dtype": dt},
     )
 
 
@@ -164,7 +185,8 @@ def training_log_summary(run_dir: Path | None) -> dict:
     }
 
 
-def build_manifest(name: str, out: Path, base: str, adapter: Path, run_dir: Path | None) -> dict:
+def build_manifest(name: str, out: Path, base: str, adapter: Path, run_dir: Path | None,
+                   dtype: str = "float16") -> dict:
     from pipeline.convert import ADAPTER_MANIFEST
     from pipeline.train import PARAMS_FILE
 
@@ -188,12 +210,31 @@ def build_manifest(name: str, out: Path, base: str, adapter: Path, run_dir: Path
         "training": {k: params.get(k) for k in TRAINING_KEYS},
         "data": {"train_file": params.get("data"), "stats_file": stats_file, "stats": stats},
         "training_log": training_log_summary(run_dir),
-        "dtype": "float16",
+        "dtype": dtype,
         "quantization": None,
     }
 
 
 # ---- the job process (train environment) --------------------------------------------------
+def merge_in(base: str, adapter: Path, out: Path, device: str, dtype: str) -> None:
+    """What ``xtuner convert merge`` does (xtuner/tools/model_converters/merge.py), with the base
+    model loaded in ``dtype`` instead of float16."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from xtuner.model.utils import LoadWoInit
+
+    with LoadWoInit():
+        model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=getattr(torch, dtype), low_cpu_mem_usage=True,
+                                                     device_map=device, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=True)
+    merged = PeftModel.from_pretrained(model, str(adapter), device_map=device, is_trainable=False,
+                                       trust_remote_code=True).merge_and_unload()
+    print(f"Saving to {out}...", flush=True)
+    merged.save_pretrained(str(out), safe_serialization=True, max_shard_size="2GB")
+    tokenizer.save_pretrained(str(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     import runpy
 
@@ -203,18 +244,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     ap.add_argument("--run-dir")
+    ap.add_argument("--dtype", default="float16", choices=DTYPES)
     a = ap.parse_args(argv)
     out, adapter = Path(a.out), Path(a.adapter)
     if not (adapter / "adapter_config.json").is_file():
         print(f"[merge] no adapter in {adapter}: run the convert stage first", file=sys.stderr)
         return 2
     tmp = partial_dir(out)
-    print(f"[merge] (0/{STEPS}) merging {adapter} into {a.base} with XTuner merge", flush=True)
-    sys.argv = ["merge", a.base, str(adapter), str(tmp), "--max-shard-size", "2GB", "--safe-serialization",
-                "--device", a.device]
-    runpy.run_module("xtuner.tools.model_converters.merge", run_name="__main__", alter_sys=True)
+    if a.dtype == "float16":
+        print(f"[merge] (0/{STEPS}) merging {adapter} into {a.base} with XTuner merge (float16)", flush=True)
+        sys.argv = ["merge", a.base, str(adapter), str(tmp), "--max-shard-size", "2GB", "--safe-serialization",
+                    "--device", a.device]
+        runpy.run_module("xtuner.tools.model_converters.merge", run_name="__main__", alter_sys=True)
+    else:
+        print(f"[merge] (0/{STEPS}) merging {adapter} into {a.base} in {a.dtype} (XTuner's merge steps)", flush=True)
+        merge_in(a.base, adapter, tmp, a.device, a.dtype)
+    # the model the chat serves must be the one trained and evaluated: the same config, tokens and
+    # logits in the app, train and eval environments (backend.model_folder), or no model
+    from backend.model_folder import check_across_envs
+
+    report = check_across_envs(tmp)
+    if not report["ok"]:
+        print(f"[merge] the merged model loads differently across environments: {report['problem']}",
+              file=sys.stderr, flush=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return 3
+    print(f"[merge] same in {', '.join(f'{k} ({v})' for k, v in report['envs'].items())} "
+          f"(logits max |difference| {report['logits_max_abs_diff']})", flush=True)
     print(f"[merge] (1/{STEPS}) merged model written; adding {MANIFEST}", flush=True)
-    manifest = build_manifest(out.name, out, a.base, adapter, Path(a.run_dir) if a.run_dir else None)
+    manifest = build_manifest(out.name, out, a.base, adapter, Path(a.run_dir) if a.run_dir else None, a.dtype)
     publish_dir(tmp, out, MANIFEST, manifest)
     print(f"[merge] ({STEPS}/{STEPS}) model ready: {out}", flush=True)
     return 0
