@@ -18,6 +18,13 @@ band (the next --holdout/2) or training. --test/--val take the N recipes of lowe
 their band; the rest of a band is held out unused, so adding data never moves a held-out recipe
 into training. --sample N keeps the N training recipes of lowest hash (a uniform sample).
 
+Without --holdout the band starts at 2% and is widened, when it holds fewer recipes than --test
+and --val ask for (a small corpus), to the smallest share that holds them (at most 20%): the
+conversion then runs a second time with that band (stats.json "holdout": the share used and why).
+Such a band depends on the corpus size, so with it adding data may move a held-out recipe into
+training; give --holdout to fix the band. A band that cannot hold what was asked is said on stderr
+and in stats.json ("holdout"."note").
+
 Parsing, validation and formatting run in worker processes (through the compiled fast path of
 pipeline/native where a C compiler is available, else in Python: the same bytes either way),
 which read their own byte ranges of a plain input and put the training lines in shared memory
@@ -60,6 +67,7 @@ from pipeline.stage import Progress, StageCommand, StageError, user_path  # noqa
 
 OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl", "stats.json")
 DEFAULTS = {"val": 500, "test": 500, "holdout": 0.02, "max_length": 2048, "seed": 0}
+MAX_HOLDOUT = 0.2  # a band widened to fit --test/--val stops here: at least 80% of the data trains
 REJECT_SAMPLES_PER_REASON = 100
 BLOCK_SIZE = 4 << 20
 # default workers at most: this process (order, dedup, writing) keeps up with about this many
@@ -239,12 +247,16 @@ def _results(tasks, pool, workers: int, opts: dict):
 
 
 def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: int | None = None,
-        val: int = DEFAULTS["val"], test: int = DEFAULTS["test"], holdout: float = DEFAULTS["holdout"],
+        val: int = DEFAULTS["val"], test: int = DEFAULTS["test"], holdout: float | None = None,
         seed: int = DEFAULTS["seed"], library: str | os.PathLike | None = None,
         max_length: int = DEFAULTS["max_length"], workers: int | None = None, block_size: int = BLOCK_SIZE,
         progress_every: float = 1.0, tty: bool = False) -> dict:
-    """Convert INPUT into OUT_DIR (see the module docstring); returns the stats."""
+    """Convert INPUT into OUT_DIR (see the module docstring); returns the stats. holdout None:
+    2%, widened when it cannot hold the test and val recipes asked for."""
     t0 = time.monotonic()
+    fit = holdout is None
+    if fit:
+        holdout = DEFAULTS["holdout"]
     if not 0 <= holdout < 1:
         raise ValueError("--holdout must be in [0, 1)")
     input_path = Path(input_path)
@@ -258,13 +270,44 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
             raise CorpusError(f"another prepare run is writing to {out_dir}; wait for it or choose another "
                               "--out") from None
         _clean_stale(out_dir, lib_path)
-        return _run_locked(input_path, out_dir, lib_path, t0, sample=sample, val=val, test=test, holdout=holdout,
-                           seed=seed, max_length=max_length, workers=workers, block_size=block_size,
-                           progress_every=progress_every, tty=tty)
+        kw = dict(sample=sample, val=val, test=test, seed=seed, max_length=max_length, workers=workers,
+                  block_size=block_size, progress_every=progress_every, tty=tty)
+        try:
+            return _run_locked(input_path, out_dir, lib_path, t0, holdout=holdout, fit=fit, **kw)
+        except _Widen as w:  # nothing was written: the same conversion with the band that fits
+            print(f"note: {w.why}; converting again with that band", file=sys.stderr, flush=True)
+            return _run_locked(input_path, out_dir, lib_path, t0, holdout=w.holdout, fit=False, widened=w, **kw)
+
+
+class _Widen(Exception):
+    """The held-out band is too narrow for what was asked: convert again with `holdout`."""
+
+    def __init__(self, holdout: float, asked: float, why: str):
+        super().__init__(why)
+        self.holdout, self.asked, self.why = holdout, asked, why
+
+
+def _band_counts(keys: np.ndarray, holdout: float) -> tuple[int, int]:
+    """(test, val) recipes of sorted split keys in the bands of a held-out share."""
+    n_test = int(np.searchsorted(keys, np.uint64(int(holdout / 2 * (1 << 64)))))
+    return n_test, int(np.searchsorted(keys, np.uint64(int(holdout * (1 << 64))))) - n_test
+
+
+def holdout_to_fit(keys: np.ndarray, test: int, val: int, start: float) -> float:
+    """The smallest held-out share from `start` up (5% steps, at most MAX_HOLDOUT) whose bands
+    hold `test` and `val` of these sorted split keys (all kept recipes); MAX_HOLDOUT if none does."""
+    h = start
+    while h < MAX_HOLDOUT:
+        h = min(MAX_HOLDOUT, max(h * 1.05, 1e-4))
+        n_test, n_val = _band_counts(keys, h)
+        if n_test >= test and n_val >= val:
+            return h
+    return MAX_HOLDOUT
 
 
 def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: float, *, sample, val, test, holdout,
-                seed, max_length, workers, block_size, progress_every, tty) -> dict:
+                seed, max_length, workers, block_size, progress_every, tty, fit: bool = False,
+                widened: _Widen | None = None) -> dict:
     from backend.fileio import atomic_open, atomic_write_text
 
     stream = open_corpus(input_path)
@@ -293,6 +336,10 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
     test_band, val_band = _Band(test), _Band(val)
     reporter = _Reporter(stream.total, progress_every, tty)
     train_keys = array("Q")  # split keys of the training lines, only when sampling
+    # split keys of every kept recipe while a band widened to fit could still be needed (a corpus
+    # whose 2% band is short of what is asked is small: beyond this many recipes it cannot be)
+    fit_keys = {"keys": array("Q") if fit and (test or val) else None,
+                "limit": min(4_000_000, int(4 * (test + val) / max(holdout, 1e-4)) + 10_000)}
 
     # workers are forked before any output file or database connection is open, after the
     # shared memory for their blocks exists
@@ -348,6 +395,10 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                     line_end = np.frombuffer(res.ends, dtype=np.uint64)
                     rel = np.frombuffer(res.rel, dtype=np.uint32)
                     stats["kept"] += n_kept
+                    if fit_keys["keys"] is not None:
+                        fit_keys["keys"].frombytes(keys[kept].tobytes())
+                        if len(fit_keys["keys"]) > fit_keys["limit"]:
+                            fit_keys["keys"] = None
                     for j in np.flatnonzero(fate == DUPLICATE).tolist():
                         stats["duplicates"] += 1
                         reject_sample("duplicate", base + int(rel[j]))
@@ -389,6 +440,7 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 line_no += res.n_lines
 
             stats["test"], stats["val"] = len(test_band.heap), len(val_band.heap)
+            stats["holdout"] = _holdout_report(holdout, test, val, stats, fit_keys["keys"], fit, widened)
             stats["held_out_unused"] = test_band.seen + val_band.seen - stats["test"] - stats["val"]
             if f_cand is not None:
                 stats["train"], stats["sampled_out"] = _write_sample(f_cand, train_keys, sample, f_train)
@@ -406,12 +458,40 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
         slots.close()
     stats["seconds"] = round(time.monotonic() - t0, 3)
     stats["records_per_s"] = round(stats["lines"] / max(stats["seconds"], 1e-9))
+    note = stats["holdout"].get("note")
+    if note:
+        print(f"note: {note}", file=sys.stderr, flush=True)
     stats["options"] = {"sample": sample, "val": val, "test": test, "holdout": holdout, "seed": seed,
                         "max_length": max_length, "workers": workers}
     if stats["lines"] != stats["kept"] + stats["duplicates"] + sum(stats["rejected"].values()):
         raise RuntimeError(f"internal error: lines do not add up: {stats}")
     atomic_write_text(out_dir / "stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
     return stats
+
+
+def _holdout_report(holdout: float, test: int, val: int, stats: dict, keys, fit: bool,
+                    widened: _Widen | None) -> dict:
+    """stats.json's "holdout": the share used, and a note when it holds less than asked. Raises
+    _Widen (before anything is written) when a wider band would hold more."""
+    got_test, got_val = stats["test"], stats["val"]
+    rep = {"share": holdout, "asked": {"test": test, "val": val}, "widened_from": None, "note": None}
+    if widened is not None:
+        rep["widened_from"] = widened.asked
+        rep["why"] = widened.why
+    if got_test >= test and got_val >= val:
+        return rep
+    if fit and keys is not None:
+        ks = np.sort(np.frombuffer(keys, dtype=np.uint64))
+        h = holdout_to_fit(ks, test, val, holdout)
+        new_test, new_val = _band_counts(ks, h)
+        if h > holdout and (new_test > got_test or new_val > got_val):
+            raise _Widen(h, holdout, f"the {holdout:.1%} held-out band holds test {got_test} and val {got_val} of "
+                                     f"the {test} and {val} asked ({len(ks)} kept recipes): widened to {h:.1%}")
+    rep["note"] = (f"the {holdout:.1%} held-out band holds only test {got_test} and val {got_val} of the {test} and "
+                   f"{val} asked ({stats['kept']} kept recipes)" +
+                   (" even at its widest; ask for fewer" if fit or widened is not None
+                    else "; leave --holdout unset to size the band to fit, or give a larger one"))
+    return rep
 
 
 def _write_sample(f_cand, train_keys: array, sample: int, f_train) -> tuple[int, int]:
@@ -434,8 +514,9 @@ def _write_sample(f_cand, train_keys: array, sample: int, f_train) -> tuple[int,
 # ---- stage interface (pipeline/stage.py) ----------------------------------------------------
 def command(settings, **params) -> StageCommand:
     """The prepare stage: params input (default settings.corpus, else the sample corpus),
-    out (default data/prepared), sample, val, test, seed, max_length, library (True: the app's
-    library settings.library_db)."""
+    out (default data/prepared), sample, val, test, seed, max_length, holdout (a share in [0, 1);
+    default: 2% widened to hold val and test), library (True: the app's library
+    settings.library_db)."""
     from backend.envs import env_python
     from backend.library import SAMPLE_RECIPES
     from backend.settings import PROJECT_ROOT
@@ -466,6 +547,16 @@ def command(settings, **params) -> StageCommand:
             raise StageError(f"{key} must be a positive whole number, got {v}")
         argv += [flag, str(v)]
         recorded[key] = v
+    h = params.get("holdout")
+    if h is not None and h != "":
+        try:
+            h = float(h)
+        except (TypeError, ValueError):
+            raise StageError(f"holdout must be a number in [0, 1), got {h!r}") from None
+        if isinstance(params.get("holdout"), bool) or not 0 <= h < 1:
+            raise StageError(f"holdout must be a number in [0, 1), got {params.get('holdout')!r}")
+        argv += ["--holdout", repr(h)]
+        recorded["holdout"] = h
     outputs = {"dir": str(out), "stats": str(out / "stats.json")}
     lib = params.get("library")
     if lib:
@@ -540,8 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, help="keep at most N training recipes (a uniform sample by hash)")
     ap.add_argument("--val", type=int, default=DEFAULTS["val"], help="validation recipes (default %(default)s)")
     ap.add_argument("--test", type=int, default=DEFAULTS["test"], help="test recipes (default %(default)s)")
-    ap.add_argument("--holdout", type=float, default=DEFAULTS["holdout"],
-                    help="share of the hash range reserved for val+test, never trained on (default %(default)s)")
+    ap.add_argument("--holdout", type=float, default=None,
+                    help="share of the hash range reserved for val+test, never trained on (default: 0.02, "
+                         f"widened up to {MAX_HOLDOUT} when it cannot hold --test and --val)")
     ap.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="salt of the split hash (default 0)")
     ap.add_argument("--library", help="also (re)build this recipe library SQLite file from the kept recipes")
     ap.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],

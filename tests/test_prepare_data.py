@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -442,3 +443,50 @@ def test_default_workers_are_capped_on_big_machines(tmp_path, monkeypatch, compi
         native.reset()  # nothing loaded under RECIPE_NATIVE=0 stays for the next tests
     assert stats["options"]["workers"] == expected and stats["kept"] == stats["lines"]
     assert small["options"]["workers"] == 0
+
+
+# ---- issue 13 item 4: the held-out band is sized to what is asked ---------------------------
+def test_held_out_split_through_the_stage_is_what_was_asked(settings, howtocook):
+    corpus = settings.workspace / "howtocook.jsonl"
+    shutil.copyfile(howtocook, corpus)
+    cmd = prepare_data.command(settings, input=str(corpus), out="data/h", test=30, val=10)
+    assert "--holdout" not in cmd.argv  # the stage leaves the band to the converter
+    p = subprocess.run(cmd.argv, cwd=cmd.cwd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = Path(cmd.outputs["dir"])
+    s = stats_of(out)
+    assert (s["test"], s["val"]) == (30, 10)  # before: test 4, val 1, without a word
+    h = s["holdout"]
+    assert h["widened_from"] == 0.02 and 0.02 < h["share"] <= prepare_data.MAX_HOLDOUT and h["note"] is None
+    assert "widened to" in p.stderr and "widened to" in h["why"]
+    assert prepare_data.verify(cmd, p.stdout) is None
+    held = {json.dumps(r, ensure_ascii=False) for name in ("val", "test") for r in read_jsonl(out / f"{name}.jsonl")}
+    assert len(held) == 40 and not held & {json.dumps(r, ensure_ascii=False) for r in read_jsonl(out / "train.jsonl")}
+    # the same corpus and options give the same split
+    again = settings.data_dir / "h2"
+    argv = list(cmd.argv)
+    argv[argv.index("--out") + 1] = str(again)
+    subprocess.run(argv, cwd=cmd.cwd, capture_output=True, check=True, timeout=300)
+    assert (again / "test.jsonl").read_bytes() == (out / "test.jsonl").read_bytes()
+
+
+def test_a_band_that_cannot_hold_what_was_asked_says_so(howtocook, tmp_path):
+    fixed = tmp_path / "fixed"
+    p = prepare(howtocook, fixed, "--test", "30", "--val", "10", "--holdout", "0.02")
+    s = stats_of(fixed)
+    assert s["test"] < 30 and s["holdout"]["share"] == 0.02 and s["holdout"]["widened_from"] is None
+    assert f"holds only test {s['test']} and val {s['val']} of the 30 and 10 asked" in s["holdout"]["note"]
+    assert "leave --holdout unset" in p.stderr
+    tiny = tmp_path / "tiny"
+    p = prepare(SAMPLE_RECIPES, tiny, "--test", "60", "--val", "60")
+    s = stats_of(tiny)
+    assert s["holdout"]["share"] == prepare_data.MAX_HOLDOUT and s["train"] > 0
+    assert "even at its widest" in s["holdout"]["note"] and "even at its widest" in p.stderr
+
+
+def test_the_stage_passes_a_holdout_and_checks_it(settings):
+    cmd = prepare_data.command(settings, input=str(SAMPLE_RECIPES), out="data/s", holdout=0.3)
+    assert cmd.argv[cmd.argv.index("--holdout") + 1] == "0.3" and cmd.params["holdout"] == 0.3
+    for bad in (1, -0.1, "x"):
+        with pytest.raises(StageError, match="holdout must be"):
+            prepare_data.command(settings, input=str(SAMPLE_RECIPES), out="data/s", holdout=bad)
