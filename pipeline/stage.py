@@ -25,6 +25,7 @@ STAGE_MODULES = {
     "merge": "pipeline.merge",
     "quantize": "pipeline.quantize",
     "evaluate": "pipeline.evaluate",
+    "base_model": "pipeline.base_model",  # not a chain step: makes a base model folder (Admin → Models)
 }
 
 

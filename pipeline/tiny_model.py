@@ -83,12 +83,17 @@ def _texts(path: Path | None) -> list[str]:
     return texts
 
 
+# transformers 5's Qwen2Tokenizer pre-tokenizer regex (the same as Qwen2's tokenizer.json)
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
 def build_tiny_model(out_dir: str | Path, texts_file: str | Path | None = None, vocab_size: int = 2000,
                      hidden_size: int = 64, layers: int = 2, seed: int = 0, arch: str = "qwen2") -> Path:
     """A tiny random chat model in ``out_dir`` (4 attention heads, 2 key/value heads, so the head
     dimension is hidden_size / 4) with a tokenizer trained on the recipe texts."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     if arch not in ARCHS:
@@ -96,7 +101,12 @@ def build_tiny_model(out_dir: str | Path, texts_file: str | Path | None = None, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Qwen2's own pre-tokenizer (one digit a token): transformers 5 loads a qwen2 model's tokenizer
+    # as Qwen2Tokenizer, which imposes it whatever tokenizer.json says, while 4.x keeps the file's;
+    # with plain ByteLevel, "500" was one token in training (4.48) and three in the app (5.x)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

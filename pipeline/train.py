@@ -206,6 +206,12 @@ def _model_dir(settings, value: str) -> Path:
         raise StageError(f"base model folder {path} has no config.json; give a local Hugging Face model "
                          "folder (nothing is downloaded)")
     check_tokenizer(path)
+    from backend.model_folder import static_problem
+
+    why = static_problem(path)  # cheap: loading it in three environments is done where folders are made
+    if why:
+        raise StageError(f"base model: {why}; rebuild it (python -m pipeline.base_model) or check it with "
+                         "python -m backend.model_folder check <folder>")
     return path
 
 
@@ -213,22 +219,74 @@ def _model_dir(settings, value: str) -> Path:
 NO_BOS_TOKENIZERS = {"QWenTokenizer", "Qwen2Tokenizer", "Qwen2TokenizerFast", "ChatGLMTokenizer"}
 
 
+def _tokenizer_config(model: Path) -> tuple[dict, dict]:
+    out = []
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            data = json.loads((model / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        out.append(data if isinstance(data, dict) else {})
+    return out[0], out[1]
+
+
+def bos_token(model: Path) -> str | None:
+    """The BOS token text of the model's tokenizer (tokenizer_config.json, else special_tokens_map.json)."""
+    cfg, special = _tokenizer_config(model)
+    tok = cfg.get("bos_token") or special.get("bos_token")
+    if isinstance(tok, dict):  # AddedToken as saved: {"content": ...}
+        tok = tok.get("content")
+    return tok if isinstance(tok, str) and tok else None
+
+
 def check_tokenizer(model: Path) -> None:
     """XTuner prepends the tokenizer's BOS token to every sample, except for the Qwen and
     ChatGLM tokenizers; a tokenizer without one fails deep inside data processing."""
-    try:
-        cfg = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    cfg, _ = _tokenizer_config(model)
+    if not cfg:
         return  # no tokenizer_config.json (e.g. remote code): XTuner will say what it misses
-    try:
-        special = json.loads((model / "special_tokens_map.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        special = {}
     cls = str(cfg.get("tokenizer_class") or "")
-    if not (cfg.get("bos_token") or special.get("bos_token")) and cls not in NO_BOS_TOKENIZERS:
+    if not bos_token(model) and cls not in NO_BOS_TOKENIZERS:
         raise StageError(f"the tokenizer of {model} ({cls or 'unknown class'}) has no BOS token, which XTuner "
                          "puts before every sample; set bos_token in its tokenizer_config.json (or, for a "
                          "Qwen-style ChatML model, tokenizer_class \"Qwen2Tokenizer\")")
+
+
+def prompt_template_parts(name: str) -> dict:
+    """XTuner's PROMPT_TEMPLATE entry ``name`` as a dict of strings (read from its source)."""
+    import ast
+
+    tree = ast.parse((xtuner_dir() / "utils" / "templates.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PROMPT_TEMPLATE" for t in node.targets):
+            for kw in node.value.keywords:
+                if kw.arg == name:
+                    parts = {}
+                    for k in kw.value.keywords:
+                        try:
+                            parts[k.arg] = ast.literal_eval(k.value)
+                        except ValueError:
+                            pass
+                    return parts
+    raise StageError(f"XTuner has no prompt template {name!r}")
+
+
+def xtuner_bos(model: Path, prompt_template: str) -> bool:
+    """Whether XTuner should put the tokenizer's BOS before each sample (issue 13, item 3).
+
+    XTuner's encode_fn puts the BOS token before the first turn, then the prompt template's text.
+    When that text itself starts with the BOS token (SmolLM2's bos_token is <|im_start|>, the
+    ChatML templates start with <|im_start|>system), training saw <|im_start|><|im_start|>system
+    while the chat engines, through the model's own chat template, send it once: then no BOS."""
+    cfg, _ = _tokenizer_config(model)
+    if str(cfg.get("tokenizer_class") or "") in NO_BOS_TOKENIZERS:
+        return False  # XTuner adds none anyway
+    bos = bos_token(model)
+    if not bos:
+        return True
+    parts = prompt_template_parts(prompt_template)
+    first = [parts.get("SYSTEM", ""), parts.get("INSTRUCTION", "")]  # with and without a system prompt
+    return not any(t.startswith(bos) for t in first if t)
 
 
 def _data_file(settings, value: str) -> Path:
@@ -295,6 +353,7 @@ def resolve_params(settings, params: dict) -> dict:
     if p["prompt_template"] not in names:
         raise StageError(f"unknown prompt template {p['prompt_template']!r}; XTuner has: {', '.join(names)}")
     out["prompt_template"] = p["prompt_template"]
+    out["xtuner_bos"] = xtuner_bos(Path(out["base_model"]), out["prompt_template"])
     out["max_length"] = _int(p, "max_length", 16, 32768)
     out["pack_to_max_length"] = _bool(p, "pack_to_max_length")
     out["batch_size"] = _int(p, "batch_size", 1, 256)
@@ -427,6 +486,16 @@ def _overrides(p: dict, data_var: str) -> str:
         f'model["lora"]["lora_alpha"] = {p["lora_alpha"]}',
         f'model["lora"]["lora_dropout"] = {p["lora_dropout"]!r}',
     ]
+    if not p.get("xtuner_bos", True):
+        lines += [
+            "# Train/serve parity: this tokenizer's BOS token is the one every turn of the prompt template",
+            "# starts with (ChatML's <|im_start|>); XTuner's BOS before each sample would double it while the",
+            "# chat engines send it once (the model's chat template): no BOS before samples. Dataset workers",
+            "# are forked after this line, so they see it too.",
+            'setattr(__import__("xtuner.dataset.utils", fromlist=["encode_fn"]), "get_bos_eos_token_ids",',
+            '        (lambda orig: lambda tokenizer: ([], orig(tokenizer)[1]))(',
+            '            __import__("xtuner.dataset.utils", fromlist=["encode_fn"]).get_bos_eos_token_ids))',
+        ]
     if not p["qlora"]:
         lines += ["# QLoRA off: the base model is loaded unquantised (plain LoRA)",
                   'model["llm"].pop("quantization_config", None)']
