@@ -64,6 +64,11 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
     work = rdir / "work_dir"
     argv = [str(python), "-P", "-m", "pipeline.convert", "--config", str(rdir / "config.py"),
             "--work-dir", str(work), "--out", str(rdir / ADAPTER_DIR)]
+    # XTuner saves the adapter in float16 unless --fp32; a run trained on the CPU trained in
+    # float32 (float16 on the CPU is slow and loses precision): keep that
+    fp32 = bool(fp32) or record.get("device") == "cpu"
+    if fp32:
+        argv.append("--fp32")
     if checkpoint:
         p = Path(checkpoint)
         ckpt = user_path(settings, p if p.is_absolute() or len(p.parts) > 1 else work / p, "checkpoint")
@@ -73,12 +78,6 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
             have = ", ".join(c.name for c in checkpoints(work)) or "none yet"
             raise StageError(f"checkpoint {ckpt.name} does not exist; the run has: {have}")
         argv += ["--checkpoint", str(ckpt)]
-    # XTuner saves the adapter in float16 unless --fp32; a run trained on the CPU trained in
-    # float32 (float16 on the CPU is slow and loses precision): keep that
-    trained_fp32 = record.get("device") == "cpu"
-    fp32 = bool(fp32) or trained_fp32
-    if fp32:
-        argv.append("--fp32")
     return StageCommand(
         kind="convert", argv=argv, cwd=rdir,
         env=job_env(),
