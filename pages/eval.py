@@ -11,15 +11,21 @@ import pandas as pd
 import streamlit as st
 
 from backend.page_settings import settings_or_stop
-from pipeline.eval_results import compare, default_pair, find_runs, log_tail, run_table, sample_answers
+from pipeline.eval_results import (compare, compare_baselines, default_pair, find_runs, log_tail, not_above_baselines,
+                                   run_table, sample_answers)
 from pipeline.evaluate import CEVAL_LAYOUT, ceval_folder
 
 settings = settings_or_stop()
 
 st.title("📊 Eval · 评测")
 st.caption("OpenCompass scores (%, higher is better) of the base and fine-tuned models: the held-out recipe "
-           "questions (ROUGE-1/2/L, BLEU, ingredient recall: share of the reference's ingredients the answer "
-           "names) and C-Eval (general ability kept after fine-tuning).")
+           "questions and C-Eval (general ability kept after fine-tuning). Recipe scores measure the content: "
+           "`content_rouge1/2/L` and `content_bleu` compare the ingredients and steps with the format's fixed "
+           "headers, bullets and step numbers removed; `ingredient_recall` is the share of the reference's "
+           "ingredients the answer names, `ingredient_precision` the share of the ingredients the answer lists that "
+           "the reference has, `ingredient_f1` both in one. The **constant answer** columns score the same fixed "
+           "answer for every question (the bare template; a generic recipe of pantry staples) on the same "
+           "references: a model that does not beat them is no better than a template.")
 
 # ---- C-Eval data status ----------------------------------------------------------------------
 ceval_dir = ceval_folder(settings.ceval_data)
@@ -70,9 +76,20 @@ tab_table, tab_compare, tab_answers = st.tabs(["Table · 结果表", "Compare ·
 
 with tab_table:
     rows = run_table(run)
-    df = pd.DataFrame(rows, columns=["dataset", "metric", *run.models])
+    df = pd.DataFrame(rows, columns=["dataset", "metric", *run.models, *run.baseline_columns])
     st.dataframe(df, hide_index=True, width="stretch",
-                 column_config={m: st.column_config.NumberColumn(m, format="%.2f") for m in run.models})
+                 column_config={c: st.column_config.NumberColumn(c, format="%.2f")
+                                for c in [*run.models, *run.baseline_columns]})
+    if run.baseline_columns:
+        for m in run.models:
+            behind = not_above_baselines(run, m)
+            if behind:
+                listed = ", ".join(dict.fromkeys(f"{b['dataset']} · {b['metric']}" for b in behind))
+                st.warning(f"**{m}** does not beat a constant answer on {len(behind)} score(s): {listed}. "
+                           f"There it is no better than a template.")
+    elif any(r.dataset == "recipe" for r in run.rows):
+        st.caption("This run has no constant-answer columns: it was scored before they existed, and its recipe "
+                   "ROUGE/BLEU counted the fixed template of every answer (a constant answer scored as much).")
     failed = sorted({(m, d) for m, d, _ in run.failed_cells})
     if failed:
         st.error(f"{len(failed)} task(s) produced no score (cells shown empty / '-' in OpenCompass's summary): "
@@ -104,11 +121,13 @@ with tab_compare:
         b_key = c[1].selectbox("Fine-tuned · 微调模型", keys, index=index_of(tuned, 1), key="cmp_tuned")
         (ra, ma), (rb, mb) = choices[a_key], choices[b_key]
         cmp_rows = compare(ra, ma, rb, mb)
-        cmp = pd.DataFrame(cmp_rows, columns=["dataset", "metric", "base", "fine-tuned", "difference"])
+        baselines = compare_baselines(ra, rb)
+        cmp = pd.DataFrame(cmp_rows, columns=["dataset", "metric", "base", "fine-tuned", "difference", *baselines])
         st.dataframe(cmp, hide_index=True, width="stretch",
                      column_config={"base": st.column_config.NumberColumn(f"base: {ma}", format="%.2f"),
                                     "fine-tuned": st.column_config.NumberColumn(f"fine-tuned: {mb}", format="%.2f"),
-                                    "difference": st.column_config.NumberColumn("difference", format="%+.2f")})
+                                    "difference": st.column_config.NumberColumn("difference", format="%+.2f"),
+                                    **{b: st.column_config.NumberColumn(b, format="%.2f") for b in baselines}})
         better = sum(1 for r in cmp_rows if (r["difference"] or 0) > 0)
         worse = sum(1 for r in cmp_rows if (r["difference"] or 0) < 0)
         st.caption(f"Fine-tuned better on {better}, worse on {worse} of {len(cmp_rows)} scores.")
@@ -117,8 +136,9 @@ with tab_compare:
         shown = st.multiselect("Data sets in the charts", datasets, default=datasets[:6], key="cmp_datasets")
         long = pd.DataFrame([{"score": f"{r['dataset']} · {r['metric']}", "model": who, "value": r[side]}
                              for r in cmp_rows if r["dataset"] in shown
-                             for side, who in (("base", f"base: {ma}"), ("fine-tuned", f"fine-tuned: {mb}"))
-                             if r[side] is not None])
+                             for side, who in (("base", f"base: {ma}"), ("fine-tuned", f"fine-tuned: {mb}"),
+                                               *((b, b) for b in baselines))
+                             if r.get(side) is not None])
         if long.empty:
             st.info("No score to chart for the chosen data sets.")
         else:

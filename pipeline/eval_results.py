@@ -5,6 +5,11 @@ writes ``<work_dir>/<timestamp>/summary/``), including runs copied there from an
 A summary CSV has the columns ``dataset,version,metric,mode,<model abbr>...``; a cell ``-``
 means the task of that model and dataset failed (its log is under ``logs/infer`` or
 ``logs/eval``). Knows nothing about Streamlit; stdlib only.
+
+The recipe benchmark also writes the scores of constant answers (``metrics.BASELINES``) on the
+same references, as rows ``baseline:<name>:<metric>`` with the same value in every model column:
+they become baseline columns here ("constant answer: template", ...) next to the models, not
+rows of their own. Runs from before that have no baseline columns.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+from pipeline.opencompass_cfg.metrics import baseline_label, clean_prediction, split_baseline_metric
 
 FIXED_COLUMNS = ("dataset", "version", "metric", "mode")
 RUN_META = "run.json"  # written by pipeline.evaluate next to OpenCompass's timestamp folders
@@ -43,6 +50,17 @@ class Run:
     rows: list[ScoreRow]
     time: datetime | None = None
     meta: dict = field(default_factory=dict)  # run.json of pipeline.evaluate, {} for foreign runs
+    # baseline column label -> {(dataset, metric): score}: the constant answers scored on the same
+    # references (rows 'baseline:<name>:<metric>' of the summary, taken out of ``rows``)
+    baselines: dict[str, dict[tuple[str, str], float | None]] = field(default_factory=dict)
+
+    @property
+    def baseline_columns(self) -> list[str]:
+        return list(self.baselines)
+
+    def baseline_scores(self, dataset: str, metric: str) -> dict[str, float | None]:
+        """baseline column -> its score for (dataset, metric); None where it has none."""
+        return {label: scores.get((dataset, metric)) for label, scores in self.baselines.items()}
 
     @property
     def failed_cells(self) -> list[tuple[str, str, str]]:
@@ -94,6 +112,22 @@ def read_summary(path: str | Path) -> tuple[list[str], list[ScoreRow]]:
     return models, rows
 
 
+def split_baselines(models: list[str], rows: list[ScoreRow]) -> tuple[list[ScoreRow], dict]:
+    """(model rows, baselines) of a summary: rows named 'baseline:<name>:<metric>' become
+    {label: {(dataset, metric): score}}, the score being the first model column that has one
+    (every column holds the same value: same references, same constant answer)."""
+    kept, baselines = [], {}
+    for r in rows:
+        parts = split_baseline_metric(r.metric)
+        if parts is None:
+            kept.append(r)
+            continue
+        name, metric = parts
+        value = next((r.scores[m] for m in models if r.scores.get(m) is not None), None)
+        baselines.setdefault(baseline_label(name), {})[(r.dataset, metric)] = value
+    return kept, baselines
+
+
 def _run_time(folder: Path, csv_path: Path) -> datetime | None:
     for name in (csv_path.stem, folder.name):
         m = _STAMP.search(name)
@@ -127,12 +161,13 @@ def load_run(folder: str | Path, eval_dir: str | Path | None = None) -> Run:
     if not csvs:
         raise ResultsError(f"{folder}: no summary/summary_*.csv (OpenCompass did not finish this run)")
     models, rows = read_summary(csvs[-1])
+    rows, baselines = split_baselines(models, rows)
     try:
         rid = folder.relative_to(eval_dir).as_posix() if eval_dir else folder.name
     except ValueError:
         rid = folder.name
     return Run(id=rid, path=folder, csv=csvs[-1], models=models, rows=rows,
-               time=_run_time(folder, csvs[-1]), meta=_read_meta(folder))
+               time=_run_time(folder, csvs[-1]), meta=_read_meta(folder), baselines=baselines)
 
 
 def find_runs(eval_dir: str | Path) -> tuple[list[Run], list[str]]:
@@ -154,9 +189,26 @@ def find_runs(eval_dir: str | Path) -> tuple[list[Run], list[str]]:
 
 
 def run_table(run: Run) -> list[dict]:
-    """One dict a row: dataset, metric, then one key per model (None for a failed cell)."""
-    return [{"dataset": r.dataset, "metric": r.metric, **{m: r.scores.get(m) for m in run.models}}
-            for r in run.rows]
+    """One dict a row: dataset, metric, one key per model (None for a failed cell), then one key
+    per baseline column (None where it has no score, e.g. C-Eval rows)."""
+    return [{"dataset": r.dataset, "metric": r.metric, **{m: r.scores.get(m) for m in run.models},
+             **run.baseline_scores(r.dataset, r.metric)} for r in run.rows]
+
+
+def not_above_baselines(run: Run, model: str) -> list[dict]:
+    """The scores where ``model`` does not beat a constant answer of the same run: one dict each,
+    {dataset, metric, model score, baseline column, baseline score}. [] when the run has no
+    baseline or the model beats every one (failed cells are not listed: they are failures)."""
+    out = []
+    for r in run.rows:
+        score = r.scores.get(model)
+        if score is None:
+            continue
+        for label, value in run.baseline_scores(r.dataset, r.metric).items():
+            if value is not None and score <= value:
+                out.append({"dataset": r.dataset, "metric": r.metric, "score": score, "baseline": label,
+                            "baseline_score": value})
+    return out
 
 
 def default_pair(run: Run) -> tuple[str | None, str | None]:
@@ -173,8 +225,9 @@ def default_pair(run: Run) -> tuple[str | None, str | None]:
 
 
 def compare(base_run: Run, base: str, tuned_run: Run, tuned: str) -> list[dict]:
-    """Rows (dataset, metric, base, fine-tuned, difference = fine-tuned - base) for every
-    (dataset, metric) in either model's run; None where a side has no score."""
+    """Rows (dataset, metric, base, fine-tuned, difference = fine-tuned - base, then the baseline
+    columns of the fine-tuned model's run, else of the base's) for every (dataset, metric) in
+    either model's run; None where a side has no score."""
     def scores(run, model):
         return {(r.dataset, r.metric): r.scores.get(model) for r in run.rows}
 
@@ -183,9 +236,17 @@ def compare(base_run: Run, base: str, tuned_run: Run, tuned: str) -> list[dict]:
     out = []
     for k in keys:
         x, y = a.get(k), b.get(k)
-        out.append({"dataset": k[0], "metric": k[1], "base": x, "fine-tuned": y,
-                    "difference": None if x is None or y is None else round(y - x, 4)})
+        row = {"dataset": k[0], "metric": k[1], "base": x, "fine-tuned": y,
+               "difference": None if x is None or y is None else round(y - x, 4)}
+        for label in compare_baselines(base_run, tuned_run):
+            row[label] = (tuned_run if label in tuned_run.baselines else base_run).baselines[label].get(k)
+        out.append(row)
     return out
+
+
+def compare_baselines(base_run: Run, tuned_run: Run) -> list[str]:
+    """The baseline columns compare() adds: the fine-tuned model's run's, then any other of the base's."""
+    return list(dict.fromkeys([*tuned_run.baseline_columns, *base_run.baseline_columns]))
 
 
 def log_tail(run_folder: str | Path, model: str, dataset: str, lines: int = 30) -> tuple[Path | None, str]:
@@ -271,7 +332,8 @@ def scores_for_model(settings, model: str) -> dict:
 def sample_answers(run: Run, dataset: str, models: list[str], n: int = 5) -> list[dict]:
     """Up to n questions of a dataset with the reference and each model's answer, read from
     ``predictions/<model>/<dataset>.json`` (OpenCompass's {"0": {"origin_prompt", "prediction",
-    "gold"}, ...}); [] when the run kept no predictions."""
+    "gold"}, ...}); [] when the run kept no predictions. An answer cut inside a character at
+    max_out_len ends in U+FFFD there (transformers' decoding): shown without that half character."""
     preds = {}
     for m in models:
         p = run.path / "predictions" / m / f"{dataset}.json"
@@ -295,6 +357,7 @@ def sample_answers(run: Run, dataset: str, models: list[str], n: int = 5) -> lis
             question = str(prompt or "")
         row = {"question": question, "reference": first.get("gold", "")}
         for m in models:
-            row[m] = preds.get(m, {}).get(k, {}).get("prediction")
+            answer = preds.get(m, {}).get(k, {}).get("prediction")
+            row[m] = clean_prediction(answer) if isinstance(answer, str) else answer
         out.append(row)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT
-from tests.test_eval_results import ONE_FAILED, THREE_MODELS, TWO_MODELS, write_run
+from tests.test_eval_results import ONE_FAILED, THREE_MODELS, TWO_MODELS, WITH_BASELINES, write_run
 from tests.test_evaluate import write_ceval
 
 PAGE = str(ROOT / "pages" / "eval.py")
@@ -91,3 +91,39 @@ def test_failed_cells_show_the_task_log(settings):
     assert "Skipped an unreadable result" in texts(at.warning)
     table = at.dataframe[0].value
     assert table["tuned"].isna().all() and (table["base"] == 0).all()
+
+
+def test_constant_answers_shown_next_to_the_models(settings):
+    meta = {"models": [{"abbr": "tiny-base", "path": "/m/base", "role": "base"},
+                       {"abbr": "tiny-recipe", "path": "/m/tuned", "role": "fine-tuned"}]}
+    write_run(settings.eval_dir, "e2e/20261202_055557", WITH_BASELINES, stamp="20261202_055557", meta=meta)
+    write_run(settings.eval_dir, "old/20261128_052213", TWO_MODELS)
+    at = page()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["dataset", "metric", "tiny-base", "tiny-recipe", "tiny-broken",
+                                   "constant answer: template", "constant answer: generic recipe"]
+    assert len(table) == 8 and not table.metric.str.startswith("baseline:").any()
+    row = table[table.metric == "content_rouge2"].iloc[0]
+    assert row["constant answer: template"] == 0.0 and row["constant answer: generic recipe"] == 1.33
+    warnings = texts(at.warning)
+    assert "**tiny-base** does not beat a constant answer on 14 score(s)" in warnings
+    assert "**tiny-recipe** does not beat a constant answer on 1 score(s): recipe · content_bleu" in warnings
+    assert "constant answer" in texts(at.caption) and "content_rouge1/2/L" in texts(at.caption)
+
+    cmp = at.dataframe[1].value
+    assert list(cmp.columns) == ["dataset", "metric", "base", "fine-tuned", "difference",
+                                 "constant answer: template", "constant answer: generic recipe"]
+    assert cmp.iloc[4].to_dict() == {"dataset": "recipe", "metric": "ingredient_recall", "base": 0.0,
+                                     "fine-tuned": 25.0, "difference": 25.0, "constant answer: template": 0.0,
+                                     "constant answer: generic recipe": 20.0}
+    import pyarrow as pa
+
+    chart = at.get("vega_lite_chart")[0].proto.datasets[0].data.data
+    bars = set(pa.ipc.open_stream(chart).read_all().to_pandas()["model"])  # a bar of its own in each metric's chart
+    assert bars == {"base: tiny-base", "fine-tuned: tiny-recipe", "constant answer: template",
+                    "constant answer: generic recipe"}
+
+    # a run scored before the baselines existed says so
+    at.selectbox(key="eval_run").set_value(at.selectbox(key="eval_run").options[1]).run()
+    assert "no constant-answer columns" in texts(at.caption)

@@ -42,6 +42,35 @@ recipe,d32586,ingredient_recall,gen,0.00,90.00,-
 ceval-computer_network,db9ce2,accuracy,gen,0.00,0.00,-
 """
 
+# scored with the constant answers (metrics.BASELINES): copied from tests/test_evaluate_e2e.py's run
+# (two tiny models and a broken one, five recipe questions, answers of 24 tokens)
+WITH_BASELINES = """dataset,version,metric,mode,tiny-base,tiny-recipe,tiny-broken
+recipe,d32586,content_rouge1,gen,0.00,18.77,-
+recipe,d32586,content_rouge2,gen,0.00,3.76,-
+recipe,d32586,content_rougeL,gen,0.00,14.27,-
+recipe,d32586,content_bleu,gen,0.00,1.71,-
+recipe,d32586,ingredient_recall,gen,0.00,25.00,-
+recipe,d32586,ingredient_precision,gen,0.00,33.33,-
+recipe,d32586,ingredient_f1,gen,0.00,28.38,-
+recipe,d32586,baseline:template:content_rouge1,gen,0.00,0.00,-
+recipe,d32586,baseline:template:content_rouge2,gen,0.00,0.00,-
+recipe,d32586,baseline:template:content_rougeL,gen,0.00,0.00,-
+recipe,d32586,baseline:template:content_bleu,gen,0.00,0.00,-
+recipe,d32586,baseline:template:ingredient_recall,gen,0.00,0.00,-
+recipe,d32586,baseline:template:ingredient_precision,gen,0.00,0.00,-
+recipe,d32586,baseline:template:ingredient_f1,gen,0.00,0.00,-
+recipe,d32586,baseline:generic:content_rouge1,gen,13.92,13.92,-
+recipe,d32586,baseline:generic:content_rouge2,gen,1.33,1.33,-
+recipe,d32586,baseline:generic:content_rougeL,gen,9.56,9.56,-
+recipe,d32586,baseline:generic:content_bleu,gen,2.17,2.17,-
+recipe,d32586,baseline:generic:ingredient_recall,gen,20.00,20.00,-
+recipe,d32586,baseline:generic:ingredient_precision,gen,11.43,11.43,-
+recipe,d32586,baseline:generic:ingredient_f1,gen,14.55,14.55,-
+ceval-computer_network,db9ce2,accuracy,gen,0.00,0.00,-
+"""
+METRICS = ["content_rouge1", "content_rouge2", "content_rougeL", "content_bleu", "ingredient_recall",
+           "ingredient_precision", "ingredient_f1"]
+
 
 def write_run(root: Path, rel: str, csv_text: str, stamp: str = "20261128_052213", meta: dict | None = None,
               logs: dict | None = None, preds: dict | None = None) -> Path:
@@ -203,3 +232,57 @@ def test_sample_answers_side_by_side(tmp_path):
     assert rows == [{"question": "番茄炒蛋的做法", "reference": "您需要准备以下食材:\n- 番茄 2个", "base": None,
                      "tuned": "您需要准备以下食材:\n- 番茄"}]
     assert er.sample_answers(run, "ceval-computer_network", ["base"]) == []
+
+
+# ---- constant-answer baselines ----------------------------------------------------------------------------
+def test_constant_answers_become_columns_beside_the_models(tmp_path):
+    ev = tmp_path / "eval"
+    run = er.load_run(write_run(ev, "e2e/20261202_055557", WITH_BASELINES), ev)
+    assert run.models == ["tiny-base", "tiny-recipe", "tiny-broken"]
+    assert [r.metric for r in run.rows] == [*METRICS, "accuracy"]  # the baseline rows are not model scores
+    assert run.baseline_columns == ["constant answer: template", "constant answer: generic recipe"]
+    assert {m for m, _, _ in run.failed_cells} == {"tiny-broken"}  # its '-' baseline cells are not failures
+    table = er.run_table(run)
+    assert table[4] == {"dataset": "recipe", "metric": "ingredient_recall", "tiny-base": 0.0, "tiny-recipe": 25.0,
+                        "tiny-broken": None, "constant answer: template": 0.0, "constant answer: generic recipe": 20.0}
+    assert table[-1]["constant answer: template"] is None  # C-Eval has no constant answer
+    rows = er.compare(run, "tiny-base", run, "tiny-recipe")
+    assert rows[5] == {"dataset": "recipe", "metric": "ingredient_precision", "base": 0.0, "fine-tuned": 33.33,
+                       "difference": 33.33, "constant answer: template": 0.0,
+                       "constant answer: generic recipe": 11.43}
+
+
+def test_a_model_that_does_not_beat_a_constant_answer_is_named(tmp_path):
+    run = er.load_run(write_run(tmp_path, "e2e/20261202_055557", WITH_BASELINES), tmp_path)
+    behind = er.not_above_baselines(run, "tiny-base")  # a random model: no better than the bare template
+    assert {(b["metric"], b["baseline"]) for b in behind} == {
+        (m, b) for m in METRICS for b in run.baseline_columns}
+    # the taught model beats the template everywhere, the generic recipe on all but BLEU
+    assert er.not_above_baselines(run, "tiny-recipe") == [
+        {"dataset": "recipe", "metric": "content_bleu", "score": 1.71, "baseline": "constant answer: generic recipe",
+         "baseline_score": 2.17}]
+    assert er.not_above_baselines(run, "tiny-broken") == []  # failed: no score to compare
+    old = er.load_run(write_run(tmp_path, "old/20261128_052213", TWO_MODELS), tmp_path)
+    assert old.baseline_columns == [] and er.not_above_baselines(old, "base") == []
+    assert "constant answer: template" not in er.compare(old, "base", old, "tuned")[0]
+
+
+def test_scores_for_model_leave_the_baselines_out(settings):
+    write_run(settings.eval_dir, "e2e/20261202_055557", WITH_BASELINES)
+    got = er.scores_for_model(settings, "tiny-recipe")
+    assert sorted(got["scores"]) == sorted([*(f"recipe/{m}" for m in METRICS), "ceval-computer_network/accuracy"])
+
+
+def test_sample_answers_drop_a_half_character(tmp_path, tiny_model):
+    """OpenCompass's HuggingFacewithChatTemplate decodes the new tokens with tokenizer.batch_decode:
+    an answer cut at max_out_len inside a character ends in U+FFFD in predictions/*.json."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    answer = "您需要准备以下食材:\n- 鳜鱼 1条\n- 葱姜 适量"  # 鳜 takes several tokens of the tiny tokenizer
+    ids = tok(answer, add_special_tokens=False)["input_ids"]
+    cut = next(text for k in range(1, len(ids)) if (text := tok.batch_decode([ids[:k]])[0]).endswith("\ufffd"))
+    folder = write_run(tmp_path, "r/20261128_052213", TWO_MODELS, preds={"tuned/recipe.json": {
+        "0": {"origin_prompt": [{"role": "HUMAN", "prompt": "清蒸鳜鱼的做法"}], "prediction": cut, "gold": answer}}})
+    rows = er.sample_answers(er.load_run(folder, tmp_path), "recipe", ["base", "tuned"])
+    assert rows[0]["tuned"] == cut[:-1] and "\ufffd" not in rows[0]["tuned"]

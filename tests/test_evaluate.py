@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.opencompass_cfg.metrics import ingredient_names, ingredient_recall, mean_ingredient_recall
+from pipeline.opencompass_cfg.metrics import (BASELINES, clean_prediction, content_text, ingredient_names,
+                                              ingredient_precision, ingredient_recall, ingredient_scores,
+                                              mean_ingredient_recall, mean_ingredient_scores)
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
 from pipeline.stage import StageCommand, StageError
 from tests.conftest import ROOT
@@ -73,6 +75,27 @@ def test_ingredient_recall_counts_aliases_and_lists_misses():
     # samples without an ingredient list are left out of the mean, in percent
     assert mean_ingredient_recall(["肉蟹 洋葱", "x"], [ref, "没有清单"]) == 50.0
     assert mean_ingredient_recall(["x"], ["没有清单"]) is None
+
+
+def test_ingredient_precision_counts_what_the_answer_lists():
+    ref = format_answer(["青蟹（别称：肉蟹）", "200g洋葱", "1 个鸡蛋", "盐适量"], ["洗净", "炒熟"])
+    listed = format_answer(["肉蟹 1只", "鸡蛋液", "牛肉 1斤", "鸡蛋液", "香菜"], ["炒"])  # a repeated line counts once
+    assert ingredient_precision(listed, ref) == (0.5, ["牛肉", "香菜"])
+    assert ingredient_precision("准备肉蟹和洋葱", ref) == (0.0, [])  # no list of ingredients: nothing listed right
+    assert ingredient_precision("随便", "没有食材清单") == (None, [])
+    s = ingredient_scores(listed, ref)
+    assert s["ingredient_recall"] == 0.5 and s["ingredient_f1"] == 0.5 and s["missed_ingredients"] == ["洋葱", "盐"]
+    assert mean_ingredient_scores([listed, "x"], [ref, "没有清单"]) == {
+        "ingredient_recall": 50.0, "ingredient_precision": 50.0, "ingredient_f1": 50.0}
+
+
+def test_content_text_drops_the_scaffolding_only():
+    answer = format_answer(["番茄 2个", "1.5kg 面粉"], ["番茄切块", "下锅炒"])
+    assert content_text(answer) == "番茄 2个\n1.5kg 面粉\n番茄切块\n下锅炒"
+    assert content_text(BASELINES["template"]) == "" and content_text("您需要准备以下食材:") == ""
+    # what a model adds is kept: a preamble, words after a header, its own bullets
+    assert content_text("好的！\n您需要准备以下食材：鸡蛋\n• 盐\n按以下方法制作:\n1) 打散") == "好的！\n鸡蛋\n盐\n打散"
+    assert clean_prediction("您需要准备以下食材:\n- \ufffd") == "您需要准备以下食材:\n- " and clean_prediction(None) == ""
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -292,34 +315,98 @@ def test_verify_reads_the_summary_not_the_exit_status(tmp_path):
 
 # ---- the evaluators, inside the eval environment ---------------------------------------------------
 EVALUATOR_CHECK = r"""
-import json
+import json, sys
 from opencompass.openicl.icl_evaluator import JiebaRougeEvaluator
+from transformers import AutoTokenizer
 from pipeline.opencompass_cfg.recipe_bench import RecipeEvaluator, RecipeDataset
+from pipeline.recipe_format import INGREDIENTS_HEADER, format_answer
 ref = '您需要准备以下食材:\n- 番茄 2个\n- 鸡蛋 3个\n- 盐 适量\n按以下方法制作:\n1. 番茄切块，鸡蛋打散\n2. 热油炒蛋盛出'
 good = '您需要准备以下食材:\n- 番茄 2个\n- 鸡蛋 3个\n按以下方法制作:\n1. 番茄切块'
 bad = '您需要准备以下食材:\n- 牛肉 1斤\n按以下方法制作:\n1. 炖两小时'
+# what the issue saw: the fixed header alone beat a fine-tuned model on rouge2/rougeL
+header = INGREDIENTS_HEADER
+template = format_answer([], [])
+# every ingredient there is: recall 100, but nearly all of it is wrong
+spam = format_answer(['番茄', '鸡蛋', '牛肉', '猪肉', '羊肉', '鸡肉', '鱼', '虾', '豆腐', '白菜', '土豆', '香菜'], ['炒'])
+randoms = format_answer(['牛肉 1斤', '香菜 适量', '榴莲 1个', '巧克力 50g'], ['炖两小时'])
+answers = dict(good=good, bad=bad, same=ref, empty='', header=header, template=template, spam=spam, randoms=randoms)
 out = {name: {k: v for k, v in RecipeEvaluator().score([p], [ref]).items() if k != 'details'}
-       for name, p in (('good', good), ('bad', bad), ('same', ref), ('empty', ''))}
+       for name, p in answers.items()}
 out['opencompass_rouge'] = [JiebaRougeEvaluator().score([p], [ref])['rouge1'] for p in (good, bad)]
-ds = RecipeDataset(path=__import__('sys').argv[1], limit=1, reader_cfg=dict(input_columns=['system', 'question'],
-                                                                            output_column='answer'))
+ds = RecipeDataset(path=sys.argv[1], limit=1, reader_cfg=dict(input_columns=['system', 'question'],
+                                                              output_column='answer'))
 out['rows'] = len(ds.test)
 out['question'] = ds.test[0]['question']
-print(json.dumps(out))
+# an answer cut at max_out_len inside a character, decoded by a real byte-level BPE tokenizer as
+# OpenCompass's HuggingFacewithChatTemplate does (tokenizer.batch_decode of the new tokens)
+tok = AutoTokenizer.from_pretrained(sys.argv[2])
+fish = format_answer(['鳜鱼 1条', '葱姜 适量'], ['鳜鱼洗净', '蒸8分钟'])
+ids = tok(fish, add_special_tokens=False)['input_ids']
+k = [k for k in range(1, len(ids)) if tok.batch_decode([ids[:k]])[0].endswith('\ufffd')][-1]
+cut = tok.batch_decode([ids[:k]])[0]
+whole = cut.rstrip('\ufffd')
+scored = RecipeEvaluator().score([cut], [fish])
+out['cut'] = {'raw_ends_in_fffd': cut.endswith('\ufffd'), 'pred': scored['details'][0]['pred'], 'whole': whole,
+              'same_scores': {k: v for k, v in scored.items() if k != 'details'} ==
+                             {k: v for k, v in RecipeEvaluator().score([whole], [fish]).items() if k != 'details'}}
+print(json.dumps(out, ensure_ascii=False))
 """
+METRICS = ("content_rouge1", "content_rouge2", "content_rougeL", "content_bleu", "ingredient_recall",
+           "ingredient_precision", "ingredient_f1")
 
 
-def test_recipe_evaluator_scores_whole_answers(eval_python, tmp_path):
-    test = write_test_split(tmp_path / "test.jsonl")
-    r = subprocess.run([str(eval_python), "-c", EVALUATOR_CHECK, str(test)], cwd=ROOT, capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+@pytest.fixture(scope="module")
+def evaluator_check(eval_python, tiny_model, tmp_path_factory):
+    test = write_test_split(tmp_path_factory.mktemp("split") / "test.jsonl")
+    r = subprocess.run([str(eval_python), "-c", EVALUATOR_CHECK, str(test), str(tiny_model)], cwd=ROOT,
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    for m in ("rouge1", "rouge2", "rougeL", "bleu", "ingredient_recall"):
-        assert out["same"][m] == pytest.approx(100, abs=1e-3)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_recipe_evaluator_scores_the_content(evaluator_check):
+    out = evaluator_check
+    for m in METRICS:
+        assert out["same"][m] == pytest.approx(100, abs=1e-3), m
         assert out["good"][m] > out["bad"][m], m
-        assert out["empty"][m] == 0
+        assert out["empty"][m] == 0, m
     assert out["good"]["ingredient_recall"] == pytest.approx(200 / 3) and out["bad"]["ingredient_recall"] == 0
+    assert out["good"]["ingredient_precision"] == pytest.approx(100)
     # why we do not use OpenCompass's JiebaRougeEvaluator as is: it scores the first line only
     assert out["opencompass_rouge"] == [pytest.approx(100), pytest.approx(100)]
     assert out["rows"] == 1 and out["question"] == "番茄炒蛋的做法"
+
+
+def test_a_constant_answer_scores_nothing(evaluator_check):
+    """Issue 13: the fixed header alone scored rouge2 5.85 / rougeL 6.74 (above a fine-tuned model),
+    because ROUGE counted the template that every answer shares."""
+    out = evaluator_check
+    for name in ("header", "template"):
+        assert {m: out[name][m] for m in METRICS} == {m: 0 for m in METRICS}, name
+
+
+def test_ingredient_precision_does_not_reward_listing_everything(evaluator_check):
+    out = evaluator_check
+    assert out["spam"]["ingredient_recall"] == pytest.approx(200 / 3)  # recall alone is fooled ...
+    assert out["spam"]["ingredient_precision"] == pytest.approx(100 * 2 / 12)  # ... precision is not
+    assert out["spam"]["ingredient_f1"] < out["good"]["ingredient_f1"]
+    assert out["randoms"]["ingredient_precision"] == 0 and out["randoms"]["ingredient_f1"] == 0
+
+
+def test_constant_answers_are_scored_beside_every_model(evaluator_check):
+    """baseline:<name>:<metric> in every result: the same constant answers on the same references."""
+    out = evaluator_check
+    for name, scores in out.items():
+        if isinstance(scores, dict) and "content_rouge1" in scores:
+            assert {k for k in scores if k.startswith("baseline:")} == {
+                f"baseline:{b}:{m}" for b in ("template", "generic") for m in METRICS}
+            assert all(scores[f"baseline:template:{m}"] == 0 for m in METRICS)
+            assert scores["baseline:generic:ingredient_recall"] == pytest.approx(100 / 3)  # 盐 of 番茄/鸡蛋/盐
+    assert out["good"]["baseline:generic:content_rouge1"] == out["bad"]["baseline:generic:content_rouge1"] > 0
+
+
+def test_an_answer_cut_inside_a_character_is_scored_without_the_half_character(evaluator_check):
+    cut = evaluator_check["cut"]
+    assert cut["raw_ends_in_fffd"]  # what the tokenizer really gives for a cut inside 鳜
+    assert cut["pred"] == cut["whole"] and not cut["pred"].endswith("\ufffd")
+    assert cut["same_scores"]

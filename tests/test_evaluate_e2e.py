@@ -60,6 +60,10 @@ tok.save_pretrained(out)
 """
 
 
+METRICS = ("content_rouge1", "content_rouge2", "content_rougeL", "content_bleu", "ingredient_recall",
+           "ingredient_precision", "ingredient_f1")
+
+
 def _run(argv, **kw):
     r = subprocess.run([str(a) for a in argv], capture_output=True, text=True, **kw)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
@@ -112,12 +116,19 @@ def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path
     run = runs[0]
     assert run.id.startswith("e2e/") and run.models == ["tiny-base", "tiny-recipe", "tiny-broken"]
     got = {(row.dataset, row.metric): row.scores for row in run.rows}
-    assert set(got) == {("recipe", m) for m in ("rouge1", "rouge2", "rougeL", "bleu", "ingredient_recall")} | {
-        ("ceval-computer_network", "accuracy")}
+    assert set(got) == {("recipe", m) for m in METRICS} | {("ceval-computer_network", "accuracy")}
     assert {m for m, _, _ in run.failed_cells} == {"tiny-broken"}
     recall = got[("recipe", "ingredient_recall")]
     assert recall["tiny-recipe"] > recall["tiny-base"]  # the fine-tuned model names the ingredients
-    assert got[("recipe", "rougeL")]["tiny-recipe"] > got[("recipe", "rougeL")]["tiny-base"]
+    assert got[("recipe", "content_rougeL")]["tiny-recipe"] > got[("recipe", "content_rougeL")]["tiny-base"]
+    # the constant answers, scored on the same references: columns beside the models
+    assert run.baseline_columns == ["constant answer: template", "constant answer: generic recipe"]
+    template = run.baselines["constant answer: template"]
+    assert set(template) == {("recipe", m) for m in METRICS} and set(template.values()) == {0.0}
+    generic = run.baselines["constant answer: generic recipe"]
+    assert generic[("recipe", "ingredient_recall")] > 0  # salt, oil, ginger... are in most recipes
+    for m in METRICS:  # the taught model beats the template everywhere
+        assert got[("recipe", m)]["tiny-recipe"] > template[("recipe", m)], m
     assert eval_results.default_pair(run) == ("tiny-base", "tiny-recipe")
     assert run.model_paths()["tiny-recipe"] == str(tuned)
     answers = eval_results.sample_answers(run, "recipe", run.models, n=5)
@@ -131,7 +142,8 @@ def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path
     at = AppTest.from_file(str(ROOT / "pages" / "eval.py"), default_timeout=60).run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table.columns) == ["dataset", "metric", "tiny-base", "tiny-recipe", "tiny-broken"]
+    assert list(table.columns) == ["dataset", "metric", "tiny-base", "tiny-recipe", "tiny-broken",
+                                   "constant answer: template", "constant answer: generic recipe"]
     assert "tiny-broken / recipe" in " ".join(e.value for e in at.error)
     row = table[(table.dataset == "recipe") & (table.metric == "ingredient_recall")].iloc[0]
     assert row["tiny-recipe"] == recall["tiny-recipe"]
