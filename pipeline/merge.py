@@ -41,7 +41,8 @@ MANIFEST_FORMAT = "recipe-model/1"
 STEPS = 2
 TRAINING_KEYS = ("template", "prompt_template", "max_length", "pack_to_max_length", "batch_size",
                  "accumulative_counts", "lr", "max_epochs", "max_iters", "warmup_ratio", "lora_r", "lora_alpha",
-                 "lora_dropout", "qlora", "deepspeed", "device", "cpu_adaptations", "seed", "evaluation_inputs")
+                 "lora_dropout", "qlora", "deepspeed", "device", "cpu_adaptations", "seed", "evaluation_inputs",
+                 "length_check")
 
 
 def partial_dir(final: Path) -> Path:

@@ -65,7 +65,7 @@ DEFAULTS = dict(
     batch_size=1, accumulative_counts=1, lr=2e-4, max_epochs=3, max_iters=0, warmup_ratio=0.03,
     lora_r=64, lora_alpha=16, lora_dropout=0.1, qlora=True, deepspeed="auto", evaluation_inputs=None,
     evaluation_freq=500, eval_max_new_tokens=600, save_steps=500, save_total_limit=2, log_interval=10,
-    seed=None, device="auto", gpus=0,
+    seed=None, device="auto", gpus=0, max_length_fit=True,
 )
 # deepspeed: "auto" = on with CUDA, off on CPU. gpus: 0 = every visible GPU; on CPU, the number of
 # training processes (0 = 1).
@@ -556,6 +556,7 @@ def command(settings, **params) -> StageCommand:
 
     python = train_python()
     p = resolve_params(settings, params)
+    fit_max_length(p, params)  # max_length in the base model's tokens (train_params.json "length_check")
     tpl = template_path(p["template"])
     rdir = run_dir(settings, p["run_name"])
     work = rdir / "work_dir"
@@ -636,3 +637,159 @@ def verify(cmd: StageCommand, log_text: str) -> str | None:
     if not checkpoints(work):
         return f"training ended without a checkpoint (no iter_*.pth in {work}); see the log"
     return None
+
+
+# ---- token lengths of the training data (issue 13, item 2) --------------------------------
+# XTuner's max_length counts tokens of the base model's tokenizer (the prepare stage's
+# --max-length counts characters): a conversation longer than it is cut before packing, and the
+# end of its answer (the last steps) is never learned. command() measures the conversations
+# with the base model's tokenizer, as XTuner's encode_fn builds them (prompt template, BOS, EOS),
+# records what max_length cuts in train_params.json ("length_check"), and raises max_length to
+# the smallest multiple of LENGTH_STEP that keeps KEEP_WHOLE of them whole (unless
+# max_length_fit is false).
+LENGTH_SAMPLE = 5000  # conversations measured at most (evenly spread over the file)
+KEEP_WHOLE = 0.95
+LENGTH_STEP = 64
+
+
+def _template_strings(name: str) -> dict:
+    """XTuner's PROMPT_TEMPLATE[name] (SYSTEM, INSTRUCTION, SUFFIX, SUFFIX_AS_EOS, SEP), read
+    from the installed xtuner's source without importing it."""
+    import ast
+
+    tree = ast.parse((xtuner_dir() / "utils" / "templates.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PROMPT_TEMPLATE" for t in node.targets):
+            for kw in getattr(node.value, "keywords", []):
+                if kw.arg == name and isinstance(kw.value, ast.Call):
+                    out = {}
+                    for k in kw.value.keywords:
+                        try:
+                            out[k.arg] = ast.literal_eval(k.value)
+                        except ValueError:
+                            pass
+                    return out
+    raise StageError(f"XTuner has no prompt template {name!r}")
+
+
+def _length_encoder(model: Path):
+    """(texts -> token counts without special tokens added, what tokenised): the model's
+    tokenizer.json through `tokenizers` (fast), else its tokenizer through transformers."""
+    if (model / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(model / "tokenizer.json"))
+        return (lambda texts: [len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)],
+                "tokenizer.json")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model), trust_remote_code=True)
+    return (lambda texts: [len(tok.encode(t, add_special_tokens=False)) for t in texts]), "transformers"
+
+
+def _sample_records(path: Path, limit: int = LENGTH_SAMPLE) -> tuple[list[dict], int]:
+    """Up to `limit` conversation records spread evenly over a JSON Lines file, and its count."""
+    with open(path, "rb") as f:
+        total = sum(1 for line in f if line.strip())
+    pick = {int(i * total / limit) for i in range(limit)} if total > limit else None
+    records, n = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            if pick is None or n in pick:
+                records.append(json.loads(line))
+            n += 1
+    return records, total
+
+
+def conversation_token_lengths(model: Path, prompt_template: str, records: list[dict],
+                               bos: bool = True) -> tuple[list[int], str]:
+    """Token count of each record as XTuner's template_map_fn + encode_fn build it (before
+    truncation): per turn [BOS] + SYSTEM/INSTRUCTION text, output + SUFFIX, [EOS], SEP."""
+    t = _template_strings(prompt_template)
+    encode, how = _length_encoder(model)
+    cfg = {}
+    try:
+        cfg = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    cls = str(cfg.get("tokenizer_class") or "")
+    n_bos = 0 if not bos or cls in NO_BOS_TOKENIZERS - {"ChatGLMTokenizer"} else 2 if cls == "ChatGLMTokenizer" \
+        else 1 if cfg.get("bos_token") else 0
+    need_eos = not t.get("SUFFIX_AS_EOS", False)
+    sep = t.get("SEP", "")
+    n_sep = encode([sep])[0] if sep else 0
+    texts, shape = [], []
+    for rec in records:
+        turns = rec.get("conversation") or []
+        for i, turn in enumerate(turns):
+            text = t.get("INSTRUCTION", "{input}").format(input=turn.get("input") or "", round=i + 1)
+            if turn.get("system"):
+                text = t.get("SYSTEM", "{system}").format(system=turn["system"]) + text
+            texts += [text, (turn.get("output") or "") + t.get("SUFFIX", "")]
+        shape.append(len(turns))
+    counts = encode(texts) if texts else []
+    lengths, k = [], 0
+    for turns in shape:
+        n, needs_bos = 0, True
+        for _ in range(turns):
+            n += (n_bos if needs_bos else 0) + counts[k] + counts[k + 1] + (1 if need_eos else 0) + n_sep
+            needs_bos = need_eos
+            k += 2
+        lengths.append(n)
+    return lengths, how
+
+
+def length_report(lengths: list[int], max_length: int) -> dict:
+    """What max_length cuts of these conversation lengths (tokens)."""
+    n = max(len(lengths), 1)
+    cut = [x for x in lengths if x > max_length]
+    total = sum(lengths) or 1
+    s = sorted(lengths) or [0]
+    return {"max_length": max_length, "truncated": len(cut), "truncated_share": round(len(cut) / n, 4),
+            "tokens_lost_share": round(sum(x - max_length for x in cut) / total, 4),
+            "p50_tokens": s[len(s) // 2], "p95_tokens": s[max(0, math.ceil(KEEP_WHOLE * len(s)) - 1)],
+            "max_tokens": s[-1]}
+
+
+def fit_max_length(p: dict, params: dict) -> None:
+    """Measure the training conversations in tokens; record p["length_check"] and, unless
+    params' max_length_fit is false, raise p["max_length"] to keep KEEP_WHOLE of them whole."""
+    fit = _bool({"max_length_fit": params.get("max_length_fit", True)}, "max_length_fit")
+    model = Path(p["base_model"])
+    records, total = _sample_records(Path(p["data"]))
+    try:
+        lengths, how = conversation_token_lengths(model, p["prompt_template"], records, p.get("xtuner_bos", True))
+    except StageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a tokenizer this process cannot load: say so, train as asked
+        p["length_check"] = {"error": f"could not measure the conversations in tokens: {type(e).__name__}: {e}"}
+        return
+    asked = p["max_length"]
+    chars = sum(len(turn.get("input") or "") + len(turn.get("output") or "") + len(turn.get("system") or "")
+                for rec in records for turn in rec.get("conversation") or [])
+    before = length_report(lengths, asked)
+    check = {"tokenizer": f"{model} ({how})", "conversations": total, "measured": len(lengths),
+             "tokens_per_character": round(sum(lengths) / max(chars, 1), 3), "asked_max_length": asked,
+             "fitted": False, "as_asked": before}
+    if fit and before["truncated_share"] > 1 - KEEP_WHOLE:
+        limit = 32768
+        try:
+            limit = min(limit, int(json.loads((model / "config.json").read_text())["max_position_embeddings"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        want = min(limit, max(asked, math.ceil(before["p95_tokens"] / LENGTH_STEP) * LENGTH_STEP))
+        if want > asked:
+            p["max_length"] = want
+            check["fitted"] = True
+    after = length_report(lengths, p["max_length"])
+    check.update(after)
+    check["summary"] = (
+        f"max_length {p['max_length']} tokens" + (f" (raised from {asked})" if check["fitted"] else "") +
+        f": {after['truncated']} of {len(lengths)} conversations ({after['truncated_share']:.1%}) are cut, "
+        f"{after['tokens_lost_share']:.1%} of their tokens lost; 95% are at most {after['p95_tokens']} tokens")
+    if after["truncated_share"] > 1 - KEEP_WHOLE:
+        check["summary"] += (" — more than 5% of the answers lose their end; raise max_length"
+                             + ("" if fit else " or leave max_length_fit on"))
+    p["length_check"] = check
