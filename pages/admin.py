@@ -127,6 +127,15 @@ def show_progress(job: Job) -> None:
                 st.text(s)
 
 
+def stage_notes(job: Job) -> list[str]:
+    """The stage's own remarks on a job (e.g. what max_length cuts, a held-out band widened)."""
+    try:
+        notes = getattr(stage_module(job.kind), "notes", None)
+        return notes(job.params or {}, job.outputs or {}) if notes else []
+    except Exception:  # noqa: BLE001 - a missing environment or file: no remarks
+        return []
+
+
 def live_job(job_id: int, active: bool) -> None:
     runner.check_liveness()  # a supervisor killed meanwhile (OOM, kill -9): its job is taken over
     try:
@@ -148,6 +157,8 @@ def live_job(job_id: int, active: bool) -> None:
     elif job.status == "cancelled":
         st.warning(job.error or "cancelled")
     show_progress(job)
+    for note in stage_notes(job):
+        st.info(note, icon="📏")
     log = runner.log_text(job, tail_bytes=LOG_TAIL_BYTES)
     lines = log.splitlines()
     st.code("\n".join(lines[-LOG_LINES:]) or "(no output yet)", language=None)  # the newest lines, always in view
@@ -261,7 +272,12 @@ def train_fields(prefix: str, mod, with_data: bool) -> dict:
     if with_data:
         p["data"] = path_choice("Training data (a prepare run) · 训练数据", prepared_datasets(settings), f"{prefix}data")
     c = st.columns(4)
-    p["max_length"] = c[0].number_input("Max length", 16, 32768, int(d.get("max_length", 2048)), key=f"{prefix}maxlen")
+    p["max_length"] = c[0].number_input("Max length (tokens)", 16, 32768, int(d.get("max_length", 2048)),
+                                        key=f"{prefix}maxlen",
+                                        help="In the base model's tokens. If it would cut more than 5% of the "
+                                             "training conversations it is raised to keep 95% whole (see the job's "
+                                             "length note); untick 'fit' below to keep it as given.")
+    p["max_length_fit"] = c[0].checkbox("fit max length to the data", value=True, key=f"{prefix}fit")
     p["batch_size"] = c[1].number_input("Batch size", 1, 256, int(d.get("batch_size", 1)), key=f"{prefix}bs")
     p["accumulative_counts"] = c[2].number_input("Grad accumulation", 1, 1024, int(d.get("accumulative_counts", 1)),
                                                  key=f"{prefix}acc")
@@ -319,7 +335,8 @@ def convert_fields() -> dict:
     runs = run_names()
     return {"run_name": c[0].selectbox("Training run · 训练运行", runs, key="conv_run") or "",
             "checkpoint": c[1].text_input("Checkpoint (empty = the newest iter_N.pth)", key="conv_ckpt"),
-            "fp32": c[2].checkbox("fp32 adapter", key="conv_fp32")}
+            "fp32": c[2].checkbox("fp32 adapter", key="conv_fp32",
+                                  help="always for a run trained on the CPU; GPU runs default to float16")}
 
 
 def merge_fields() -> dict:

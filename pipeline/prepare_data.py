@@ -575,6 +575,15 @@ _PROGRESS = re.compile(
 _DONE = re.compile(r"^done (\{.*\})\s*$", re.M)
 
 
+def notes(params: dict, outputs: dict) -> list[str]:
+    """What the operator should know about a finished run: the held-out band's note (stats.json)."""
+    try:
+        holdout = json.loads(Path(outputs["stats"]).read_text(encoding="utf-8")).get("holdout") or {}
+    except (KeyError, OSError, ValueError):
+        return []
+    return [x for x in (holdout.get("why"), holdout.get("note")) if x]
+
+
 def progress(log_text: str) -> Progress:
     """Progress of a run from its log (the 'progress ...' and 'done {...}' lines)."""
     done = _DONE.findall(log_text)

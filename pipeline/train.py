@@ -608,6 +608,12 @@ def checkpoints(work_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def notes(params: dict, outputs: dict) -> list[str]:
+    """What the operator should know: how max_length relates to the data (length_check)."""
+    check = params.get("length_check") or {}
+    return [x for x in (check.get("summary"), check.get("error")) if x]
+
+
 def progress(log_text: str) -> Progress:
     recs = xtuner_log.iter_records(log_text)
     metrics = [{"iter": r.iter, "loss": r.metrics.get("loss"), "lr": r.metrics.get("lr")} for r in recs]

@@ -106,6 +106,8 @@ def test_with_the_password_a_job_starts_and_its_log_appears(admin_env):
                 "prepare's own output in the page's log view")
     rerun_until(at, lambda a: "succeeded" in texts(a), "the job's success on the page")
     assert (admin_env.data_dir / "sample-run" / "train.jsonl").exists()
+    # 67 sample recipes cannot fill the default 500/500 held-out sets: the page says what was possible
+    assert any("held-out band" in i.value for i in at.info), [i.value for i in at.info]
 
 
 def test_train_from_the_form_shows_xtuner_log_and_cancels(admin_env, monkeypatch, tiny_model, train_python):
@@ -130,6 +132,8 @@ def test_train_from_the_form_shows_xtuner_log_and_cancels(admin_env, monkeypatch
     assert at.radio(key="section").value == "Jobs · 任务"  # the page switched to the job's live view
     # XTuner's own output (MMEngine's log records), not only the supervisor's header
     rerun_until(at, lambda a: any("mmengine" in c.value for c in a.code), "XTuner's log in the page")
+    # the stage measured the data in the base model's tokens and says what max_length cuts
+    assert any("max_length" in i.value and "tokens" in i.value for i in at.info), [i.value for i in at.info]
     cancel = [b for b in at.button if b.label.startswith("Cancel job")]
     assert cancel
     cancel[0].click().run()
