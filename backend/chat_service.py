@@ -59,10 +59,28 @@ def library_count(library) -> int:
         return 0
 
 
+GROUNDING_ABSENT = ("菜谱库里没有用户问的「{asked}」。以下菜谱是相近的菜，只能作为替代建议提及，"
+                    "不要把它们当成「{asked}」的做法：")
+GROUNDING_PANTRY = "用户现有的食材：{have}。以下是菜谱库中能用上这些食材的菜（已标出还缺的食材，常用调料不计）："
+
+
 def grounding_text(sources: list[dict]) -> str:
-    parts = [GROUNDING_HEADER]
+    """The grounding block of the system prompt. Sources marked 'alternative' (the library lacks
+    the dish asked) are labelled as such; pantry sources carry what the user has and lacks."""
+    alt = [r for r in sources if r.get("alternative")]
+    if alt:
+        parts = [GROUNDING_ABSENT.format(asked=alt[0].get("asked") or "这道菜")]
+    elif sources and sources[0].get("missing") is not None:
+        parts = [GROUNDING_PANTRY.format(have="、".join(sources[0].get("pantry") or []))]
+    else:
+        parts = [GROUNDING_HEADER]
     for n, r in enumerate(sources, 1):
-        parts.append(f"【{n}】{r['name']}\n" + format_answer(r.get("ingredients") or [], r.get("steps") or []))
+        head = f"【{n}】{r['name']}"
+        if r.get("alternative"):
+            head += f"（替代建议，不是「{r.get('asked') or '所问的菜'}」）"
+        elif r.get("missing") is not None:
+            head += f"（还缺：{'、'.join(r['missing']) or '无'}）"
+        parts.append(head + "\n" + format_answer(r.get("ingredients") or [], r.get("steps") or []))
     return "\n\n".join(parts)
 
 
@@ -248,10 +266,21 @@ class ChatService:
         self.session_len = session_len
 
     def find_sources(self, question: str, limit: int = GROUNDING_LIMIT) -> list[dict]:
+        """Grounding recipes for a question (Library.find): the dish asked (also with a typo),
+        dishes for the ingredients the user has (with 'pantry', 'have' and 'missing'), or, when the
+        library lacks the dish, the closest dishes marked 'alternative' (with 'asked'), which the
+        prompt labels as such: never another dish presented as the one asked."""
         if library_count(self.library) == 0:
             return []
-        found = self.library.search(question, limit=limit)
-        return [{k: r.get(k) for k in ("id", "name", "ingredients", "steps", "score")} for r in found]
+        found = self.library.find(question, limit=limit)
+        keys = ("id", "name", "ingredients", "steps", "score")
+        if found.kind == "none":
+            return [{**{k: r.get(k) for k in keys}, "alternative": True, "asked": found.asked}
+                    for r in found.alternatives]
+        if found.kind == "pantry":
+            return [{**{k: r.get(k) for k in keys}, "pantry": found.have, "have": r.get("have"),
+                     "missing": r.get("missing")} for r in found.recipes]
+        return [{k: r.get(k) for k in keys} for r in found.recipes]
 
     def prepare(self, conversation_id: str, question: str, params: GenerationParams,
                 system_prompt: str = SYSTEM_PROMPT, grounding: bool = True) -> tuple[list[dict], list[dict]]:

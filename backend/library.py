@@ -9,7 +9,15 @@ A query is cut into terms (question words removed), looked up first as an exact 
 (B-tree index), then as FTS5 phrases; candidates are re-scored by how much of the query they
 cover in the name and the ingredients, so unrelated queries return nothing.
 
+Understanding a question (Library.find, used by the library engine and for grounding): dish names
+of the library are found inside longer questions with an Aho-Corasick automaton over the canonical
+names (pyahocorasick; longest match wins), homophone and near-miss typos through the toneless pinyin
+of names (pypinyin, rapidfuzz's Levenshtein), ingredient lists and "what can I cook with ..."
+questions by how much of each recipe the user has (staples not counted), and a dish the library
+lacks is reported as absent, with the closest dishes only as labelled alternatives.
+
     lib = Library(path); lib.add_recipes(recipes); lib.search("番茄炒蛋怎么做？")
+    lib.find("冰箱里有鸡蛋、西红柿和一根葱，能做什么菜？")  # Found(kind='pantry', recipes=[... 'missing'])
     ensure_library(settings)  # the library of settings.library_db, filled from the sample corpus
 """
 from __future__ import annotations
@@ -21,6 +29,8 @@ import re
 import sqlite3
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -199,6 +209,212 @@ def _fts_term(term: str) -> str:
     return '"' + " ".join(_term_grams(term)) + '"'
 
 
+# ---- understanding a question (Library.find) ------------------------------------------------
+# seasonings a kitchen has: never counted against a recipe in a pantry search
+STAPLES = frozenset("""
+盐 食盐 细盐 海盐 油 食用油 植物油 花生油 菜籽油 玉米油 色拉油 水 清水 开水 温水 热水 冷水 凉水 冰水 纯净水
+糖 白糖 白砂糖 砂糖 绵白糖 冰糖 酱油 生抽 老抽 醋 香醋 米醋 陈醋 白醋 料酒 黄酒 味精 鸡精 胡椒粉 白胡椒粉
+黑胡椒粉 胡椒 淀粉 玉米淀粉 水淀粉 香油 芝麻油 蚝油 调料 调味料
+""".split())
+_STAPLE_ENDS = ("盐", "食用油", "植物油", "清水", "白糖", "酱油", "生抽", "老抽", "料酒", "鸡精", "胡椒粉", "淀粉")
+_SEGMENTS = re.compile(r"[\s,，。.、;；!！?？:：/+＋&|()（）【】\[\]「」『』\"'“”‘’<>《》~～…]+")
+# "what can I cook with ...": a pantry question
+_PANTRY = re.compile(r"(?:做|煮|炒|弄|烧|搞)(?:点|些|一些)?(?:什么|啥|哪些|些啥)|冰箱|家里(?:有|剩|还有|只有)|剩下|剩了"
+                     r"|现有|手头|手边|用(?:这些|以下|现有)|我有|只有")
+_PANTRY_DROP = re.compile(r"冰箱里?|家里|手头上?|手边|现在|目前|还剩下?|剩下的?|剩了|只有|还有|我有|现有|有点|有些"
+                          r"|(?:能|可以|可|还能|该|会)?(?:做|煮|炒|弄|烧|搞)(?:点|些|一些)?(?:什么|啥|哪些|些啥)(?:菜|好吃的|吃的|东西)?"
+                          r"|一起|这些|以下|食材|材料")
+_LEADING = re.compile(r"^(?:有|用|拿|把|和|跟|还有|都有)+")
+# characters that name a food: a dish name that differs from the question in one of them is
+# another dish (红烧鸭 is not a typo of 红烧鱼), and such a word before a dish name makes another
+# dish (番茄鸡蛋羹 is not 鸡蛋羹)
+_FOOD_CHARS = frozenset("肉鱼虾蟹贝鸡鸭鹅牛羊猪兔蛋豆菜瓜茄葱蒜姜椒笋菇蘑藕芋薯米面饭粥汤饼粉糕肠排骨翅腿爪蹄肝肚肺心舌")
+# a dish-type character right after a dish name makes another dish (红烧肉饭, 西红柿鸡蛋汤)
+_DISH_TAIL = frozenset("饭面粥汤饼包饺粉羹煲锅卷糕盒丸酱")
+# where the dish name of a question stops: 佛跳墙要炖多久 -> 佛跳墙
+_QUALIFIER = re.compile(r"^(.{2,}?)(?:要|需要|得|该|应该|为什么|为啥|能不能|可不可以|可以|用什么|放什么|放多少|多久|多长时间|几分钟"
+                        r"|不|怎样|怎么|如何|有什么|是什么|好吃|窍门|技巧|诀窍|秘诀)")
+NAME_INDEX_MAX = 300_000  # distinct dish names kept in memory (the commonest), a 1M-recipe library holds ~400k
+VOCAB_SAMPLE = 50_000  # recipes read for the ingredient vocabulary
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _char_py(ch: str) -> str:
+    """Toneless pinyin of one character (itself when it has none): one reading per character,
+    the same for names and questions, so homophones compare equal."""
+    from pypinyin import lazy_pinyin
+
+    return lazy_pinyin(ch)[0].lower()
+
+
+def _staple(name: str) -> bool:
+    return name in STAPLES or name.endswith(_STAPLE_ENDS)
+
+
+def _same_ingredient(have: str, need: str) -> bool:
+    """What the user has covers what the recipe needs: 葱 covers 小葱, 鸡蛋 covers 鸡蛋液."""
+    return have == need or have in need or (len(need) >= 2 and need in have)
+
+
+def display_ingredient(entry: str) -> str:
+    """An ingredient line without its amount, as the recipe writes it: '西红柿2个（约300g）' -> '西红柿'."""
+    return _NOT_WORD.sub("", _QTY.sub(" ", _BRACKETS.sub(" ", entry))) or entry.strip()
+
+
+def _asked(segs: list[str]) -> str:
+    """The dish a question names, in its words: the longest part without question words and
+    qualifiers ('佛跳墙要炖多久' -> '佛跳墙')."""
+    terms = [canon(_FILLER.sub(" ", s)) for s in segs]
+    terms = [t for t in terms if t]
+    if not terms:
+        return ""
+    t = max(terms, key=len)
+    m = _QUALIFIER.match(t)
+    return m.group(1) if m else t
+
+
+@dataclass
+class Found:
+    """What a question asks for and the library's answer.
+
+    kind 'dish': ``recipes`` are of the dish asked (``suggestion`` names it when the question had
+    a typo, ``typed`` what was written); 'pantry': dishes to cook with ``have``, each recipe with
+    'have' and 'missing'; 'ingredient': recipes with the ingredient asked; 'none': the library
+    lacks what was asked: ``recipes`` is empty and ``alternatives`` holds the closest dishes,
+    never to be presented as the dish asked."""
+    kind: str
+    asked: str
+    recipes: list[dict]
+    suggestion: str | None = None
+    typed: str | None = None
+    have: list[str] = field(default_factory=list)
+    alternatives: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.suggestion and self.recipes:
+            self.suggestion = self.recipes[0]["name"]
+
+
+class _Names:
+    """Dish names (Aho-Corasick automata over the canonical names and their pinyin) and the
+    ingredient vocabulary of a library."""
+
+    def __init__(self, keys: list[str], ingredients: Counter):
+        import ahocorasick
+
+        self.ac = ahocorasick.Automaton()
+        by_py: dict[str, list[str]] = {}
+        for k in keys:
+            if len(k) >= 2:
+                self.ac.add_word(k, k)
+                if len(k) <= 16:
+                    by_py.setdefault(" " + " ".join(map(_char_py, k)) + " ", []).append(k)
+        self.py = ahocorasick.Automaton()
+        for pattern, ks in by_py.items():
+            self.py.add_word(pattern, (pattern, ks))
+        self.empty = not by_py
+        if not self.empty:
+            self.ac.make_automaton()
+            self.py.make_automaton()
+        self.ingredients = [n for n, _ in ingredients.most_common() if not _staple(n) and len(n) <= 8]
+        self.vocab = set(ingredients)
+        self.parts = set()  # words inside an ingredient name, nearly as long: 葱 (小葱), 猪肉 (猪肉馅)
+        for v in self.vocab:
+            for n in range(max(1, len(v) - 2), len(v) + 1):
+                self.parts.update(v[i:i + n] for i in range(len(v) - n + 1))
+        self.parts -= _STOP_WORDS
+
+    @classmethod
+    def build(cls, path: Path) -> "_Names":
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            rows = conn.execute("SELECT name_key, count(*) FROM recipes GROUP BY name_key").fetchall()
+            if len(rows) > NAME_INDEX_MAX:
+                rows = sorted(rows, key=lambda r: -r[1])[:NAME_INDEX_MAX]
+            ingredients = Counter()
+            for (t,) in conn.execute("SELECT ing_text FROM recipes ORDER BY id LIMIT ?", (VOCAB_SAMPLE,)):
+                ingredients.update(set(t.split()))
+        finally:
+            conn.close()
+        return cls([r[0] for r in rows], ingredients)
+
+    def is_ingredient(self, word: str) -> bool:
+        return word in self.vocab or word in self.parts
+
+    def dishes(self, segs: list[str]) -> list[tuple[str, bool]]:
+        """(name key, modified) of each dish name in the question, longest first; modified when
+        a food word before it or a dish-type character after it makes it another dish."""
+        if self.empty:
+            return []
+        hits = []
+        for seg in segs:
+            spans = sorted(((end - len(k) + 1, end + 1, k) for end, k in self.ac.iter(seg)),
+                           key=lambda h: (h[0] - h[1], h[0]))
+            chosen = []
+            for s, e, k in spans:
+                if all(e <= cs or s >= ce for cs, ce, _ in chosen):
+                    chosen.append((s, e, k))
+            hits += [(k, self._modified(seg[:s], seg[e:])) for s, e, k in chosen]
+        hits.sort(key=lambda h: -len(h[0]))
+        return hits
+
+    def _modified(self, before: str, after: str) -> bool:
+        p = canon(_FILLER.sub(" ", before))
+        if p and (p[-1] in _FOOD_CHARS or any(p[-n:] in self.vocab for n in (2, 3, 4) if len(p) >= n)):
+            return True
+        return bool(after) and after[0] in _DISH_TAIL
+
+    def homophone(self, segs: list[str]) -> tuple[str, str] | None:
+        """(what was written, dish name) for a span of the question that sounds like a dish name
+        (same toneless pinyin) but is written otherwise; the longest. A 2-character name only when
+        it is all that was asked; never when a food character differs."""
+        if self.empty:
+            return None
+        best = None
+        for seg in segs:
+            pys = [_char_py(c) for c in seg]
+            text = " " + " ".join(pys) + " "
+            at = {}  # offset of a character's pinyin in text -> character index
+            off = 1
+            for i, p in enumerate(pys):
+                at[off] = i
+                off += len(p) + 1
+            whole = canon(_FILLER.sub(" ", seg))
+            for end, (pattern, keys) in self.py.iter(text):
+                i = at.get(end - len(pattern) + 2)
+                if i is None:
+                    continue
+                for k in keys:
+                    span = seg[i:i + len(k)]
+                    diff = [(a, b) for a, b in zip(span, k) if a != b]
+                    if not diff or any(a in _FOOD_CHARS or b in _FOOD_CHARS for a, b in diff):
+                        continue
+                    if len(k) == 2 and span != whole:
+                        continue
+                    if len(diff) * 2 > len(k):
+                        continue
+                    if best is None or len(k) > len(best[1]):
+                        best = (span, k)
+        return best
+
+
+def _pantry_items(text: str, idx: _Names) -> list[str]:
+    """The ingredients a pantry question lists (canonical): '冰箱里有鸡蛋、西红柿和一根葱' ->
+    ['鸡蛋', '番茄', '葱']."""
+    t = _PANTRY_DROP.sub(" ", text.lower())
+    t = _FILLER.sub(" ", t)
+    items: list[str] = []
+    for part in _SEPARATORS.split(t):
+        n = _LEADING.sub("", ingredient_name(part))
+        if not n:
+            continue
+        words = [n] if idx.is_ingredient(n) else [w for w in _words([n]) if idx.is_ingredient(w)]
+        for w in words:
+            if w not in items and w not in _STOP_WORDS:
+                items.append(w)
+    return items
+
+
 # ---- the library ----------------------------------------------------------------------------
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS recipes (
@@ -246,6 +462,9 @@ class Library:
         self.db = sqlite_utils.Database(conn)
         self._lock = threading.RLock()
         self._count: tuple[int, int] | None = None  # (data_version, count), see count()
+        self._writes = 0  # our own commits (PRAGMA data_version only moves on other connections' commits)
+        self._names: tuple[tuple, _Names] | None = None  # ((data_version, writes), index), see names()
+        self._names_lock = threading.Lock()
         if _bulk:  # a private file being built: no journal, no fsync
             conn.execute("PRAGMA journal_mode=OFF")
             conn.execute("PRAGMA synchronous=OFF")
@@ -277,6 +496,7 @@ class Library:
                     yield conn
             finally:
                 self._count = None
+                self._writes += 1
 
     def close(self) -> None:
         self.db.conn.close()
@@ -328,14 +548,14 @@ class Library:
             return []
         whole = "".join(terms)
         words = _words(terms)  # user-controlled work: before taking the connection's lock
-        cands: dict[int, tuple] = {}  # id -> (name_key, ing_text, quality)
+        cands: dict[int, tuple] = {}  # id -> (name_key, ing_text, quality, bm25)
         conn = self.db.conn
         with self._lock:
             if len(terms) == 1:  # an exact dish name: B-tree lookup
                 for rid, key, ing, q in conn.execute(
                         "SELECT id, name_key, ing_text, quality FROM recipes WHERE name_key = ?"
                         " ORDER BY quality DESC LIMIT ?", (whole, limit)):
-                    cands[rid] = (key, ing, q)
+                    cands[rid] = (key, ing, q, 0.0)
             if len(cands) < limit:  # every term as a phrase, in the name first
                 self._match(terms, cands)
             if len(cands) < limit:  # the words of each term, in any order
@@ -344,11 +564,12 @@ class Library:
                 if len(cands) < limit and len(words) > 1:  # any of the words
                     self._fts(" OR ".join(map(_fts_term, words)), _CANDIDATES, cands)
         qgrams = {g for t in terms for g in _term_grams(t)}
+        best_bm25 = min((c[3] for c in cands.values()), default=0.0) or -1.0  # FTS5 bm25: lower is better
         scored = []
-        for rid, (key, ing, q) in cands.items():
+        for rid, (key, ing, q, bm) in cands.items():
             s = _score(qgrams, whole, key, ing, q)
             if s is not None:
-                scored.append((s, rid))
+                scored.append((s + 0.5 * bm / best_bm25, rid))  # BM25 (0..0.5) orders equal coverage
         scored.sort(key=lambda x: (-x[0], x[1]))
         top = scored[:limit]
         rows = self._fetch([rid for _, rid in top])
@@ -366,15 +587,178 @@ class Library:
             self._fts(expr, _CANDIDATES, cands)
 
     def _fts(self, expr: str, n: int, cands: dict) -> None:
-        """Add up to n matches of an FTS5 expression to cands (index order: ranking is ours)."""
-        ids = [r[0] for r in self.db.conn.execute(
-            "SELECT rowid FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT ?", (expr, n))]
-        ids = [i for i in ids if i not in cands]
+        """Add up to n matches of an FTS5 expression to cands with their FTS5 BM25 score (name
+        weighted 10, ingredients 1). Taken in index order, not ORDER BY rank: ranking every match
+        of a common word in a 1M-recipe library costs 100s of ms; the candidates are re-scored."""
+        found = dict(self.db.conn.execute(
+            "SELECT rowid, bm25(recipes_fts, 10.0, 1.0) FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT ?",
+            (expr, n)).fetchall())
+        ids = [i for i in found if i not in cands]
         if ids:
             marks = ",".join("?" * len(ids))
             for rid, key, ing, q in self.db.conn.execute(
                     f"SELECT id, name_key, ing_text, quality FROM recipes WHERE id IN ({marks})", ids):
-                cands[rid] = (key, ing, q)
+                cands[rid] = (key, ing, q, found[rid])
+
+    # -- understanding a question --
+    def names(self) -> "_Names":
+        """The in-memory index of dish names and ingredient words, rebuilt after a commit (ours or
+        another process's). Built from a connection of its own, outside the connection's lock."""
+        with self._lock:
+            version = (self.db.conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        with self._names_lock:
+            if self._names is None or self._names[0] != version:
+                self._names = (version, _Names.build(self.path))
+            return self._names[1]
+
+    def ingredient_names(self, limit: int = 300) -> list[str]:
+        """The library's commonest ingredient names (canonical, staples left out), for a picker."""
+        return self.names().ingredients[:limit]
+
+    def find(self, question: str, limit: int = 3) -> "Found":
+        """What a question asks for and the library's answer to it (see Found)."""
+        text = (question or "")[:MAX_QUERY_CHARS]
+        if limit <= 0 or not text.strip():
+            return Found("none", "", [])
+        idx = self.names()
+        segs = [canon(s) for s in _SEGMENTS.split(text)]
+        segs = [s for s in segs if s]
+        if not segs:
+            return Found("none", "", [])
+        items = _pantry_items(text, idx) if _PANTRY.search(text) or len(segs) > 1 else []
+        if items and (_PANTRY.search(text) or len(items) == len(segs) >= 2):
+            return Found("pantry", "、".join(items), self.pantry(items, limit, _index=idx), have=items)
+        # 1. dish names of the library inside the question; longest first
+        hits = idx.dishes(segs)
+        if hits:
+            key, modified = hits[0]
+            if not modified:
+                return Found("dish", key, self._dish_recipes(key, limit))
+            asked = _asked(segs)
+            return Found("none", asked, [], alternatives=self._alternatives(asked, [key], limit))
+        # 2. a typo of a dish name: same toneless pinyin, or one character of a close sound
+        typo = idx.homophone(segs) or self._near_miss(segs, idx)
+        if typo:
+            return Found("dish", typo[1], self._dish_recipes(typo[1], limit), suggestion=typo[1], typed=typo[0])
+        # 3. ingredients, or a dish named in other words
+        asked = _asked(segs)
+        words = _words(query_terms(text))
+        if words and all(idx.is_ingredient(w) for w in words):
+            if len(words) >= 2:
+                return Found("pantry", "、".join(words), self.pantry(words, limit, _index=idx), have=words)
+            return Found("ingredient", words[0], self.search(text, limit))
+        found = self.search(asked or text, limit)
+        if found and asked and len(asked) >= 2 and all(asked in name_key(r["name"]) for r in found[:1]):
+            return Found("dish", asked, [r for r in found if asked in name_key(r["name"])])
+        return Found("none", asked, [], alternatives=self._alternatives(asked, [], limit, found))
+
+    def _dish_recipes(self, key: str, limit: int) -> list[dict]:
+        """Recipes named ``key`` (best first), then recipes whose name contains it."""
+        with self._lock:
+            ids = [r[0] for r in self.db.conn.execute(
+                "SELECT id FROM recipes WHERE name_key = ? ORDER BY quality DESC LIMIT ?", (key, limit))]
+            if len(ids) < limit:
+                more = [r[0] for r in self.db.conn.execute(
+                    "SELECT rowid FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT 50",
+                    ("{name} : " + _fts_term(key),))]
+                ids += [i for i in more if i not in ids]
+        rows = self._fetch(ids)
+        out = [rows[i] for i in ids if i in rows]
+        exact = [r for r in out if name_key(r["name"]) == key]
+        variants = sorted((r for r in out if name_key(r["name"]) != key and key in name_key(r["name"])),
+                          key=lambda r: (len(name_key(r["name"])), -r["quality"]))
+        return (exact + variants)[:limit]
+
+    def _alternatives(self, asked: str, keys: list[str], limit: int, found: list[dict] | None = None) -> list[dict]:
+        """The closest dishes to one the library lacks: those sharing most of its name."""
+        out = []
+        for k in keys:
+            out += self._dish_recipes(k, 1)
+        for r in found if found is not None else (self.search(asked, limit) if asked else []):
+            if all(r["id"] != o["id"] for o in out):
+                out.append(r)
+        return out[:limit]
+
+    def _near_miss(self, segs: list[str], idx: "_Names") -> tuple[str, str] | None:
+        """A dish name (3+ characters) one character away from a span of the question, the two
+        characters sounding alike (toneless pinyin within one letter), neither a food word."""
+        from rapidfuzz.distance import Levenshtein
+
+        terms = [t for t in (canon(_FILLER.sub(" ", s)) for s in segs) if len(t) >= 3]
+        if not terms:
+            return None
+        grams_ = sorted({g for t in terms for g in _term_grams(t) if len(g) == 2})
+        if not grams_:
+            return None
+        expr = "{name} : (" + " OR ".join(f'"{g}"' for g in grams_[:40]) + ")"
+        with self._lock:
+            ids = [r[0] for r in self.db.conn.execute(
+                "SELECT rowid FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT 300", (expr,))]
+            keys = set()
+            if ids:
+                marks = ",".join("?" * len(ids))
+                keys = {r[0] for r in self.db.conn.execute(
+                    f"SELECT DISTINCT name_key FROM recipes WHERE id IN ({marks})", ids)}
+        best = None
+        for key in sorted(keys, key=lambda k: (-len(k), k)):
+            if len(key) < 3:
+                continue
+            for t in terms:
+                for i in range(len(t) - len(key) + 1):
+                    span = t[i:i + len(key)]
+                    diff = [(a, b) for a, b in zip(span, key) if a != b]
+                    if len(diff) != 1:
+                        continue
+                    a, b = diff[0]
+                    if a in _FOOD_CHARS or b in _FOOD_CHARS:
+                        continue
+                    if Levenshtein.distance(_char_py(a), _char_py(b)) <= 1:
+                        if best is None or len(key) > len(best[1]):
+                            best = (span, key)
+        return best
+
+    def pantry(self, have: list[str], limit: int = 3, *, _index: "_Names | None" = None) -> list[dict]:
+        """Dishes to cook with what the user has (canonical ingredient names), ranked by how much
+        of each recipe they cover (staples such as salt, oil and water not counted), each with
+        'have' (what it uses of theirs) and 'missing' (what else it needs, as the recipe writes it)."""
+        have = [h for h in dict.fromkeys(canon(h) for h in have) if h]
+        if not have or limit <= 0:
+            return []
+        exprs = [" AND ".join(f"({_fts_term(h)})" for h in have)]
+        if len(have) > 2:
+            exprs += [" AND ".join(f"({_fts_term(h)})" for h in have if h != x) for x in have]
+        exprs.append(" OR ".join(f"({_fts_term(h)})" for h in have))
+        cands: dict[int, tuple] = {}
+        with self._lock:
+            for e in exprs:
+                if len(cands) >= _CANDIDATES:
+                    break
+                self._fts("{ing} : (" + e + ")", _CANDIDATES, cands)
+        scored = []
+        for rid, (key, ing, q, _bm) in cands.items():
+            main = [i for i in dict.fromkeys(ing.split()) if not _staple(i)]
+            if not main:
+                continue
+            used = [i for i in main if any(_same_ingredient(h, i) for h in have)]
+            if not used:
+                continue
+            mine = sum(1 for h in have if any(_same_ingredient(h, i) for i in main))
+            scored.append((len(used) / len(main) + mine / len(have) + 0.1 * q, rid))  # recipe covered, pantry used
+        scored.sort(key=lambda x: (-x[0], x[1]))
+        rows = self._fetch([rid for _, rid in scored[:limit]])
+        out = []
+        for s, rid in scored[:limit]:
+            r = rows[rid]
+            r["score"] = round(s, 4)
+            uses, missing = [], []
+            for entry in r["ingredients"]:
+                n = ingredient_name(entry)
+                if not n or _staple(n):
+                    continue
+                (uses if any(_same_ingredient(h, n) for h in have) else missing).append(display_ingredient(entry))
+            r["have"], r["missing"] = list(dict.fromkeys(uses)), list(dict.fromkeys(missing))
+            out.append(r)
+        return out
 
 
 def _score(qgrams: set, whole: str, key: str, ing: str, quality: float) -> float | None:
