@@ -221,10 +221,10 @@ _SEGMENTS = re.compile(r"[\s,，。.、;；!！?？:：/+＋&|()（）【】\[\]
 # "what can I cook with ...": a pantry question
 _PANTRY = re.compile(r"(?:做|煮|炒|弄|烧|搞)(?:点|些|一些)?(?:什么|啥|哪些|些啥)|冰箱|家里(?:有|剩|还有|只有)|剩下|剩了"
                      r"|现有|手头|手边|用(?:这些|以下|现有)|我有|只有")
-_PANTRY_DROP = re.compile(r"冰箱里?|家里|手头上?|手边|现在|目前|还剩下?|剩下的?|剩了|只有|还有|我有|现有|有点|有些"
+_PANTRY_DROP = re.compile(r"冰箱里?|家里|手头上?|手边|现在|目前|只剩下?|还剩下?|剩下的?|剩了|只有|还有|我有|现有|有点|有些"
                           r"|(?:能|可以|可|还能|该|会)?(?:做|煮|炒|弄|烧|搞)(?:点|些|一些)?(?:什么|啥|哪些|些啥)(?:菜|好吃的|吃的|东西)?"
                           r"|一起|这些|以下|食材|材料")
-_LEADING = re.compile(r"^(?:有|用|拿|把|和|跟|还有|都有)+")
+_LEADING = re.compile(r"^(?:有|用|拿|把|和|跟|还有|都有)+|(?:了|啦|呢|吧)+$")
 # characters that name a food: a dish name that differs from the question in one of them is
 # another dish (红烧鸭 is not a typo of 红烧鱼), and such a word before a dish name makes another
 # dish (番茄鸡蛋羹 is not 鸡蛋羹)
@@ -232,7 +232,7 @@ _FOOD_CHARS = frozenset("肉鱼虾蟹贝鸡鸭鹅牛羊猪兔蛋豆菜瓜茄葱�
 # a dish-type character right after a dish name makes another dish (红烧肉饭, 西红柿鸡蛋汤)
 _DISH_TAIL = frozenset("饭面粥汤饼包饺粉羹煲锅卷糕盒丸酱")
 # where the dish name of a question stops: 佛跳墙要炖多久 -> 佛跳墙
-_QUALIFIER = re.compile(r"^(.{2,}?)(?:要|需要|得|该|应该|为什么|为啥|能不能|可不可以|可以|用什么|放什么|放多少|多久|多长时间|几分钟"
+_QUALIFIER = re.compile(r"^(.{2,}?)(?:要|需要|才|得|该|应该|为什么|为啥|能不能|可不可以|可以|用什么|放什么|放多少|多久|多长时间|几分钟"
                         r"|不|怎样|怎么|如何|有什么|是什么|好吃|窍门|技巧|诀窍|秘诀)")
 NAME_INDEX_MAX = 300_000  # distinct dish names kept in memory (the commonest), a 1M-recipe library holds ~400k
 VOCAB_SAMPLE = 50_000  # recipes read for the ingredient vocabulary
@@ -251,9 +251,22 @@ def _staple(name: str) -> bool:
     return name in STAPLES or name.endswith(_STAPLE_ENDS)
 
 
+# a general ingredient word and the cuts or kinds a recipe names instead (牛肉 covers 牛腩)
+KINDS_OF = {k: frozenset(v.split()) for k, v in {
+    "牛肉": "牛腩 牛里脊 牛柳 肥牛 肥牛卷 牛排 牛肉末 牛肉馅 牛腱 牛腱子",
+    "猪肉": "五花肉 里脊 里脊肉 猪里脊 肉末 猪肉末 肉馅 猪肉馅 前腿肉 后腿肉 梅花肉 瘦肉 猪瘦肉 肉丝 肉片",
+    "羊肉": "羊排 羊腿 羊肉片 羊腩 羊肉卷",
+    "鸡肉": "鸡胸肉 鸡腿肉 鸡腿 鸡翅 鸡块 三黄鸡 鸡翅中 鸡胸",
+    "排骨": "猪排骨 肋排 小排 猪小排 猪肋排 仔排",
+    "虾": "大虾 鲜虾 基围虾 虾仁 对虾",
+}.items()}
+
+
 def _same_ingredient(have: str, need: str) -> bool:
-    """What the user has covers what the recipe needs: 葱 covers 小葱, 鸡蛋 covers 鸡蛋液."""
-    return have == need or have in need or (len(need) >= 2 and need in have)
+    """What the user has covers what the recipe needs: 葱 covers 小葱, 鸡蛋 covers 鸡蛋液,
+    牛肉 covers 牛腩 (KINDS_OF), 牛腩 covers 牛肉."""
+    return (have == need or have in need or (len(need) >= 2 and need in have)
+            or need in KINDS_OF.get(have, ()) or have in KINDS_OF.get(need, ()))
 
 
 def display_ingredient(entry: str) -> str:
@@ -264,7 +277,7 @@ def display_ingredient(entry: str) -> str:
 def _asked(segs: list[str]) -> str:
     """The dish a question names, in its words: the longest part without question words and
     qualifiers ('佛跳墙要炖多久' -> '佛跳墙')."""
-    terms = [canon(_FILLER.sub(" ", s)) for s in segs]
+    terms = [canon(t) for s in segs for t in _FILLER.sub(" ", s).split()]
     terms = [t for t in terms if t]
     if not terms:
         return ""
@@ -367,7 +380,7 @@ class _Names:
     def homophone(self, segs: list[str]) -> tuple[str, str] | None:
         """(what was written, dish name) for a span of the question that sounds like a dish name
         (same toneless pinyin) but is written otherwise; the longest. A 2-character name only when
-        it is all that was asked; never when a food character differs."""
+        it is all that was asked; never when one food character stands for another."""
         if self.empty:
             return None
         best = None
@@ -387,7 +400,7 @@ class _Names:
                 for k in keys:
                     span = seg[i:i + len(k)]
                     diff = [(a, b) for a, b in zip(span, k) if a != b]
-                    if not diff or any(a in _FOOD_CHARS or b in _FOOD_CHARS for a, b in diff):
+                    if not diff or any(a in _FOOD_CHARS and b in _FOOD_CHARS for a, b in diff):
                         continue
                     if len(k) == 2 and span != whole:
                         continue
@@ -644,9 +657,9 @@ class Library:
         asked = _asked(segs)
         words = _words(query_terms(text))
         if words and all(idx.is_ingredient(w) for w in words):
-            if len(words) >= 2:
-                return Found("pantry", "、".join(words), self.pantry(words, limit, _index=idx), have=words)
-            return Found("ingredient", words[0], self.search(text, limit))
+            if len(words) == 1:  # one ingredient: recipes with it
+                return Found("ingredient", words[0], self.search(text, limit))
+            # several ingredient words written as one (剁椒鱼头, 番茄鸡蛋): a dish name, below
         found = self.search(asked or text, limit)
         if found and asked and len(asked) >= 2 and all(asked in name_key(r["name"]) for r in found[:1]):
             return Found("dish", asked, [r for r in found if asked in name_key(r["name"])])
@@ -681,7 +694,7 @@ class Library:
 
     def _near_miss(self, segs: list[str], idx: "_Names") -> tuple[str, str] | None:
         """A dish name (3+ characters) one character away from a span of the question, the two
-        characters sounding alike (toneless pinyin within one letter), neither a food word."""
+        characters sounding alike (toneless pinyin within one letter), not two foods."""
         from rapidfuzz.distance import Levenshtein
 
         terms = [t for t in (canon(_FILLER.sub(" ", s)) for s in segs) if len(t) >= 3]
@@ -710,7 +723,7 @@ class Library:
                     if len(diff) != 1:
                         continue
                     a, b = diff[0]
-                    if a in _FOOD_CHARS or b in _FOOD_CHARS:
+                    if a in _FOOD_CHARS and b in _FOOD_CHARS:  # 红烧鸭 is not 红烧鱼
                         continue
                     if Levenshtein.distance(_char_py(a), _char_py(b)) <= 1:
                         if best is None or len(key) > len(best[1]):
@@ -743,7 +756,8 @@ class Library:
             if not used:
                 continue
             mine = sum(1 for h in have if any(_same_ingredient(h, i) for i in main))
-            scored.append((len(used) / len(main) + mine / len(have) + 0.1 * q, rid))  # recipe covered, pantry used
+            # how much of the recipe the user has, and how much of what they have it uses
+            scored.append((len(used) / len(main) + 1.5 * mine / len(have) + 0.1 * q, rid))
         scored.sort(key=lambda x: (-x[0], x[1]))
         rows = self._fetch([rid for _, rid in scored[:limit]])
         out = []

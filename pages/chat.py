@@ -96,6 +96,17 @@ with st.sidebar:
                 st.session_state["confirm_delete"] = cid
                 st.rerun()
 
+    # ---- sidebar: what can I cook with what I have (a pantry question asked in the chat) -------------
+    with st.expander("🧺 我有这些食材 / What I have", expanded=False):
+        try:
+            pantry_choices = library.ingredient_names() if n_recipes else []
+        except Exception:  # noqa: BLE001 - the chat keeps working without the picker
+            pantry_choices = []
+        pantry = st.multiselect("食材 / Ingredients (from the library)", pantry_choices, key="pantry",
+                                placeholder="选几样您现有的食材…")
+        pantry_asked = st.button("🍳 能做什么菜 / What can I cook", key="pantry_ask", disabled=not pantry,
+                                 width="stretch", help="按您有的食材找菜，并列出每道菜还缺什么（盐、油等常用调料不计）")
+
     # ---- sidebar: generation settings --------------------------------------------------------------
     with st.expander("⚙️ 生成参数 / Generation", expanded=False):
         max_cap = max(settings.session_len - 64, 1)
@@ -133,6 +144,8 @@ if library_problem:
 
 # ---- what to answer in this run ----------------------------------------------------------------------
 prompt = st.chat_input("想做什么菜？例如：番茄炒蛋的做法", max_chars=MAX_QUESTION_CHARS)
+if pantry_asked and pantry:
+    prompt = f"我有{'、'.join(pantry)}，能做什么菜？"
 answer = None
 try:
     if prompt and prompt.strip():

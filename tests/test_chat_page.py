@@ -182,3 +182,19 @@ def test_hostile_input_gets_a_message_not_a_traceback(settings):
     assert not at.exception, at.exception
     at.sidebar.text_input(key="conv_search").set_value("").run()
     assert at.chat_input[0].proto.max_chars == MAX_QUESTION_CHARS  # the box itself stops a longer paste
+
+
+def test_pantry_control_asks_what_can_be_cooked(settings):
+    """Sidebar 🧺: pick ingredients from the library's own names; the question goes through the
+    chat and the answer names dishes with what is missing."""
+    at = _app()
+    box = at.sidebar.multiselect(key="pantry")
+    assert "番茄" in box.options and "鸡蛋" in box.options and "盐" not in box.options
+    assert at.sidebar.button(key="pantry_ask").disabled
+    box.set_value(["鸡蛋", "番茄"]).run()
+    at.sidebar.button(key="pantry_ask").click().run()
+    assert not at.exception, at.exception
+    assert [b.name for b in at.chat_message] == ["user", "assistant"]
+    assert at.chat_message[0].markdown[0].value == "我有鸡蛋、番茄，能做什么菜？"
+    answer = "\n".join(m.value for m in at.chat_message[1].markdown)
+    assert "西红柿炒鸡蛋" in answer and "还缺：" in answer

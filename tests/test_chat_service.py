@@ -143,3 +143,35 @@ def test_answer_markdown_renders_a_recipe():
     assert md.startswith("为您找到菜谱") and "**您需要准备以下食材:**\n\n- 西红柿 2个\n- 鸡蛋 3个" in md
     assert "1. 打蛋\n2. 炒" in md
     assert answer_markdown("随便聊聊") == "随便聊聊"
+
+
+# ---- issue 14: pantry questions and honest not-found, answered and grounded ---------------------------
+def test_library_engine_pantry_answer_names_dishes_and_what_is_missing(library):
+    engine = LibraryEngine(library)
+    text = engine.answer_text("冰箱里有鸡蛋、西红柿和一根葱，能做什么菜？")
+    lines = text.splitlines()
+    assert "西红柿炒鸡蛋" in lines[1] and "还缺：" in lines[1]
+    assert all("还缺：" in line for line in lines[1:4])
+    assert "为您找到菜谱「西红柿炒鸡蛋」" in text and "您需要准备以下食材" in text
+
+
+def test_library_engine_absent_dish_is_said_and_alternatives_labelled(library):
+    text = LibraryEngine(library).answer_text("番茄鸡蛋羹怎么做")
+    assert "没有找到「番茄鸡蛋羹」" in text and "替代建议" in text and "蒸鸡蛋羹" in text
+    assert "您需要准备以下食材" not in text  # no other dish's recipe presented as the answer
+    typo = LibraryEngine(library).answer_text("宫爆鸡丁怎么做")
+    assert typo.startswith("您是不是要找「宫保鸡丁」") and "为您找到菜谱「宫保鸡丁」" in typo
+
+
+def test_grounding_labels_alternatives_and_pantry(settings, library, history):
+    service = ChatService(LibraryEngine(library), history, library, settings.session_len)
+    sources = service.find_sources("番茄鸡蛋羹怎么做")
+    assert sources and all(s["alternative"] and s["asked"] == "番茄鸡蛋羹" for s in sources)
+    msgs, _ = service.prepare(history.create_conversation(), "番茄鸡蛋羹怎么做", GenerationParams())
+    system = msgs[0]["content"]
+    assert "菜谱库里没有用户问的「番茄鸡蛋羹」" in system and "替代建议，不是「番茄鸡蛋羹」" in system
+    pantry = service.find_sources("冰箱里有鸡蛋、西红柿和一根葱，能做什么菜？")
+    assert pantry[0]["name"] == "西红柿炒鸡蛋" and all("missing" in s for s in pantry)
+    msgs, _ = service.prepare(history.create_conversation(), "鸡蛋 西红柿", GenerationParams())
+    assert "用户现有的食材：鸡蛋、番茄" in msgs[0]["content"] and "还缺：" in msgs[0]["content"]
+    assert service.find_sources("番茄炒蛋的做法")[0]["name"] == "西红柿炒鸡蛋"

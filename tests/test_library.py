@@ -155,3 +155,46 @@ def test_count_follows_own_and_other_writers(tmp_path):
          str(path), str(SAMPLE_RECIPES)], cwd=ROOT, capture_output=True, text=True)
     assert other.returncode == 0, other.stderr
     assert lib.count() == N_SAMPLE
+
+
+# ---- understanding a question: Library.find (issue 14) ---------------------------------------------
+def test_find_dish_inside_a_longer_question(lib):
+    for q, dish in [("清蒸鲈鱼要蒸几分钟", "清蒸鲈鱼"), ("怎么蒸鸡蛋羹不起泡", "蒸鸡蛋羹"), ("红烧肉怎么做才嫩", "红烧肉"),
+                    ("番茄炒蛋的做法", "西红柿炒鸡蛋")]:
+        f = lib.find(q)
+        assert (f.kind, f.suggestion, f.recipes[0]["name"]) == ("dish", None, dish), (q, f)
+
+
+def test_find_typos_say_which_dish_was_meant(lib):
+    for q, dish in [("宫爆鸡丁怎么做", "宫保鸡丁"), ("麻婆豆府", "麻婆豆腐"), ("鱼香肉系", "鱼香肉丝")]:
+        f = lib.find(q)
+        assert (f.kind, f.suggestion, f.recipes[0]["name"]) == ("dish", dish, dish), (q, f)
+    assert lib.find("红烧鸭").kind == "none"  # one food for another is another dish, not a typo
+
+
+def test_find_absent_dish_offers_alternatives_only_as_such(lib):
+    f = lib.find("番茄鸡蛋羹怎么做")  # 蒸鸡蛋羹 is there, but this is another dish
+    assert f.kind == "none" and f.recipes == [] and f.asked == "番茄鸡蛋羹"
+    assert f.alternatives and "蒸鸡蛋羹" in names(f.alternatives)
+    f = lib.find("佛跳墙要炖多久")
+    assert (f.kind, f.asked, f.recipes) == ("none", "佛跳墙", [])
+
+
+def test_find_pantry_names_dishes_and_what_is_missing(lib):
+    f = lib.find("冰箱里有鸡蛋、西红柿和一根葱，能做什么菜？")
+    assert f.kind == "pantry" and f.have == ["鸡蛋", "番茄", "葱"]
+    assert f.recipes[0]["name"] == "西红柿炒鸡蛋" and set(f.recipes[0]["have"]) == {"西红柿", "鸡蛋", "小葱"}
+    assert f.recipes[0]["missing"] == []  # salt, sugar and oil are staples
+    assert all("missing" in r for r in f.recipes) and any(r["missing"] for r in f.recipes[1:])
+    f = lib.find("我有土豆和牛肉，可以做什么")  # 牛肉 covers the 牛腩 of 土豆炖牛肉
+    assert f.recipes[0]["name"] == "土豆炖牛肉" and "胡萝卜" in f.recipes[0]["missing"]
+    assert "盐" not in f.recipes[0]["missing"]
+    assert "番茄" in lib.ingredient_names() and "盐" not in lib.ingredient_names()
+
+
+def test_find_follows_new_recipes_and_caps_long_input(lib):
+    assert lib.find("佛跳墙").kind == "none"
+    lib.add_recipes([{"name": "佛跳墙", "ingredients": ["鲍鱼 4只", "海参 2只"], "steps": ["炖"]}])
+    assert lib.find("佛跳墙怎么做").recipes[0]["name"] == "佛跳墙"  # the name index was rebuilt
+    assert lib.find("啊" * 199 + "红烧肉").kind == "none"  # beyond MAX_QUERY_CHARS: not read
+    assert lib.find("").kind == "none" and lib.find("红烧肉", limit=0).recipes == []
