@@ -231,6 +231,11 @@ _LEADING = re.compile(r"^(?:有|用|拿|把|和|跟|还有|都有)+|(?:了|啦|�
 _FOOD_CHARS = frozenset("肉鱼虾蟹贝鸡鸭鹅牛羊猪兔蛋豆菜瓜茄葱蒜姜椒笋菇蘑藕芋薯米面饭粥汤饼粉糕肠排骨翅腿爪蹄肝肚肺心舌")
 # a dish-type character right after a dish name makes another dish (红烧肉饭, 西红柿鸡蛋汤)
 _DISH_TAIL = frozenset("饭面粥汤饼包饺粉羹煲锅卷糕盒丸酱")
+# words before a dish name that describe how it is made, not another dish (下饭皮蛋豆腐 is 皮蛋豆腐)
+_STYLE_WORDS = re.compile("|".join(sorted("""
+下饭 家常 简易 简单 超简单 秘制 正宗 快手 懒人 懒人版 零失败 好吃的 美味 经典 传统 地道 老式 私房 网红 减脂 低脂 健康
+妈妈的 外婆的 奶奶的 自制 在家做 版 的
+""".split(), key=len, reverse=True)))
 # where the dish name of a question stops: 佛跳墙要炖多久 -> 佛跳墙
 _QUALIFIER = re.compile(r"^(.{2,}?)(?:要|需要|才|得|该|应该|为什么|为啥|能不能|可不可以|可以|用什么|放什么|放多少|多久|多长时间|几分钟"
                         r"|不|怎样|怎么|如何|有什么|是什么|好吃|窍门|技巧|诀窍|秘诀)")
@@ -372,7 +377,7 @@ class _Names:
         return hits
 
     def _modified(self, before: str, after: str) -> bool:
-        p = canon(_FILLER.sub(" ", before))
+        p = _STYLE_WORDS.sub("", canon(_FILLER.sub(" ", before)))
         if p and (p[-1] in _FOOD_CHARS or any(p[-n:] in self.vocab for n in (2, 3, 4) if len(p) >= n)):
             return True
         return bool(after) and after[0] in _DISH_TAIL
