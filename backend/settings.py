@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-ENGINES = ("auto", "turbomind", "pytorch", "transformers", "library")
+ENGINES = ("auto", "turbomind", "pytorch", "transformers", "openai", "library")
 SETTINGS_FILE = "settings.toml"
 
 
@@ -34,6 +34,8 @@ class Settings:
     cache_max_entry_count: float = 0.5  # TurboMind KV-cache share of free GPU memory
     quant_policy: int = 0  # TurboMind KV cache quantisation: 0, 4 or 8
     device: str = "auto"  # transformers engine: auto, cpu, cuda
+    api_base: str = ""  # openai engine: an OpenAI-compatible server, e.g. http://127.0.0.1:23333/v1
+    api_model: str = ""  # openai engine: the served model (empty = the first the server lists)
     source: dict = field(default_factory=dict, compare=False)  # key -> "default" | "file" | "env"
 
     # ---- derived paths -------------------------------------------------------------------
@@ -110,7 +112,10 @@ _KEYS: dict[str, tuple[str, type]] = {
     "cache_max_entry_count": ("RECIPE_CACHE_MAX_ENTRY_COUNT", float),
     "quant_policy": ("RECIPE_QUANT_POLICY", int),
     "device": ("RECIPE_DEVICE", str),
+    "api_base": ("RECIPE_API_BASE", str),
+    "api_model": ("RECIPE_API_MODEL", str),
 }
+API_KEY_VAR = "RECIPE_API_KEY"  # the openai engine's key: here or in Streamlit secrets, never in settings
 ENV_VARS = {"workspace": "RECIPE_WORKSPACE", **{k: v[0] for k, v in _KEYS.items()}}
 
 
@@ -143,6 +148,23 @@ def _validate(values: dict, source: dict) -> None:
     for k in ("max_new_tokens", "session_len"):
         if values[k] <= 0:
             raise SettingsError(f"{where(k)} must be a positive integer")
+
+
+def api_key(environ: dict | None = None) -> str:
+    """The OpenAI-compatible server's key: ``RECIPE_API_KEY``, else ``api_key`` (or
+    ``RECIPE_API_KEY``) in .streamlit/secrets.toml; "" when none. Kept out of Settings so it is
+    never shown (the System panel and logs print settings) nor written to settings.toml."""
+    env = os.environ if environ is None else environ
+    if env.get(API_KEY_VAR):
+        return env[API_KEY_VAR]
+    try:
+        import streamlit as st
+
+        if st.secrets.load_if_toml_exists():
+            return str(st.secrets.get("api_key") or st.secrets.get(API_KEY_VAR) or "")
+    except Exception:  # noqa: BLE001 - no streamlit or unreadable secrets: no key
+        pass
+    return ""
 
 
 def load_settings(environ: dict | None = None) -> Settings:

@@ -208,9 +208,37 @@ def converter_fact() -> Fact:
                 "install a C compiler (apt install gcc), then run `.venv/bin/python -m pipeline.native`")
 
 
+def api_server_fact(settings: Settings, timeout: float = 5.0) -> Fact | None:
+    """The OpenAI-compatible server of the `openai` engine: reachable, and the models it serves
+    (``/v1/models``); None when RECIPE_API_BASE is not set. The key is sent, never shown."""
+    if not settings.api_base:
+        return None
+    topic = "chat server (openai engine)"
+    try:
+        import openai
+
+        from backend.engines.openai_engine import problem
+        from backend.settings import api_key
+
+        client = openai.OpenAI(base_url=settings.api_base, api_key=api_key() or "EMPTY", max_retries=0,
+                               timeout=timeout)
+        served = [m.id for m in client.models.list()]
+    except Exception as e:  # noqa: BLE001 - an unreachable server is a fact to show
+        why = problem(e, settings.api_base, settings.api_model or "?") if "openai" in type(e).__module__ else \
+            f"{type(e).__name__}: {e}"
+        return Fact(topic, False, why, "start the server (Admin ▸ Run a stage ▸ serve, or see the README's "
+                                       "scale-out section) or fix RECIPE_API_BASE")
+    wanted = settings.api_model
+    if wanted and wanted not in served:
+        return Fact(topic, False, f"{settings.api_base} serves {', '.join(served[:10])}, not {wanted!r}",
+                    "fix RECIPE_API_MODEL")
+    return Fact(topic, True, f"{settings.api_base} is up and serves {', '.join(served[:10]) or 'no model'}")
+
+
 def system_facts(settings: Settings, probe_lmdeploy: bool = True) -> list[Fact]:
     """Everything the System panel shows, in order."""
     facts = [machine_fact(settings), gpu_fact()]
     if probe_lmdeploy:
         facts.append(lmdeploy_fact())
-    return facts + env_facts() + [converter_fact()] + config_facts(settings)
+    server = api_server_fact(settings)
+    return facts + ([server] if server else []) + env_facts() + [converter_fact()] + config_facts(settings)

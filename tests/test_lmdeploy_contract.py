@@ -39,7 +39,8 @@ from lmdeploy.serve.managers.session_manager import Session, SessionManager  # n
 
 from backend.engines import GenerationParams, get_engine, release_engine  # noqa: E402
 from backend.engines.base import EngineUnavailable  # noqa: E402
-from backend.engines.lmdeploy_common import EngineError, LMDeployEngine, generation_config  # noqa: E402
+from backend.engines.base import EngineError  # noqa: E402
+from backend.engines.lmdeploy_common import LMDeployEngine, generation_config  # noqa: E402
 from backend.engines.lmdeploy_pytorch import PytorchEngine  # noqa: E402
 from backend.engines.turbomind import TurboMindEngine  # noqa: E402
 from backend.settings import load_settings  # noqa: E402

@@ -23,7 +23,7 @@ _current: tuple[tuple, EngineChoice] | None = None
 def engine_key(settings: Settings) -> tuple:
     """What decides which engine runs: a change in any of these loads a new one."""
     return (str(settings.workspace), settings.engine, settings.model, settings.device, settings.session_len,
-            settings.cache_max_entry_count, settings.quant_policy)
+            settings.cache_max_entry_count, settings.quant_policy, settings.api_base, settings.api_model)
 
 
 def is_loaded(settings: Settings) -> bool:

@@ -22,6 +22,10 @@ class EngineUnavailable(RuntimeError):
     """The engine cannot start here (library missing, no GPU, bad model folder); says why."""
 
 
+class EngineError(RuntimeError):
+    """The engine failed a request; the message is the engine's own reason (and what to do)."""
+
+
 @dataclass(frozen=True)
 class GenerationParams:
     """Sampling parameters; defaults as InternLM's chat demo (top-p 0.8, temperature 0.7)."""

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from backend.model_folder import model_folder_problem
 from backend.engines.base import (FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
-                                  EngineUnavailable, GenerationParams)
+                                  EngineError, EngineUnavailable, GenerationParams)
 
 _FINISH = {"stop": FINISH_STOP, "length": FINISH_LENGTH, "abort": FINISH_STOPPED, "cancel": FINISH_STOPPED,
            "error": FINISH_ERROR}
@@ -61,10 +61,6 @@ def import_lmdeploy():
     except ImportError as e:
         raise EngineUnavailable(f"torch cannot be imported: {e}") from e
     return lmdeploy
-
-
-class EngineError(RuntimeError):
-    """The engine failed a request; the message is LMDeploy's own reason."""
 
 
 def chat_template_problem(pipe) -> str | None:

@@ -9,7 +9,8 @@ from pathlib import Path
 from backend.engines.base import Engine, EngineUnavailable
 from backend.settings import Settings
 
-FALLBACK = {"turbomind": "transformers", "pytorch": "transformers", "transformers": "library"}
+FALLBACK = {"turbomind": "transformers", "pytorch": "transformers", "openai": "transformers",
+            "transformers": "library"}
 
 
 @dataclass
@@ -62,6 +63,10 @@ def build(name: str, settings: Settings, library) -> Engine:
     if name == "library":
         from backend.engines.library_engine import LibraryEngine
         return LibraryEngine(library)
+    if name == "openai":
+        from backend.engines.openai_engine import OpenAIEngine
+        from backend.settings import api_key
+        return OpenAIEngine(settings.api_base, settings.api_model, api_key())
     path = model_path(settings)
     if path is None:
         raise EngineUnavailable(f"the {name} engine needs a model: set RECIPE_MODEL or use Admin ▸ Use for chat")
