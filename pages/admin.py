@@ -17,13 +17,13 @@ from backend.chain import cancel_chain, list_chains, start_chain
 from backend.jobs import FINISHED, Job, JobError, JobRunner
 from backend.registry import list_models, prepared_datasets, training_runs, use_for_chat
 from backend.page_settings import settings_or_stop
-from backend.settings import SettingsError
+from backend.settings import SettingsError, save_settings
 from backend.system import system_facts
 from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
 STAGE_TITLES = {"prepare": "Prepare data · 数据准备", "train": "Train · 训练", "convert": "Convert · 转换 (pth_to_hf)",
                 "merge": "Merge · 合并", "quantize": "Quantise · 量化 (GPU only)", "evaluate": "Evaluate · 评测",
-                "base_model": "Create base model · 创建基座模型"}
+                "base_model": "Create base model · 创建基座模型", "serve": "Serve · 部署服务 (GPU only)"}
 STATUS_ICON = {"queued": "⏳", "running": "🔄", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
 SECTIONS = ["Jobs · 任务", "Run a stage · 单步运行", "Retrain · 重新训练", "Models · 模型", "System · 系统"]
 LOG_TAIL_BYTES = 64 * 1024
@@ -159,6 +159,11 @@ def live_job(job_id: int, active: bool) -> None:
     show_progress(job)
     for note in stage_notes(job):
         st.info(note, icon="📏")
+    if job.kind == "serve" and job.status == "running" and job.outputs.get("api_base"):
+        if st.button("💬 Chat through this server · 用此服务聊天", key=f"chat_via_{job.id}"):
+            save_settings(settings, engine="openai", api_base=job.outputs["api_base"],
+                          api_model=job.outputs.get("api_model", ""))
+            st.toast("The chat now talks to this server (engine openai). · 聊天已切换")
     log = runner.log_text(job, tail_bytes=LOG_TAIL_BYTES)
     lines = log.splitlines()
     st.code("\n".join(lines[-LOG_LINES:]) or "(no output yet)", language=None)  # the newest lines, always in view
@@ -385,6 +390,15 @@ def evaluate_fields(prefix: str, with_models: bool) -> dict:
     return p
 
 
+def serve_fields() -> dict:
+    c = st.columns([3, 1, 1])
+    return {"model": c[0].selectbox("Model · 模型", [m.path.name for m in list_models(settings)], key="serve_model")
+            or "",
+            "tp": int(c[1].number_input("GPUs (tp)", 1, 64, 1, key="serve_tp",
+                                        help="tensor parallelism: the model split across this many GPUs")),
+            "port": int(c[2].number_input("Port", 1024, 65535, 23333, key="serve_port"))}
+
+
 # the form of each stage: (stage module) -> the parameters its command() takes
 STAGE_FORMS = {
     "prepare": lambda mod: prepare_fields("prep_", mod),
@@ -393,6 +407,7 @@ STAGE_FORMS = {
     "merge": lambda mod: merge_fields(),
     "quantize": quantize_fields,
     "evaluate": lambda mod: evaluate_fields("eval_", with_models=True),
+    "serve": lambda mod: serve_fields(),
 }
 
 

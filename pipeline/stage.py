@@ -26,6 +26,7 @@ STAGE_MODULES = {
     "quantize": "pipeline.quantize",
     "evaluate": "pipeline.evaluate",
     "base_model": "pipeline.base_model",  # not a chain step: makes a base model folder (Admin → Models)
+    "serve": "pipeline.serve",  # not a chain step: an OpenAI-compatible server for the openai engine (GPU)
 }
 
 

@@ -264,3 +264,18 @@ def test_retrain_from_the_page_runs_the_chain_and_can_be_cancelled(admin_env, mo
     assert "cancelled" in texts(at)
     assert [(j.kind, j.status) for j in JobRunner(settings).list()][::-1] == [("prepare", "succeeded"),
                                                                           ("train", "cancelled")]
+
+
+def test_serve_on_a_machine_without_gpu_says_so_and_starts_nothing(admin_env, tiny_model):
+    import shutil
+
+    shutil.copytree(tiny_model, admin_env.models_dir / "chef")
+    at = login(page())
+    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    at.selectbox(key="stage_kind").set_value("serve").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="serve_model").value == "chef"
+    [b for b in at.button if b.label.startswith("Start serve")][0].click().run()
+    assert not at.exception, at.exception
+    assert at.error and "needs a CUDA GPU" in at.error[0].value
+    assert JobRunner(admin_env).list() == []
