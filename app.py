@@ -15,6 +15,7 @@ nav = st.navigation(
     [
         st.Page("pages/chat.py", title="Chat · 聊天", icon="🍳", default=True),
         st.Page("pages/admin.py", title="Admin · 管理", icon="🛠️"),
+        st.Page("pages/admin_feedback.py", title="Feedback · 反馈审核", icon="🗳️"),
         st.Page("pages/eval.py", title="Eval · 评测", icon="📊"),
     ]
 )
