@@ -19,6 +19,7 @@ from pathlib import Path
 
 # stage kind -> module implementing it, in Retrain chain order
 STAGE_MODULES = {
+    "feedback_export": "pipeline.feedback_export",  # reviewed chat feedback -> sft.jsonl / pairs.jsonl (Retrain's optional first step)
     "prepare": "pipeline.prepare_data",
     "train": "pipeline.train",
     "convert": "pipeline.convert",
