@@ -241,6 +241,8 @@ _QUALIFIER = re.compile(r"^(.{2,}?)(?:要|需要|才|得|该|应该|为什么|�
                         r"|不|怎样|怎么|如何|有什么|是什么|好吃|窍门|技巧|诀窍|秘诀)")
 NAME_INDEX_MAX = 300_000  # distinct dish names kept in memory (the commonest), a 1M-recipe library holds ~400k
 VOCAB_SAMPLE = 50_000  # recipes read for the ingredient vocabulary
+WARM_NAMES_MIN = 20_000  # recipes from which ensure_library builds the name index in the background
+PREFIX_TOKENS = 24  # tokens a one-character pantry item stands for in the full-text query (see _Names)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -341,6 +343,15 @@ class _Names:
             for n in range(max(1, len(v) - 2), len(v) + 1):
                 self.parts.update(v[i:i + n] for i in range(len(v) - n + 1))
         self.parts -= _STOP_WORDS
+        # the index tokens of ingredient names that start with each character, commonest first:
+        # a one-character pantry item (葱) as these tokens ("葱" OR "葱白" OR ...) instead of an FTS5
+        # prefix query ("葱"*), which merges every doclist of the prefix in full (14-40 ms on 1M)
+        starts: dict[str, Counter] = {}
+        for v, n in ingredients.items():
+            for tok in set(grams(v).split()):
+                if len(tok) == 2 and tok[0] >= "\u3400":
+                    starts.setdefault(tok[0], Counter())[tok] += n
+        self.starts = {c: tuple(t for t, _ in cnt.most_common(PREFIX_TOKENS)) for c, cnt in starts.items()}
 
     @classmethod
     def build(cls, path: Path) -> "_Names":
@@ -416,6 +427,15 @@ class _Names:
         return best
 
 
+def _pantry_term(item: str, idx: "_Names | None") -> str:
+    """FTS5 expression for a pantry item: a one-character item (葱, 姜, 虾) as the index tokens it
+    starts in the library's ingredient names ("葱" OR "葱白" OR "葱段" ...; see _Names.starts) when
+    the name index is at hand, else as a prefix query."""
+    if idx is not None and len(item) == 1 and item >= "\u3400":
+        return " OR ".join(f'"{t}"' for t in (item, *idx.starts.get(item, ())))
+    return _fts_term(item)
+
+
 def _pantry_items(text: str, idx: _Names) -> list[str]:
     """The ingredients a pantry question lists (canonical): '冰箱里有鸡蛋、西红柿和一根葱' ->
     ['鸡蛋', '番茄', '葱']."""
@@ -483,6 +503,7 @@ class Library:
         self._writes = 0  # our own commits (PRAGMA data_version only moves on other connections' commits)
         self._names: tuple[tuple, _Names] | None = None  # ((data_version, writes), index), see names()
         self._names_lock = threading.Lock()
+        self._warming: threading.Thread | None = None  # a background build of the name index, see warm_names()
         if _bulk:  # a private file being built: no journal, no fsync
             conn.execute("PRAGMA journal_mode=OFF")
             conn.execute("PRAGMA synchronous=OFF")
@@ -566,6 +587,10 @@ class Library:
             return []
         whole = "".join(terms)
         words = _words(terms)  # user-controlled work: before taking the connection's lock
+        # the words looked up: one-character words (剁 椒 of 剁椒鱼头, 炒 of 番茄炒蛋) only when there is
+        # nothing else: as FTS5 prefix queries ("椒"*) they merge every doclist of the prefix in full
+        # (30-70 ms on 1M recipes) and add little; they still count in the scoring (qgrams)
+        fwords = [w for w in words if len(w) > 1 or w < "\u3400"] or words
         cands: dict[int, tuple] = {}  # id -> (name_key, ing_text, quality, bm25)
         conn = self.db.conn
         with self._lock:
@@ -577,10 +602,10 @@ class Library:
             if len(cands) < limit:  # every term as a phrase, in the name first
                 self._match(terms, cands)
             if len(cands) < limit:  # the words of each term, in any order
-                if words != terms:
-                    self._match(words, cands)
-                if len(cands) < limit and len(words) > 1:  # any of the words
-                    self._fts(" OR ".join(map(_fts_term, words)), _CANDIDATES, cands)
+                if fwords != terms:
+                    self._match(fwords, cands)
+                if len(cands) < limit and len(fwords) > 1:  # any of the words
+                    self._fts(" OR ".join(map(_fts_term, fwords)), _CANDIDATES, cands)
         qgrams = {g for t in terms for g in _term_grams(t)}
         best_bm25 = min((c[3] for c in cands.values()), default=0.0) or -1.0  # FTS5 bm25: lower is better
         scored = []
@@ -604,13 +629,18 @@ class Library:
         if len(cands) < _CANDIDATES:
             self._fts(expr, _CANDIDATES, cands)
 
-    def _fts(self, expr: str, n: int, cands: dict) -> None:
+    def _fts(self, expr: str, n: int, cands: dict, *, bm25: bool = True) -> None:
         """Add up to n matches of an FTS5 expression to cands with their FTS5 BM25 score (name
-        weighted 10, ingredients 1). Taken in index order, not ORDER BY rank: ranking every match
-        of a common word in a 1M-recipe library costs 100s of ms; the candidates are re-scored."""
-        found = dict(self.db.conn.execute(
-            "SELECT rowid, bm25(recipes_fts, 10.0, 1.0) FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT ?",
-            (expr, n)).fetchall())
+        weighted 10, ingredients 1; 0.0 without ``bm25``). Taken in index order, not ORDER BY rank:
+        ranking every match of a common word in a 1M-recipe library costs 100s of ms; the
+        candidates are re-scored. bm25() itself reads the whole doclist of each phrase once per
+        query (to count the recipes that have it): 7-30 ms for common words on 1M recipes, so
+        callers that do not use it say bm25=False."""
+        if bm25:
+            sql = "SELECT rowid, bm25(recipes_fts, 10.0, 1.0) FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT ?"
+        else:
+            sql = "SELECT rowid, 0.0 FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT ?"
+        found = dict(self.db.conn.execute(sql, (expr, n)).fetchall())
         ids = [i for i in found if i not in cands]
         if ids:
             marks = ",".join("?" * len(ids))
@@ -629,6 +659,35 @@ class Library:
                 self._names = (version, _Names.build(self.path))
             return self._names[1]
 
+    def warm_names(self) -> threading.Thread | None:
+        """Build the name index in a background thread (a 1M-recipe library takes seconds), so
+        that the first question does not wait for it: until it is ready, find() answers from
+        search() alone. Returns the thread (None when the index is already current)."""
+        with self._lock:
+            version = (self.db.conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
+            if self._names is not None and self._names[0] == version:
+                return None
+            if self._warming is None or not self._warming.is_alive():
+                self._warming = threading.Thread(target=self.names, name="library-names", daemon=True)
+                self._warming.start()
+            return self._warming
+
+    def _current_names(self) -> "_Names | None":
+        """The name index for find(): the current one; None while warm_names() builds it; else
+        built here (a small library in milliseconds; a commit changed the content)."""
+        with self._lock:
+            version = (self.db.conn.execute("PRAGMA data_version").fetchone()[0], self._writes)
+            warming = self._warming is not None and self._warming.is_alive()
+        names = self._names
+        if names is not None and names[0] == version:
+            return names[1]
+        return None if warming else self.names()
+
+    def _ready_names(self) -> "_Names | None":
+        """The name index when one is built (possibly of an older content), else None; never builds."""
+        names = self._names
+        return names[1] if names is not None else None
+
     def ingredient_names(self, limit: int = 300) -> list[str]:
         """The library's commonest ingredient names (canonical, staples left out), for a picker."""
         return self.names().ingredients[:limit]
@@ -638,11 +697,19 @@ class Library:
         text = (question or "")[:MAX_QUERY_CHARS]
         if limit <= 0 or not text.strip():
             return Found("none", "", [])
-        idx = self.names()
         segs = [canon(s) for s in _SEGMENTS.split(text)]
         segs = [s for s in segs if s]
         if not segs:
             return Found("none", "", [])
+        idx = self._current_names()
+        if idx is None and _PANTRY.search(text):  # its ingredients are read with the index: wait for it
+            idx = self.names()
+        if idx is None:  # the name index is being built in the background (warm_names): search alone
+            asked = _asked(segs)
+            found = self.search(asked or text, limit)
+            if found and asked and len(asked) >= 2 and asked in name_key(found[0]["name"]):
+                return Found("dish", asked, [r for r in found if asked in name_key(r["name"])])
+            return Found("none", asked, [], alternatives=found)
         items = _pantry_items(text, idx) if _PANTRY.search(text) or len(segs) > 1 else []
         if items and (_PANTRY.search(text) or len(items) == len(segs) >= 2):
             return Found("pantry", "、".join(items), self.pantry(items, limit, _index=idx), have=items)
@@ -742,16 +809,18 @@ class Library:
         have = [h for h in dict.fromkeys(canon(h) for h in have) if h]
         if not have or limit <= 0:
             return []
-        exprs = [" AND ".join(f"({_fts_term(h)})" for h in have)]
+        idx = _index or self._ready_names()
+        terms = {h: _pantry_term(h, idx) for h in have}
+        exprs = [" AND ".join(f"({terms[h]})" for h in have)]
         if len(have) > 2:
-            exprs += [" AND ".join(f"({_fts_term(h)})" for h in have if h != x) for x in have]
-        exprs.append(" OR ".join(f"({_fts_term(h)})" for h in have))
+            exprs += [" AND ".join(f"({terms[h]})" for h in have if h != x) for x in have]
+        exprs.append(" OR ".join(f"({terms[h]})" for h in have))
         cands: dict[int, tuple] = {}
         with self._lock:
             for e in exprs:
                 if len(cands) >= _CANDIDATES:
                     break
-                self._fts("{ing} : (" + e + ")", _CANDIDATES, cands)
+                self._fts("{ing} : (" + e + ")", _CANDIDATES, cands, bm25=False)  # ranked below, not by bm25
         scored = []
         for rid, (key, ing, q, _bm) in cands.items():
             main = [i for i in dict.fromkeys(ing.split()) if not _staple(i)]
@@ -843,4 +912,6 @@ def ensure_library(settings) -> Library:
     lib = Library(settings.library_db)
     if lib.count() == 0:
         lib.add_recipes(iter_recipes(SAMPLE_RECIPES), only_if_empty=True)
+    if lib.count() >= WARM_NAMES_MIN:  # seconds of work: not at the first question
+        lib.warm_names()
     return lib

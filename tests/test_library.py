@@ -198,3 +198,70 @@ def test_find_follows_new_recipes_and_caps_long_input(lib):
     assert lib.find("佛跳墙怎么做").recipes[0]["name"] == "佛跳墙"  # the name index was rebuilt
     assert lib.find("啊" * 199 + "红烧肉").kind == "none"  # beyond MAX_QUERY_CHARS: not read
     assert lib.find("").kind == "none" and lib.find("红烧肉", limit=0).recipes == []
+
+
+def test_name_index_built_in_the_background_find_answers_meanwhile(lib, monkeypatch):
+    """warm_names() builds the name index off the first question; until it is ready, find()
+    answers dish questions from search() (no wait, no typo suggestions) and a pantry question
+    waits for the index; afterwards find() uses it. ensure_library warms big libraries only."""
+    import threading
+
+    import backend.library as library
+
+    started, release = threading.Event(), threading.Event()
+    real_build = library._Names.build
+
+    def slow_build(path):
+        started.set()
+        assert release.wait(30)
+        return real_build(path)
+
+    monkeypatch.setattr(library._Names, "build", staticmethod(slow_build))
+    thread = lib.warm_names()
+    assert thread is not None and started.wait(10) and lib.warm_names() is thread  # one build at a time
+    f = lib.find("红烧肉怎么做")  # answered while the index is being built
+    assert thread.is_alive() and (f.kind, f.recipes[0]["name"]) == ("dish", "红烧肉")
+    f = lib.find("佛跳墙要炖多久")
+    assert thread.is_alive() and (f.kind, f.asked, f.recipes) == ("none", "佛跳墙", [])
+    assert lib.find("宫爆鸡丁怎么做").suggestion is None  # typos need the index
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive() and lib.warm_names() is None  # current: nothing to build
+    f = lib.find("宫爆鸡丁怎么做")
+    assert (f.kind, f.suggestion) == ("dish", "宫保鸡丁")
+
+
+def test_pantry_question_waits_for_a_warming_index(lib, monkeypatch):
+    import threading
+
+    import backend.library as library
+
+    release = threading.Event()
+    real_build = library._Names.build
+    monkeypatch.setattr(library._Names, "build", staticmethod(lambda path: release.wait(30) and real_build(path)))
+    thread = lib.warm_names()
+    threading.Timer(0.2, release.set).start()
+    f = lib.find("冰箱里有鸡蛋、西红柿和一根葱，能做什么菜？")
+    assert f.kind == "pantry" and f.recipes[0]["name"] == "西红柿炒鸡蛋"
+    thread.join(30)
+
+
+def test_ensure_library_warms_the_name_index_of_big_libraries_only(settings, monkeypatch):
+    import backend.library as library
+
+    assert ensure_library(settings)._warming is None  # the sample library: built at the first question
+    monkeypatch.setattr(library, "WARM_NAMES_MIN", 10)
+    lib = ensure_library(settings)
+    assert lib._warming is not None
+    lib._warming.join(30)
+    assert lib.find("宫爆鸡丁怎么做").suggestion == "宫保鸡丁"
+
+
+def test_one_character_pantry_items_match_the_cuts_they_start(lib):
+    """A one-character item is looked up as the index tokens it starts in the library's ingredient
+    names (虾 -> 虾, 虾仁, 虾皮 ...), not as an FTS5 prefix query: 虾 still finds 虾仁 dishes."""
+    idx = lib.names()
+    assert "虾仁" in idx.starts["虾"] and all(t.startswith("虾") for t in idx.starts["虾"])
+    found = lib.pantry(["虾", "鸡蛋"], limit=5)
+    assert found and any("虾仁" in r["have"] for r in found)
+    assert lib.pantry(["葱", "鸡蛋", "番茄"], limit=3)[0]["name"] == "西红柿炒鸡蛋"
