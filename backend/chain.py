@@ -1,4 +1,4 @@
-"""The Retrain chain: prepare -> train -> convert -> merge -> [quantize] -> evaluate.
+"""The Retrain chain: [feedback_export] -> prepare -> train -> convert -> merge -> [quantize] -> evaluate.
 
 A chain is a row in the ``chains`` table (app database) holding its steps (stage kind + the
 operator's parameters). Only the first step's job is queued at the start; each later step's
@@ -18,7 +18,7 @@ from backend.jobs import Job, JobRunner
 from backend.settings import Settings
 from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
-RETRAIN_ORDER = ("prepare", "train", "convert", "merge", "quantize", "evaluate")
+RETRAIN_ORDER = ("feedback_export", "prepare", "train", "convert", "merge", "quantize", "evaluate")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chains (
@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS chains (
 # How a step's outputs feed later steps' parameters: (from kind, output, to kind, parameter).
 # A parameter the operator set for that step is never overridden.
 LINKS: list[tuple[str, str, str, str]] = [
+    ("feedback_export", "dir", "prepare", "reviewed"),  # reviewed chat feedback merged into the training data
     ("prepare", "dir", "train", "data"),
     ("prepare", "dir", "evaluate", "data_dir"),
     ("train", "run_name", "convert", "run_name"),

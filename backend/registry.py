@@ -38,6 +38,9 @@ class ModelEntry:
     manifest: dict = field(default_factory=dict)  # everything recipe_model.json holds
     problem: str = ""  # why the entry is incomplete (no manifest, unreadable stats, ...)
     in_use: bool = False  # the chat model right now
+    reviewed_examples: int = 0  # reviewed chat answers (accepted or corrected) in its training data
+    reviewed_lines: int = 0  # the training lines they made (examples x repeat)
+    preference_pairs: int = 0  # 👎 answers with corrections exported beside them (used by a DPO stage)
 
 
 def _read_json(path: Path) -> tuple[dict | None, str]:
@@ -111,6 +114,11 @@ def read_model(settings: Settings, folder: Path) -> ModelEntry:
             entry.data_stats, why = _read_json(Path(stats_file))
             if entry.data_stats is None:
                 entry.problem = f"data stats: {why}"
+        reviewed = (entry.data_stats or {}).get("reviewed")
+        if isinstance(reviewed, dict):  # prepare_data --reviewed (pipeline.feedback_export)
+            entry.reviewed_examples = int(reviewed.get("examples") or 0)
+            entry.reviewed_lines = int(reviewed.get("train_lines_added") or 0)
+            entry.preference_pairs = int(reviewed.get("pairs") or 0)
     entry.scores, _ = scores_for(settings, folder)
     return entry
 
@@ -153,6 +161,13 @@ def prepared_datasets(settings: Settings) -> list[Path]:
     """Folders under data_dir written by the prepare stage (holding train.jsonl), newest first."""
     root = settings.data_dir
     return _newest_first(p.parent for p in root.glob("*/train.jsonl")) if root.is_dir() else []
+
+
+def feedback_exports(settings: Settings) -> list[Path]:
+    """Folders under data_dir written by the feedback_export stage (sft.jsonl + stats.json), newest first."""
+    root = settings.data_dir
+    return _newest_first(p.parent for p in root.glob("*/sft.jsonl") if (p.parent / "stats.json").is_file()) \
+        if root.is_dir() else []
 
 
 def training_runs(settings: Settings) -> list[Path]:

@@ -15,7 +15,7 @@ import streamlit as st
 from backend.auth import check_password, ensure_admin_password, password_file, password_source
 from backend.chain import cancel_chain, list_chains, start_chain
 from backend.jobs import FINISHED, Job, JobError, JobRunner
-from backend.registry import list_models, prepared_datasets, training_runs, use_for_chat
+from backend.registry import feedback_exports, list_models, prepared_datasets, training_runs, use_for_chat
 from backend.page_settings import settings_or_stop
 from backend.settings import SettingsError, save_settings
 from backend.system import system_facts
@@ -24,6 +24,8 @@ from pipeline.stage import STAGE_MODULES, StageError, stage_module
 STAGE_TITLES = {"prepare": "Prepare data · 数据准备", "train": "Train · 训练", "convert": "Convert · 转换 (pth_to_hf)",
                 "merge": "Merge · 合并", "quantize": "Quantise · 量化 (GPU only)", "evaluate": "Evaluate · 评测",
                 "base_model": "Create base model · 创建基座模型", "serve": "Serve · 部署服务 (GPU only)"}
+NO_REVIEWED = "(none) · 不使用"
+EXPORT_FIRST = "export the current reviews first · 先导出当前审核结果"
 STATUS_ICON = {"queued": "⏳", "running": "🔄", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
 SECTIONS = ["Jobs · 任务", "Run a stage · 单步运行", "Retrain · 重新训练", "Models · 模型", "System · 系统"]
 LOG_TAIL_BYTES = 64 * 1024
@@ -262,6 +264,19 @@ def prepare_fields(prefix: str, mod) -> dict:
          "seed": c[4].number_input("Seed", min_value=0, value=int(d.get("seed", 0)), key=f"{prefix}seed"),
          "library": st.checkbox("Also rebuild the chat's recipe library from this corpus · 更新菜谱库", value=False,
                                 key=f"{prefix}library")}
+    # reviewed chat feedback (Feedback page -> feedback_export) appended to train.jsonl, never to val/test
+    c = st.columns([3, 1])
+    choices = [NO_REVIEWED, *([EXPORT_FIRST] if prefix.startswith("rt_") else []),
+               *(str(x) for x in feedback_exports(settings))]
+    p["reviewed"] = c[0].selectbox("Reviewed feedback to train on · 审核后的反馈", choices, key=f"{prefix}reviewed",
+                                   help="accepted and corrected chat answers (Feedback page), added to the "
+                                        "training data only; 'export first' exports the current decisions as "
+                                        "the chain's first step")
+    p["repeat"] = int(c[1].number_input("Repeat (weight) · 重复次数", 1, int(getattr(mod, "MAX_REPEAT", 100)), 3,
+                                        key=f"{prefix}repeat",
+                                        help="each reviewed example is added this many times"))
+    if p["reviewed"] == NO_REVIEWED:
+        p.pop("reviewed"), p.pop("repeat")
     return p
 
 
@@ -444,6 +459,10 @@ def retrain_section() -> None:
             submitted = st.form_submit_button("Start Retrain · 开始重新训练", type="primary")
         if submitted:
             steps = [("prepare", prep), ("train", train), ("convert", {}), ("merge", {})]
+            if prep.get("reviewed") == EXPORT_FIRST:  # the export's folder reaches prepare through the chain
+                prep.pop("reviewed")
+                steps.insert(0, ("feedback_export",
+                                 {"out": str(settings.data_dir / time.strftime("feedback-%Y%m%d-%H%M%S"))}))
             if quantize:
                 steps.append(("quantize", {}))
             steps.append(("evaluate", evaluate))

@@ -2,6 +2,7 @@
 
     python -m pipeline.prepare_data INPUT --out DIR [--sample N] [--val N] [--test N] [--seed S]
                                     [--library DB] [--max-length TOKENS] [--workers N]
+                                    [--reviewed EXPORT_DIR [--repeat N]]
 
 INPUT: .json/.jsonl (one JSON object a line), .gz or .zip. Streaming: memory stays flat.
 Every line ends in exactly one bucket: kept, duplicate (same dish and same ingredients as an
@@ -250,9 +251,14 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
         val: int = DEFAULTS["val"], test: int = DEFAULTS["test"], holdout: float | None = None,
         seed: int = DEFAULTS["seed"], library: str | os.PathLike | None = None,
         max_length: int = DEFAULTS["max_length"], workers: int | None = None, block_size: int = BLOCK_SIZE,
-        progress_every: float = 1.0, tty: bool = False) -> dict:
+        progress_every: float = 1.0, tty: bool = False, reviewed: str | os.PathLike | None = None,
+        repeat: int = 1) -> dict:
     """Convert INPUT into OUT_DIR (see the module docstring); returns the stats. holdout None:
-    2%, widened when it cannot hold the test and val recipes asked for."""
+    2%, widened when it cannot hold the test and val recipes asked for. reviewed: an export of
+    pipeline.feedback_export (or its sft.jsonl) appended ``repeat`` times to train.jsonl after
+    the conversion, never to val/test (stats.json "reviewed")."""
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise ValueError(f"--repeat must be between 1 and {MAX_REPEAT}")
     t0 = time.monotonic()
     fit = holdout is None
     if fit:
@@ -272,11 +278,86 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
         _clean_stale(out_dir, lib_path)
         kw = dict(sample=sample, val=val, test=test, seed=seed, max_length=max_length, workers=workers,
                   block_size=block_size, progress_every=progress_every, tty=tty)
+        extra = read_reviewed(reviewed) if reviewed else None  # a bad file stops the run before converting
         try:
-            return _run_locked(input_path, out_dir, lib_path, t0, holdout=holdout, fit=fit, **kw)
+            stats = _run_locked(input_path, out_dir, lib_path, t0, holdout=holdout, fit=fit, **kw)
         except _Widen as w:  # nothing was written: the same conversion with the band that fits
             print(f"note: {w.why}; converting again with that band", file=sys.stderr, flush=True)
-            return _run_locked(input_path, out_dir, lib_path, t0, holdout=w.holdout, fit=False, widened=w, **kw)
+            stats = _run_locked(input_path, out_dir, lib_path, t0, holdout=w.holdout, fit=False, widened=w, **kw)
+        if extra is not None:
+            stats = merge_reviewed(out_dir, stats, extra, repeat)
+        return stats
+
+
+# ---- reviewed feedback (pipeline.feedback_export) merged into training ---------------------------
+MAX_REPEAT = 100
+
+
+def read_reviewed(path: str | os.PathLike) -> dict:
+    """The reviewed examples to train on: an export folder (its sft.jsonl and stats.json) or a
+    conversation .jsonl file. Each line must be {"conversation": [{"system", "input", "output"}]};
+    ValueError names the first line that is not."""
+    path = Path(path)
+    sft = path / "sft.jsonl" if path.is_dir() else path
+    if not sft.is_file():
+        raise ValueError(f"--reviewed {path}: no sft.jsonl there (export the reviewed feedback first: "
+                         "python -m pipeline.feedback_export --out DIR)")
+    lines, inputs = [], []
+    with open(sft, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                conv = orjson.loads(raw)["conversation"]
+                ok = isinstance(conv, list) and conv and all(
+                    isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
+                    and t["input"].strip() and t["output"].strip() for t in conv)
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise ValueError(f"--reviewed {sft} line {n}: not a conversation "
+                                 '{"conversation": [{"system", "input", "output"}]}')
+            lines.append(orjson.dumps({"conversation": conv}) + b"\n")
+            inputs.append(conv[0]["input"])
+    export = None
+    stats_file = sft.with_name("stats.json")
+    with contextlib.suppress(OSError, ValueError):
+        export = json.loads(stats_file.read_text(encoding="utf-8"))
+    return {"file": str(sft), "lines": lines, "inputs": inputs,
+            "export_stats": str(stats_file) if isinstance(export, dict) else None,
+            "pairs": export.get("pairs") if isinstance(export, dict) else None,
+            "message_ids": [p.get("message_id") for p in (export or {}).get("provenance", {}).get("sft", [])]
+            if isinstance(export, dict) else []}
+
+
+def merge_reviewed(out_dir: Path, stats: dict, extra: dict, repeat: int) -> dict:
+    """Append the reviewed examples ``repeat`` times to train.jsonl (never to val/test) and record
+    it in stats.json ("reviewed"); both files are replaced atomically, stats.json last."""
+    import shutil
+
+    from backend.fileio import atomic_open, atomic_write_text
+
+    if not 1 <= repeat <= MAX_REPEAT:
+        raise ValueError(f"--repeat must be between 1 and {MAX_REPEAT}")
+    with atomic_open(out_dir / "train.jsonl", "wb", encoding=None) as f, open(out_dir / "train.jsonl", "rb") as old:
+        shutil.copyfileobj(old, f, 1 << 20)
+        for _ in range(repeat):
+            f.writelines(extra["lines"])
+    held_out = set()
+    for name in ("val.jsonl", "test.jsonl"):
+        with open(out_dir / name, "rb") as f:
+            held_out.update(t["input"] for line in f if line.strip() for t in orjson.loads(line)["conversation"][:1])
+    overlap = sum(q in held_out for q in extra["inputs"])
+    stats["reviewed"] = {"file": extra["file"], "examples": len(extra["lines"]), "repeat": repeat,
+                         "train_lines_added": len(extra["lines"]) * repeat, "pairs": extra["pairs"],
+                         "export_stats": extra["export_stats"], "message_ids": extra["message_ids"],
+                         "held_out_questions_also_reviewed": overlap}
+    stats["train_total"] = stats["train"] + len(extra["lines"]) * repeat
+    if overlap:
+        print(f"note: {overlap} reviewed question(s) are also asked in val/test: those scores are not held out",
+              file=sys.stderr, flush=True)
+    atomic_write_text(out_dir / "stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
+    return stats
 
 
 class _Widen(Exception):
@@ -558,6 +639,19 @@ def command(settings, **params) -> StageCommand:
         argv += ["--holdout", repr(h)]
         recorded["holdout"] = h
     outputs = {"dir": str(out), "stats": str(out / "stats.json")}
+    rev = params.get("reviewed")
+    if rev:
+        rev_path = user_path(settings, rev, "reviewed")
+        if not (rev_path / "sft.jsonl" if rev_path.is_dir() else rev_path).is_file():
+            raise StageError(f"reviewed {rev_path}: no sft.jsonl there; export the reviewed feedback first")
+        try:
+            repeat = 1 if params.get("repeat") in (None, "") else int(params["repeat"])
+        except (TypeError, ValueError):
+            raise StageError(f"repeat must be a whole number, got {params.get('repeat')!r}") from None
+        if not 1 <= repeat <= MAX_REPEAT:
+            raise StageError(f"repeat must be between 1 and {MAX_REPEAT}, got {repeat}")
+        argv += ["--reviewed", str(rev_path), "--repeat", str(repeat)]
+        recorded["reviewed"], recorded["repeat"] = str(rev_path), repeat
     lib = params.get("library")
     if lib:
         if lib is True:
@@ -628,6 +722,8 @@ def verify(cmd: StageCommand, log_text: str) -> str | None:
             return f"{name} is missing in {stats_path.parent}"
     if s["train"] == 0:
         return "no training recipe was kept; look at rejects.jsonl for why lines were rejected"
+    if cmd.params.get("reviewed") and not (s.get("reviewed") or {}).get("train_lines_added"):
+        return "the reviewed feedback was not merged into train.jsonl (stats.json has no 'reviewed' count)"
     return None
 
 
@@ -650,6 +746,10 @@ def main(argv: list[str] | None = None) -> int:
                          "(~ tokens for Chinese) (default %(default)s)")
     ap.add_argument("--workers", type=int, help="parser processes (default: the CPU count, at most 4 with the "
                                                 "compiled converter, 8 without; 0 = none)")
+    ap.add_argument("--reviewed", help="reviewed chat feedback to train on: a pipeline.feedback_export folder (its "
+                                       "sft.jsonl) or a conversation .jsonl; appended to train.jsonl only")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help=f"how many times the reviewed examples are added (weight; 1-{MAX_REPEAT}, default 1)")
     ap.add_argument("--progress-every", type=float, default=1.0, help="seconds between progress reports")
     ap.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="bytes per work unit (default %(default)s)")
     args = ap.parse_args(argv)
@@ -662,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = run(args.input, args.out, sample=args.sample, val=args.val, test=args.test, holdout=args.holdout,
                     seed=args.seed, library=args.library, max_length=args.max_length, workers=args.workers,
-                    progress_every=args.progress_every, block_size=args.block_size, tty=sys.stderr.isatty())
+                    progress_every=args.progress_every, block_size=args.block_size, tty=sys.stderr.isatty(),
+                    reviewed=args.reviewed, repeat=args.repeat)
     except (CorpusError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -673,6 +774,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{stats['lines']:,} lines in {stats['seconds']:.1f} s ({stats['records_per_s']:,}/s): "
           f"{stats['kept']:,} kept -> train {stats['train']:,}, val {stats['val']:,}, test {stats['test']:,}; "
           f"{stats['duplicates']:,} duplicates; rejected: {rej}. Outputs in {args.out}", file=sys.stderr)
+    if stats.get("reviewed"):
+        r = stats["reviewed"]
+        print(f"reviewed: {r['examples']} examples x {r['repeat']} = {r['train_lines_added']} training lines added "
+              f"(train.jsonl now {stats['train_total']:,})", file=sys.stderr)
     print("done " + json.dumps({k: stats[k] for k in ("lines", "kept", "duplicates", "rejected", "train", "val",
                                                       "test", "seconds")}, ensure_ascii=False), flush=True)
     return 0

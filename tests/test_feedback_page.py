@@ -2,6 +2,8 @@
 chat shows there only after the Admin page's login; accept / correct / reject persist."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -110,3 +112,45 @@ def test_feedback_is_reviewed_on_the_page_after_login_only(admin):
     at2 = _ok(AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run())
     _ok(at2.switch_page(PAGE).run())
     assert "盐放太多了" not in _shown(at2) and "Log in on the Admin page first" in _shown(at2)
+
+
+def test_retrain_form_offers_the_reviewed_feedback(admin, no_leftover_jobs):
+    """Retrain with 'export the current reviews first' and a repeat factor: the chain exports,
+    then prepares with the export (repeat recorded); a Run-a-stage prepare offers the export."""
+    from backend.chain import get_chain, list_chains
+    from tests.conftest import wait_until
+    from tests.test_feedback import FIXED
+    from tests.test_feedback_export import reviewed_db
+
+    reviewed_db(admin)
+    at = _ok(AppTest.from_file(str(ROOT / "pages" / "admin.py"), default_timeout=180).run())
+    at.text_input(key="login_password").input(PASSWORD)
+    _ok(at.button[0].click().run())
+    _ok(at.radio(key="section").set_value("Retrain · 重新训练").run())
+    box = at.selectbox(key="rt_prep_reviewed")
+    assert box.options[:2] == ["(none) · 不使用", "export the current reviews first · 先导出当前审核结果"]
+    box.set_value(box.options[1])
+    at.number_input(key="rt_prep_repeat").set_value(5)
+    at.text_input(key="rt_prep_out").input("with-feedback")
+    at.number_input(key="rt_prep_val").set_value(2)
+    at.number_input(key="rt_prep_test").set_value(2)
+    _ok([b for b in at.button if b.label.startswith("Start Retrain")][0].click().run())
+    chain = list_chains(admin)[0]
+    assert [s["kind"] for s in chain.steps][:3] == ["feedback_export", "prepare", "train"]
+    assert "reviewed" not in chain.steps[1]["params"] and chain.steps[1]["params"]["repeat"] == 5
+    # the export and prepare run; train then stops the chain here (no base model configured)
+    ch = wait_until(lambda: (c := get_chain(admin, chain.id)).status != "running" and c, "the chain to end", 300)
+    prep = [j for j in ch.jobs if j.kind == "prepare"]
+    assert prep and prep[0].status == "succeeded", [(j.kind, j.status, j.error) for j in ch.jobs]
+    train_lines = (admin.data_dir / "with-feedback" / "train.jsonl").read_text(encoding="utf-8")
+    assert train_lines.count(json_escape(FIXED)) == 5
+    stats = json.loads((admin.data_dir / "with-feedback" / "stats.json").read_text())
+    assert stats["reviewed"]["repeat"] == 5 and stats["reviewed"]["train_lines_added"] == 10
+
+    # the export folder is now a choice of the single prepare stage
+    _ok(at.radio(key="section").set_value("Run a stage · 单步运行").run())
+    assert any(o.endswith(ch.jobs[0].outputs["dir"].rsplit("/", 1)[-1]) for o in at.selectbox(key="prep_reviewed").options)
+
+
+def json_escape(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)[1:-1]
