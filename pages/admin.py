@@ -23,7 +23,8 @@ from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
 STAGE_TITLES = {"prepare": "Prepare data · 数据准备", "train": "Train · 训练", "convert": "Convert · 转换 (pth_to_hf)",
                 "merge": "Merge · 合并", "quantize": "Quantise · 量化 (GPU only)", "evaluate": "Evaluate · 评测",
-                "base_model": "Create base model · 创建基座模型", "serve": "Serve · 部署服务 (GPU only)"}
+                "base_model": "Create base model · 创建基座模型", "serve": "Serve · 部署服务 (GPU only)",
+                "feedback_export": "Export reviewed feedback · 导出审核反馈"}
 NO_REVIEWED = "(none) · 不使用"
 EXPORT_FIRST = "export the current reviews first · 先导出当前审核结果"
 STATUS_ICON = {"queued": "⏳", "running": "🔄", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
@@ -540,6 +541,9 @@ def models_section() -> None:
                 if isinstance(rejected, dict):
                     counts += f" · rejected {sum(v for v in rejected.values() if isinstance(v, int))}"
                 c[1].markdown(f"Data · 数据: {counts or 'see below'}")
+                if m.reviewed_examples or m.preference_pairs:
+                    c[1].caption(f"reviewed feedback · 审核反馈: {m.reviewed_examples} examples "
+                                 f"({m.reviewed_lines} training lines), {m.preference_pairs} preference pairs")
                 with c[1].expander("Data statistics"):
                     st.json(ds)
             if m.training:

@@ -83,7 +83,7 @@ def test_stage_command_takes_reviewed_and_repeat(settings):
     assert "--reviewed" not in prepare_data.command(settings, out="data/p").argv
 
 
-def test_retrain_chain_exports_then_prepares_and_the_registry_counts(settings, no_leftover_jobs):
+def test_retrain_chain_exports_then_prepares_and_the_registry_counts(settings, no_leftover_jobs, monkeypatch):
     reviewed_db(settings)
     chain_id = start_chain(settings, [("feedback_export", {"out": str(settings.data_dir / "fb")}),
                                       ("prepare", {"out": str(settings.data_dir / "d1"), "val": 2, "test": 2,
@@ -105,3 +105,13 @@ def test_retrain_chain_exports_then_prepares_and_the_registry_counts(settings, n
     assert (models["chef"].reviewed_examples, models["chef"].reviewed_lines, models["chef"].preference_pairs) == \
         (2, 4, 1)
     assert (models["plain"].reviewed_examples, models["plain"].preference_pairs) == (0, 0)
+
+    # and the Models section of the Admin page says so on the model's card
+    from tests.test_admin_page import PASSWORD, login, page
+
+    monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", PASSWORD)
+    at = login(page())
+    at.radio(key="section").set_value("Models · 模型").run()
+    assert not at.exception, at.exception
+    shown = [c.value for c in at.caption if "reviewed feedback" in c.value]
+    assert shown == ["reviewed feedback · 审核反馈: 2 examples (4 training lines), 1 preference pairs"], shown
