@@ -259,8 +259,8 @@ def prompt_template_parts(name: str) -> dict:
     tree = ast.parse((xtuner_dir() / "utils" / "templates.py").read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PROMPT_TEMPLATE" for t in node.targets):
-            for kw in node.value.keywords:
-                if kw.arg == name:
+            for kw in getattr(node.value, "keywords", []):
+                if kw.arg == name and isinstance(kw.value, ast.Call):
                     parts = {}
                     for k in kw.value.keywords:
                         try:
@@ -658,26 +658,6 @@ KEEP_WHOLE = 0.95
 LENGTH_STEP = 64
 
 
-def _template_strings(name: str) -> dict:
-    """XTuner's PROMPT_TEMPLATE[name] (SYSTEM, INSTRUCTION, SUFFIX, SUFFIX_AS_EOS, SEP), read
-    from the installed xtuner's source without importing it."""
-    import ast
-
-    tree = ast.parse((xtuner_dir() / "utils" / "templates.py").read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PROMPT_TEMPLATE" for t in node.targets):
-            for kw in getattr(node.value, "keywords", []):
-                if kw.arg == name and isinstance(kw.value, ast.Call):
-                    out = {}
-                    for k in kw.value.keywords:
-                        try:
-                            out[k.arg] = ast.literal_eval(k.value)
-                        except ValueError:
-                            pass
-                    return out
-    raise StageError(f"XTuner has no prompt template {name!r}")
-
-
 def _length_encoder(model: Path):
     """(texts -> token counts without special tokens added, what tokenised): the model's
     tokenizer.json through `tokenizers` (fast), else its tokenizer through transformers."""
@@ -713,7 +693,7 @@ def conversation_token_lengths(model: Path, prompt_template: str, records: list[
                                bos: bool = True) -> tuple[list[int], str]:
     """Token count of each record as XTuner's template_map_fn + encode_fn build it (before
     truncation): per turn [BOS] + SYSTEM/INSTRUCTION text, output + SUFFIX, [EOS], SEP."""
-    t = _template_strings(prompt_template)
+    t = prompt_template_parts(prompt_template)
     encode, how = _length_encoder(model)
     cfg = {}
     try:
