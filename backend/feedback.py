@@ -14,24 +14,19 @@ connection per thread, every write in ``BEGIN IMMEDIATE`` (backend.sqlite_tx).
 """
 from __future__ import annotations
 
-import fcntl
-import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import sqlite_utils
-
-from backend.history import BUSY_TIMEOUT_S, History
-from backend.sqlite_tx import write_transaction
+from backend.history import History
+from backend.sqlite_tx import schema_lock, thread_db, write_transaction
 
 DECISIONS = ("accept", "correct", "reject")
 ADMIN = "admin"  # one admin password, so one admin; the client address tells sessions apart
 MAX_ANSWER_CHARS = 20_000
 _ready: set[str] = set()
 _ready_lock = threading.Lock()
-_local = threading.local()
 
 # the question an answer replied to: the last user message before it in its conversation
 _QUESTION = ("(SELECT u.content FROM messages u WHERE u.conversation_id = m.conversation_id "
@@ -73,16 +68,8 @@ class FeedbackStore:
                 self._create_schema()
                 _ready.add(str(self.path))
 
-    @contextmanager
     def _db(self):
-        conns = _local.__dict__.setdefault("conns", {})
-        conn = conns.get(str(self.path))
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conns[str(self.path)] = conn
-        yield sqlite_utils.Database(conn)
+        return thread_db(self.path)
 
     @contextmanager
     def _write(self):
@@ -90,9 +77,7 @@ class FeedbackStore:
             yield db
 
     def _create_schema(self) -> None:
-        # the same lock file as History's schema creation: new app.db files are set up in turns
-        with open(self.path.with_name(self.path.name + ".schema-lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with schema_lock(self.path):  # the same turns as History's schema creation
             with self._db() as db:
                 db["feedback_reviews"].create(
                     {"id": int, "message_id": int, "decision": str, "question": str, "answer": str,

@@ -5,7 +5,6 @@ write in a ``BEGIN IMMEDIATE`` transaction, so concurrent writers queue instead 
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import sqlite3
 import threading
@@ -16,13 +15,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-import sqlite_utils
 
-from backend.sqlite_tx import write_transaction
+from backend.sqlite_tx import schema_lock, thread_db, write_transaction
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 30
-BUSY_TIMEOUT_S = 60
 MESSAGE_FIELDS = ("engine", "model", "params", "sources", "ttft_ms", "duration_ms", "tokens_per_s",
                   "prompt_tokens", "completion_tokens", "finish_reason", "error")
 _JSON_FIELDS = ("params", "sources")
@@ -31,7 +28,6 @@ FINISH_INTERRUPTED = "interrupted"  # a 'streaming' answer whose app process die
 INCOMPLETE = ("stopped", "error", FINISH_INTERRUPTED)
 _ready: set[str] = set()
 _ready_lock = threading.Lock()
-_local = threading.local()  # per-thread connections: {path: sqlite3.Connection}
 
 
 class HistoryError(ValueError):
@@ -64,18 +60,8 @@ class History:
                 _ready.add(str(self.path))
 
     # ---- connections ----------------------------------------------------------------------------
-    @contextmanager
     def _db(self):
-        """This thread's connection to the database (opened once per thread and kept: closing
-        the last connection of a WAL database checkpoints it, ~15 ms on every call otherwise)."""
-        conns = _local.__dict__.setdefault("conns", {})
-        conn = conns.get(str(self.path))
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-            conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, no fsync per commit
-            conns[str(self.path)] = conn
-        yield sqlite_utils.Database(conn)
+        return thread_db(self.path)
 
     @contextmanager
     def _write(self):
@@ -86,8 +72,7 @@ class History:
         """Tables, indexes and the search index, created once. Processes opening a new app.db at
         the same moment take turns on a lock file (WAL switching and sqlite-utils' scripts do not
         wait on SQLite's busy timeout: 4 of 5 trials of 20 processes failed 'database is locked')."""
-        with open(self.path.with_name(self.path.name + ".schema-lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with schema_lock(self.path):
             self._create_schema_locked()
 
     def _create_schema_locked(self) -> None:
