@@ -24,7 +24,8 @@ from pipeline.stage import STAGE_MODULES, StageError, stage_module
 STAGE_TITLES = {"prepare": "Prepare data · 数据准备", "train": "Train · 训练", "convert": "Convert · 转换 (pth_to_hf)",
                 "merge": "Merge · 合并", "quantize": "Quantise · 量化 (GPU only)", "evaluate": "Evaluate · 评测",
                 "base_model": "Create base model · 创建基座模型", "serve": "Serve · 部署服务 (GPU only)",
-                "feedback_export": "Export reviewed feedback · 导出审核反馈"}
+                "feedback_export": "Export reviewed feedback · 导出审核反馈",
+                "dpo": "DPO on feedback pairs · 偏好优化 (optional, after merge)"}
 NO_REVIEWED = "(none) · 不使用"
 EXPORT_FIRST = "export the current reviews first · 先导出当前审核结果"
 STATUS_ICON = {"queued": "⏳", "running": "🔄", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
@@ -368,6 +369,26 @@ def merge_fields() -> dict:
             "device": c[2].selectbox("Device", ["auto", "cpu", "cuda"], key="merge_device")}
 
 
+def dpo_fields(mod) -> dict:
+    """Preference tuning (XTuner DPO, LoRA) of a merged model on a feedback export's pairs.jsonl;
+    its run is then converted and merged like a training run."""
+    d = getattr(mod, "DEFAULTS", {})
+    c = st.columns(2)
+    p = {"run_name": c[0].text_input("Run name · 运行名", value=time.strftime("dpo-%Y%m%d-%H%M%S"), key="dpo_run")}
+    with c[1]:
+        p["model"] = path_choice("Model to improve · 模型", [*model_paths(unquantised=True),
+                                                            *([settings.base_model] if settings.base_model else [])],
+                                 "dpo_model", "a merged model (Models) or the base model")
+    p["pairs"] = path_choice("Feedback export (pairs.jsonl) · 反馈导出", feedback_exports(settings), "dpo_pairs",
+                             "a feedback_export folder; its corrected 👎 answers are the preference pairs")
+    c = st.columns(3)
+    p["max_iters"] = int(c[0].number_input("Iterations (0 = by epochs)", 0, 10_000_000, 0, key="dpo_iters"))
+    p["lr"] = c[1].number_input("Learning rate", 1e-9, 0.5, float(d.get("lr", 5e-7)), format="%.2e", key="dpo_lr")
+    p["beta"] = c[2].number_input("Beta (DPO)", 0.001, 10.0, float(d.get("beta", 0.1)), format="%.3f", key="dpo_beta",
+                                  help="how far the model may move from the reference (the model before DPO)")
+    return p
+
+
 def model_paths(unquantised: bool = False) -> list[str]:
     return [str(m.path) for m in list_models(settings) if not (unquantised and m.quantization)]
 
@@ -421,6 +442,7 @@ STAGE_FORMS = {
     "train": lambda mod: train_fields("train_", mod, with_data=True),
     "convert": lambda mod: convert_fields(),
     "merge": lambda mod: merge_fields(),
+    "dpo": dpo_fields,
     "quantize": quantize_fields,
     "evaluate": lambda mod: evaluate_fields("eval_", with_models=True),
     "serve": lambda mod: serve_fields(),

@@ -24,6 +24,7 @@ STAGE_MODULES = {
     "train": "pipeline.train",
     "convert": "pipeline.convert",
     "merge": "pipeline.merge",
+    "dpo": "pipeline.dpo",  # optional: XTuner DPO (LoRA) of a merged model on feedback pairs, then convert -> merge again
     "quantize": "pipeline.quantize",
     "evaluate": "pipeline.evaluate",
     "base_model": "pipeline.base_model",  # not a chain step: makes a base model folder (Admin → Models)

@@ -500,20 +500,7 @@ def _overrides(p: dict, data_var: str) -> str:
         lines += ["# QLoRA off: the base model is loaded unquantised (plain LoRA)",
                   'model["llm"].pop("quantization_config", None)']
     if cpu:
-        lines += [
-            "# CPU adaptations (no CUDA on this machine)",
-            'model["llm"]["torch_dtype"] = torch.float32',
-            'optim_wrapper = dict(type="OptimWrapper", optimizer=optim_wrapper["optimizer"], '
-            'clip_grad=optim_wrapper["clip_grad"], accumulative_counts=accumulative_counts)',
-            "# XTuner asks torch.<device>.is_bf16_supported(), which torch.cpu lacks",
-            'setattr(__import__("torch").cpu, "is_bf16_supported", lambda *a, **k: False)',
-            "# Started by torch's launcher (--launcher pytorch): processes talk over gloo (nccl needs",
-            "# CUDA); MMEngine calls torch.cuda.set_device(LOCAL_RANK), which a CPU build of torch",
-            "# lacks; DistributedDataParallel takes no device_ids for a model on the CPU",
-            'env_cfg["dist_cfg"] = dict(backend="gloo")',
-            'setattr(__import__("torch").cuda, "set_device", lambda *a, **k: None)',
-            'model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)',
-        ]
+        lines += cpu_overrides()
     hooks = ["    dict(type=DatasetInfoHook, tokenizer=tokenizer),"]
     if p["evaluation_inputs"]:
         hooks += [
@@ -531,17 +518,45 @@ def _overrides(p: dict, data_var: str) -> str:
               "custom_hooks = [", *hooks, "]",
               f'default_hooks["logger"]["interval"] = {p["log_interval"]}',
               f"randomness = dict(seed={p['seed']!r}, deterministic=False)"]
-    if p["max_iters"]:
-        n = p["max_iters"]
-        # MMEngine's LinearLR reaches the full rate only after end - begin >= 2 steps
-        warm = max(2, math.ceil(p["warmup_ratio"] * n)) if n >= 4 and p["warmup_ratio"] > 0 else 0
-        lines += [f"# An iteration budget instead of epochs: {n} iterations, {warm} of warm-up",
-                  f"train_cfg = dict(type=TrainLoop, max_iters={n})",
-                  "param_scheduler = ["]
-        if warm:
-            lines.append(f"    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm}),")
-        lines += [f"    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin={warm}, end={n}),", "]"]
+    lines += iteration_budget(p)
     return "\n".join(lines)
+
+
+def cpu_overrides() -> list[str]:
+    """Config lines that let an XTuner config train on the CPU (float32, OptimWrapper, no CUDA
+    calls, gloo); they assume the template's optim_wrapper and accumulative_counts."""
+    return [
+        "# CPU adaptations (no CUDA on this machine)",
+        'model["llm"]["torch_dtype"] = torch.float32',
+        'optim_wrapper = dict(type="OptimWrapper", optimizer=optim_wrapper["optimizer"], '
+        'clip_grad=optim_wrapper["clip_grad"], accumulative_counts=accumulative_counts)',
+        "# XTuner asks torch.<device>.is_bf16_supported(), which torch.cpu lacks",
+        'setattr(__import__("torch").cpu, "is_bf16_supported", lambda *a, **k: False)',
+        "# Started by torch's launcher (--launcher pytorch): processes talk over gloo (nccl needs",
+        "# CUDA); MMEngine calls torch.cuda.set_device(LOCAL_RANK), which a CPU build of torch",
+        "# lacks; DistributedDataParallel takes no device_ids for a model on the CPU",
+        'env_cfg["dist_cfg"] = dict(backend="gloo")',
+        'setattr(__import__("torch").cuda, "set_device", lambda *a, **k: None)',
+        'model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)',
+    ]
+
+
+def iteration_budget(p: dict) -> list[str]:
+    """Config lines replacing the epoch-based schedule by p["max_iters"] iterations (none for 0):
+    TrainLoop(max_iters), linear warm-up for warmup_ratio of them, then cosine decay."""
+    if not p["max_iters"]:
+        return []
+    n = p["max_iters"]
+    lines: list[str] = []
+    # MMEngine's LinearLR reaches the full rate only after end - begin >= 2 steps
+    warm = max(2, math.ceil(p["warmup_ratio"] * n)) if n >= 4 and p["warmup_ratio"] > 0 else 0
+    lines += [f"# An iteration budget instead of epochs: {n} iterations, {warm} of warm-up",
+              f"train_cfg = dict(type=TrainLoop, max_iters={n})",
+              "param_scheduler = ["]
+    if warm:
+        lines.append(f"    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm}),")
+    lines += [f"    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin={warm}, end={n}),", "]"]
+    return lines
 
 
 # ---- the stage interface ------------------------------------------------------------------

@@ -1,0 +1,324 @@
+"""DPO stage: an optional preference-tuning step after SFT, with XTuner 0.2.0's DPO (LoRA).
+
+``command()`` renders XTuner's own DPO config template
+(``xtuner/configs/dpo/internlm/internlm2_chat_1_8b_dpo_full_varlenattn_jsonl_dataset.py``, the one
+that reads preference pairs from JSON Lines) into ``<runs_dir>/<run>/config.py`` and launches it
+exactly as the train stage launches SFT (torch's distributed launcher, ``xtuner.tools.train
+--launcher pytorch``; see pipeline/train.py)::
+
+    <train python> -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node N
+        -m xtuner.tools.train config.py --launcher pytorch --work-dir <run>/work_dir
+
+Inputs: ``model``, the model to improve: a merged SFT model (a folder under models/, the
+registry's) or the base model; ``pairs``, a feedback export folder (pipeline/feedback_export.py:
+its ``pairs.jsonl``, ``{"prompt", "chosen", "rejected"}`` message lists, which XTuner's
+``load_jsonl_dataset`` + ``build_preference_dataset(is_dpo=True)`` read and tokenise with the
+model's own chat template) or a pairs file; default the newest export that has pairs.
+
+Rendering: PART 1 Settings assignments replaced one by one (each must occur exactly once; found
+with Python's ast, as the template's evaluation_inputs spans several lines), then an override
+block: the pairs file, a small ``num_proc``, LoRA through peft's ``LoraConfig`` (the template
+trains every parameter and keeps a frozen copy as the reference; with LoRA XTuner's DPO uses the
+model with its adapter disabled as the reference, as its QLoRA DPO templates do), ``use_varlen_attn=False`` (varlen attention needs flash-attn on a
+GPU), the hooks, logging, seed, an iteration budget and, on a machine without CUDA, the train
+stage's CPU adaptations (pipeline.train.cpu_overrides: float32, OptimWrapper, gloo, ...).
+
+The run folder is laid out like a training run's (config.py, train_params.json with
+``base_model`` = the model DPO started from, work_dir/iter_N.pth), so the convert stage
+(XTuner's pth_to_hf, which rebuilds the DPO model from this config) and the merge stage (onto
+that model) take it as they are.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from pipeline import train
+from pipeline.stage import NAME, StageCommand, StageError, timestamp, user_path
+
+TEMPLATE = "dpo/internlm/internlm2_chat_1_8b_dpo_full_varlenattn_jsonl_dataset.py"
+PARAMS_FILE = train.PARAMS_FILE  # convert and merge read the run through it
+MAX_NUM_PROC = 4  # tokenising processes (XTuner's default is 32)
+
+# operator-facing defaults: those of XTuner's DPO templates (LoRA as in its QLoRA DPO templates)
+DEFAULTS = dict(
+    prompt_template="internlm2_chat", max_length=2048, batch_size=1, accumulative_counts=16, lr=5e-7,
+    beta=0.1, loss_type="sigmoid", label_smoothing=0.0, max_epochs=3, max_iters=0, warmup_ratio=0.03,
+    lora_r=64, lora_alpha=16, lora_dropout=0.1, deepspeed="auto", evaluation_inputs=(), evaluation_freq=500,
+    eval_max_new_tokens=600, save_steps=500, save_total_limit=2, log_interval=10, seed=None, device="auto", gpus=0,
+)
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "kto_pair", "sppo_hard", "nca_pair", "robust")
+
+
+def template_path() -> Path:
+    p = train.xtuner_dir() / "configs" / TEMPLATE
+    if not p.exists():
+        raise StageError(f"XTuner's DPO template {p} is missing; rebuild the training environment")
+    return p
+
+
+# ---- parameters ---------------------------------------------------------------------------
+def check_pairs_file(path: Path, first: int = 5) -> int:
+    """Check the first records of a pairs file (XTuner's DPO jsonl format); return the pair count."""
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            n += 1
+            if n > first:
+                continue  # only count the rest
+            try:
+                rec = json.loads(line)
+                ok = all(isinstance(rec[k], list) and rec[k] and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in rec[k]) for k in ("prompt", "chosen", "rejected"))
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                raise StageError(f"{path} line {lineno} is not a preference pair "
+                                 '{"prompt": [messages], "chosen": [messages], "rejected": [messages]}; '
+                                 "write it with the feedback_export stage")
+    if n == 0:
+        raise StageError(f"{path} holds no preference pairs: correct some 👎 answers on the Feedback page "
+                         "and export again")
+    return n
+
+
+def _pairs_file(settings, value: str) -> Path:
+    if not value:
+        from backend.registry import feedback_exports
+
+        found = [d / "pairs.jsonl" for d in feedback_exports(settings)
+                 if (d / "pairs.jsonl").is_file() and (d / "pairs.jsonl").stat().st_size > 0]
+        if not found:
+            raise StageError(f"no feedback export with preference pairs in {settings.data_dir}: correct some 👎 "
+                             "answers on the Feedback page and run the feedback_export stage")
+        return found[0]  # the newest
+    path = user_path(settings, value, "pairs")
+    if path.is_dir():
+        path = path / "pairs.jsonl"
+    if not path.is_file():
+        raise StageError(f"preference pairs {path} do not exist: give a feedback export folder (pairs.jsonl)")
+    return path
+
+
+def resolve_params(settings, params: dict) -> dict:
+    known = ["run_name", "model", "pairs", *DEFAULTS]
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise StageError(f"unknown dpo parameters {unknown}; known: {', '.join(known)}")
+    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None or k == "seed"}}
+    out: dict = {"stage": "dpo"}
+    run = str(params.get("run_name") or time.strftime("dpo-%Y%m%d-%H%M%S"))
+    if not NAME.match(run):
+        raise StageError(f"run name {run!r}: use 1-64 letters, digits, '.', '_' or '-' (not starting with . or -)")
+    out["run_name"] = run
+    # the model DPO starts from; merge merges the adapter onto it ("base_model" of the run)
+    out["base_model"] = str(train._model_dir(settings, str(params.get("model") or settings.base_model or "")))
+    pairs = _pairs_file(settings, str(params.get("pairs") or ""))
+    out["pairs"] = str(pairs)
+    out["pair_count"] = check_pairs_file(pairs)
+    names = train.prompt_templates()
+    if p["prompt_template"] not in names:
+        raise StageError(f"unknown prompt template {p['prompt_template']!r}; XTuner has: {', '.join(names)}")
+    out["prompt_template"] = p["prompt_template"]  # the evaluation answers only: pairs use the chat template
+    out["max_length"] = train._int(p, "max_length", 16, 32768)
+    out["batch_size"] = train._int(p, "batch_size", 1, 256)
+    out["accumulative_counts"] = train._int(p, "accumulative_counts", 1, 1024)
+    out["lr"] = train._float(p, "lr", 0.0, 1.0)
+    out["beta"] = train._float(p, "beta", 0.0, 100.0)
+    if p["loss_type"] not in LOSS_TYPES:
+        raise StageError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {p['loss_type']!r}")
+    out["loss_type"] = p["loss_type"]
+    out["label_smoothing"] = train._float(p, "label_smoothing", 0.0, 0.5, lo_open=False)
+    out["max_epochs"] = train._int(p, "max_epochs", 1, 100)
+    out["max_iters"] = train._int(p, "max_iters", 0, 10_000_000)
+    out["warmup_ratio"] = train._float(p, "warmup_ratio", 0.0, 1.0, lo_open=False)
+    out["lora_r"] = train._int(p, "lora_r", 1, 1024)
+    out["lora_alpha"] = train._int(p, "lora_alpha", 1, 4096)
+    out["lora_dropout"] = train._float(p, "lora_dropout", 0.0, 1.0, lo_open=False)
+    out["qlora"] = False  # recorded for convert (a QLoRA run converts on the GPU)
+    out["deepspeed"] = None if str(p["deepspeed"]).strip().lower() == "auto" else train._bool(p, "deepspeed")
+    out["evaluation_inputs"] = train._questions(list(p["evaluation_inputs"] or []))
+    out["evaluation_freq"] = train._int(p, "evaluation_freq", 1, 10_000_000)
+    out["eval_max_new_tokens"] = train._int(p, "eval_max_new_tokens", 1, 8192)
+    out["save_steps"] = train._int(p, "save_steps", 1, 10_000_000)
+    out["save_total_limit"] = train._int(p, "save_total_limit", -1, 1000)
+    if out["save_total_limit"] == 0:
+        raise StageError("save_total_limit must be -1 (keep all) or at least 1")
+    out["log_interval"] = train._int(p, "log_interval", 1, 100_000)
+    out["seed"] = None if p["seed"] in (None, "") else train._int(p, "seed", 0, 2**31 - 1)
+    out["device"] = train.resolve_device(p["device"])
+    out["gpus"], out["processes"] = train._processes(p.get("gpus"), out["device"])
+    out["global_batch_size"] = out["batch_size"] * out["accumulative_counts"] * out["processes"]
+    adaptations = ["LoRA instead of full-parameter DPO (the reference model is the model with its adapter off)",
+                   "use_varlen_attn=False (varlen attention needs flash-attn)"]
+    if out["device"] == "cpu":
+        adaptations.append("float32 weights, OptimWrapper (no mixed precision)")
+        adaptations.append(f"{out['processes']} CPU process{'es' if out['processes'] > 1 else ''} over gloo "
+                           "(MMEngine's pytorch launcher without CUDA)")
+        if out["deepspeed"] is None:
+            out["deepspeed"] = False
+            adaptations.append("DeepSpeed off (CPU; ask for deepspeed=true to use ZeRO-2 on CPU)")
+        if out["evaluation_inputs"] and params.get("eval_max_new_tokens") is None:
+            out["eval_max_new_tokens"] = train.CPU_EVAL_MAX_NEW_TOKENS
+            adaptations.append(f"evaluation answers limited to {train.CPU_EVAL_MAX_NEW_TOKENS} new tokens")
+    elif out["deepspeed"] is None:
+        out["deepspeed"] = True
+    out["num_proc"] = max(1, min(MAX_NUM_PROC, os.cpu_count() or 1, out["pair_count"]))
+    out["cpu_adaptations"] = adaptations
+    return out
+
+
+# ---- rendering ----------------------------------------------------------------------------
+def _set(body: str, name: str, expr: str) -> str:
+    """Replace the one top-level assignment of ``name`` in PART 1, however many lines its value
+    spans (the DPO template's evaluation_inputs list does; pipeline.train's _set is line-based)."""
+    import ast
+
+    try:
+        tree = ast.parse(body)
+    except SyntaxError as e:
+        raise StageError(f"XTuner template {TEMPLATE}: PART 1 does not parse ({e}); update pipeline/dpo.py")
+    hits = [n for n in tree.body if isinstance(n, ast.Assign) and len(n.targets) == 1
+            and isinstance(n.targets[0], ast.Name) and n.targets[0].id == name]
+    if len(hits) != 1:
+        raise StageError(f"XTuner template {TEMPLATE}: expected one assignment of {name!r} in PART 1, found "
+                         f"{len(hits)}; the template changed upstream: update pipeline/dpo.py")
+    lines = body.splitlines(keepends=True)
+    node = hits[0]
+    return "".join(lines[:node.lineno - 1] + [f"{name} = {expr}\n"] + lines[node.end_lineno:])
+
+
+def render_config(template_text: str, p: dict) -> str:
+    """The XTuner DPO config for resolved parameters ``p`` (see resolve_params)."""
+    from pipeline.recipe_format import SYSTEM_PROMPT
+
+    m = train._PART1.search(template_text)
+    if not m:
+        raise StageError(f"XTuner template {TEMPLATE}: no 'PART 1 Settings' section; the template changed "
+                         "upstream: update pipeline/dpo.py")
+    body = m.group("body")
+    for name, expr in [
+        ("pretrained_model_name_or_path", repr(p["base_model"])),
+        ("use_varlen_attn", "False  # varlen attention needs flash-attn (GPU)"),
+        ("dpo_loss_type", repr(p["loss_type"])),
+        ("loss_beta", repr(p["beta"])),
+        ("label_smoothing", repr(p["label_smoothing"])),
+        ("prompt_template", f"PROMPT_TEMPLATE.{p['prompt_template']}"),
+        ("max_length", repr(p["max_length"])),
+        ("batch_size", f"{p['batch_size']}  # per_device"),
+        ("accumulative_counts", repr(p["accumulative_counts"])),
+        ("max_epochs", repr(p["max_epochs"])),
+        ("lr", repr(p["lr"])),
+        ("warmup_ratio", repr(p["warmup_ratio"])),
+        ("save_steps", repr(p["save_steps"])),
+        ("save_total_limit", f"{p['save_total_limit']}  # Maximum checkpoints to keep (-1 means unlimited)"),
+        ("evaluation_freq", repr(p["evaluation_freq"])),
+        ("SYSTEM", repr(SYSTEM_PROMPT)),
+        ("evaluation_inputs", repr(p["evaluation_inputs"])),
+    ]:
+        body = _set(body, name, expr)
+    text = template_text[:m.start("body")] + body + template_text[m.end("body"):]
+    return text.rstrip("\n") + "\n\n" + _overrides(p) + "\n"
+
+
+def _overrides(p: dict) -> str:
+    lines = [
+        "#" * 71,
+        "#    Recipe Assistant overrides (rendered by pipeline/dpo.py)      #",
+        "#" * 71,
+        "import torch",
+        "from peft import LoraConfig",
+        "",
+        "# The preference pairs: a feedback export's pairs.jsonl (XTuner's DPO jsonl format)",
+        f'train_dataloader["dataset"]["dataset"]["data_files"] = {[p["pairs"]]!r}',
+        f'train_dataloader["dataset"]["num_proc"] = {p["num_proc"]}',
+        "# LoRA (the template trains every parameter): XTuner's DPO then takes the model with its",
+        "# adapter disabled as the reference model instead of a frozen copy",
+        'model["lora"] = dict(type=LoraConfig, r={r}, lora_alpha={a}, lora_dropout={d!r}, bias="none", '
+        'task_type="CAUSAL_LM")'.format(r=p["lora_r"], a=p["lora_alpha"], d=p["lora_dropout"]),
+    ]
+    if p["device"] == "cpu":
+        lines += train.cpu_overrides()
+    hooks = ["    dict(type=DatasetInfoHook, tokenizer=tokenizer),"]
+    if p["evaluation_inputs"]:
+        hooks += [
+            "    dict(",
+            "        type=EvaluateChatHook,",
+            "        tokenizer=tokenizer,",
+            "        every_n_iters=evaluation_freq,",
+            "        evaluation_inputs=evaluation_inputs,",
+            "        system=SYSTEM,",
+            "        prompt_template=prompt_template,",
+            f"        max_new_tokens={p['eval_max_new_tokens']},",
+            "    ),",
+        ]
+    lines += ["# Hooks: dataset info (and, when asked, evaluation answers); no varlen attention hook",
+              "custom_hooks = [", *hooks, "]",
+              f'default_hooks["logger"]["interval"] = {p["log_interval"]}',
+              f"randomness = dict(seed={p['seed']!r}, deterministic=False)"]
+    lines += train.iteration_budget(p)
+    return "\n".join(lines)
+
+
+# ---- the stage interface ------------------------------------------------------------------
+def command(settings, **params) -> StageCommand:
+    from backend.fileio import atomic_write_text
+
+    python = train.train_python()
+    p = resolve_params(settings, params)
+    tpl = template_path()
+    rdir = train.run_dir(settings, p["run_name"])
+    work = rdir / "work_dir"
+    if list(work.glob("iter_*.pth")):
+        raise StageError(f"run {p['run_name']!r} already has checkpoints in {work}; choose another run name")
+    config = rdir / "config.py"
+    atomic_write_text(config, render_config(tpl.read_text(encoding="utf-8"), p))
+    deepspeed = None
+    if p["deepspeed"]:
+        deepspeed = train.DEEPSPEED_CONFIG
+        if p["device"] == "cpu":
+            deepspeed = str(rdir / train.DEEPSPEED_CPU_FILE)
+            atomic_write_text(Path(deepspeed), train.deepspeed_cpu_json())
+    record = {**p, "config": str(config), "work_dir": str(work), "template_file": str(tpl),
+              "deepspeed_config": deepspeed, "created": timestamp()}
+    atomic_write_text(rdir / PARAMS_FILE, json.dumps(record, ensure_ascii=False, indent=2))
+    argv = [str(python), *train.LAUNCHER, "--nproc-per-node", str(p["processes"]),
+            "-m", "xtuner.tools.train", str(config), "--launcher", "pytorch", "--work-dir", str(work)]
+    if deepspeed:
+        argv += ["--deepspeed", deepspeed]
+    env = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return StageCommand(kind="dpo", argv=argv, cwd=rdir, env=env, gpu=True,
+                        outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
+                        params=record)
+
+
+def notes(params: dict, outputs: dict) -> list[str]:
+    return [f"{params.get('pair_count', '?')} preference pairs from {params.get('pairs', '?')}"]
+
+
+REWARD_METRICS = ("reward_acc", "reward_margin", "chosen_rewards", "rejected_rewards")  # XTuner's DPO logs them
+
+
+def progress(log_text: str):
+    """As the train stage's (MMEngine's log lines; the DPO loss is logged as ``loss``), with
+    XTuner's DPO reward metrics added to each point and the last reward accuracy and margin."""
+    from pipeline import xtuner_log
+
+    p = train.progress(log_text)
+    recs = {r.iter: r.metrics for r in xtuner_log.iter_records(log_text)}
+    for m in p.metrics:
+        m.update({k: v for k, v in recs.get(m["iter"], {}).items() if k in REWARD_METRICS})
+    if p.metrics and "reward_acc" in p.metrics[-1]:
+        last = p.metrics[-1]
+        p.message += f" · reward acc {last['reward_acc']:.2f}, margin {last.get('reward_margin', 0.0):.3g}"
+    return p
+
+
+def verify(cmd: StageCommand, log_text: str) -> str | None:
+    return train.verify(cmd, log_text)
