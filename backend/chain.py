@@ -18,7 +18,7 @@ from backend.jobs import Job, JobRunner
 from backend.settings import Settings
 from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
-RETRAIN_ORDER = ("feedback_export", "prepare", "train", "convert", "merge", "quantize", "evaluate")
+RETRAIN_ORDER = ("feedback_export", "prepare", "train", "convert", "merge", "dpo", "quantize", "evaluate")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chains (
@@ -44,6 +44,12 @@ LINKS: list[tuple[str, str, str, str]] = [
     ("merge", "model", "quantize", "model"),
     ("merge", "model", "evaluate", "model_dir"),
     ("quantize", "model", "evaluate", "models"),  # the quantised model is evaluated beside the merged one
+    # optional DPO after SFT: merge -> dpo -> convert -> merge; later steps win, so the second
+    # convert/merge take the DPO run and evaluate gets the DPO-merged model
+    ("feedback_export", "dir", "dpo", "pairs"),
+    ("merge", "model", "dpo", "model"),
+    ("dpo", "run_name", "convert", "run_name"),
+    ("dpo", "run_name", "merge", "run_name"),
 ]
 
 

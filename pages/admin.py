@@ -475,6 +475,11 @@ def retrain_section() -> None:
             prep = prepare_fields("rt_prep_", stage_module("prepare"))
             st.markdown("**Training · 训练**")
             train = train_fields("rt_train_", train_mod, with_data=False)
+            c = st.columns([2, 1])
+            dpo_on = c[0].checkbox("Then DPO on the reviewed feedback's preference pairs · 偏好优化", value=False,
+                                   key="rt_dpo", help="after SFT, merge: DPO (XTuner's template, LoRA), convert, "
+                                   "merge again; needs reviewed feedback above with corrected 👎 answers")
+            dpo_iters = int(c[1].number_input("DPO iterations", 1, 100_000, 200, key="rt_dpo_iters"))
             quantize = st.checkbox("Quantise to W4A16 for TurboMind (GPU only) · 量化", value=False, key="rt_quant",
                                    disabled=not _importable("quantize"))
             st.markdown("**Evaluation · 评测**")
@@ -482,10 +487,19 @@ def retrain_section() -> None:
             submitted = st.form_submit_button("Start Retrain · 开始重新训练", type="primary")
         if submitted:
             steps = [("prepare", prep), ("train", train), ("convert", {}), ("merge", {})]
+            reviewed = prep.get("reviewed")
             if prep.get("reviewed") == EXPORT_FIRST:  # the export's folder reaches prepare through the chain
                 prep.pop("reviewed")
                 steps.insert(0, ("feedback_export",
                                  {"out": str(settings.data_dir / time.strftime("feedback-%Y%m%d-%H%M%S"))}))
+            if dpo_on and not reviewed:
+                st.error("DPO needs preference pairs: choose reviewed feedback above (corrected 👎 answers).")
+                return
+            if dpo_on:  # the export (or the chosen export folder) gives DPO its pairs
+                dpo = {"max_iters": dpo_iters, "run_name": f"{train['run_name']}-dpo"}
+                if reviewed and reviewed != EXPORT_FIRST:
+                    dpo["pairs"] = reviewed
+                steps += [("dpo", dpo), ("convert", {}), ("merge", {})]
             if quantize:
                 steps.append(("quantize", {}))
             steps.append(("evaluate", evaluate))

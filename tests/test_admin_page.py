@@ -279,3 +279,28 @@ def test_serve_on_a_machine_without_gpu_says_so_and_starts_nothing(admin_env, ti
     assert not at.exception, at.exception
     assert at.error and "needs a CUDA GPU" in at.error[0].value
     assert JobRunner(admin_env).list() == []
+
+
+def test_retrain_with_dpo_adds_its_steps_and_needs_reviewed_feedback(admin_env, monkeypatch, tiny_model, train_python):
+    from backend.chain import list_chains
+
+    monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
+    at = login(page())
+    at.radio(key="section").set_value("Retrain · 重新训练").run()
+    at.checkbox(key="rt_dpo").check()
+    [b for b in at.button if b.label.startswith("Start Retrain")][0].click().run()
+    assert not at.exception, at.exception
+    assert at.error and "DPO needs preference pairs" in at.error[0].value and list_chains(admin_env) == []
+    # form widgets reach the script with the submit click
+    at.selectbox(key="rt_prep_reviewed").set_value(at.selectbox(key="rt_prep_reviewed").options[1])
+    at.text_input(key="rt_train_run").input("rt-dpo")
+    [b for b in at.button if b.label.startswith("Start Retrain")][0].click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    (ch,) = list_chains(admin_env)
+    kinds = [s["kind"] for s in ch.steps]
+    assert kinds == ["feedback_export", "prepare", "train", "convert", "merge", "dpo", "convert", "merge", "evaluate"]
+    assert ch.steps[5]["params"]["run_name"] == "rt-dpo-dpo"
+    from backend.chain import cancel_chain
+
+    cancel_chain(admin_env, ch.id)

@@ -20,6 +20,7 @@ from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
 from pipeline.stage import StageError, stage_module
 from tests.test_admin_page import admin_env, login, page  # noqa: F401 - admin_env is a fixture
 from tests.test_feedback import chat
+from tests.conftest import SAMPLE_RECIPES, wait_until
 from tests.test_train_e2e import TIMINGS, run_stage
 
 ITERS = 4
@@ -167,3 +168,35 @@ def test_admin_form_starts_a_dpo_job(admin_env, dpo_inputs, train_python):
     rec = json.loads((admin_env.runs_dir / "form-dpo" / dpo.PARAMS_FILE).read_text(encoding="utf-8"))
     assert (rec["base_model"], rec["pairs"]) == (str(dpo_inputs), str(admin_env.data_dir / "fb" / "pairs.jsonl"))
     assert (rec["max_iters"], rec["lr"], rec["beta"]) == (2, 1e-4, 0.25)
+
+
+def test_retrain_chain_runs_dpo_after_sft(settings, tiny_model, train_python,
+                                                                     no_leftover_jobs):
+    """Retrain with DPO: export -> prepare (reviewed) -> train -> convert -> merge -> dpo (pairs from
+    the export, model from the merge) -> convert -> merge (the DPO run), through the chain."""
+    from backend.chain import get_chain, start_chain
+
+    h, store = History(settings.app_db), FeedbackStore(settings.app_db)
+    for q, bad, fixed in PAIRS:
+        _, mid = chat(h, q, bad, -1, "不对")
+        store.decide(mid, "correct", fixed)
+    base = settings.workspace / "base" / "tiny"
+    shutil.copytree(tiny_model, base)
+    corpus = settings.workspace / "few.jsonl"
+    corpus.write_bytes(b"\n".join(SAMPLE_RECIPES.read_bytes().splitlines()[:4]) + b"\n")
+    steps = [("feedback_export", {"out": str(settings.data_dir / "fb")}),
+             ("prepare", {"input": str(corpus), "out": str(settings.data_dir / "d"), "val": 0, "test": 0}),
+             ("train", {"run_name": "sft", "base_model": "base/tiny", "max_iters": 2, "max_length": 256,
+                        "evaluation_inputs": [], "log_interval": 1}),
+             ("convert", {}), ("merge", {}),
+             ("dpo", {"run_name": "sft-dpo", "max_iters": 2, "max_length": 256}), ("convert", {}), ("merge", {})]
+    chain_id = start_chain(settings, steps)
+    ch = wait_until(lambda: (c := get_chain(settings, chain_id)).status != "running" and c,
+                    lambda: f"chain: {[(j.kind, j.status, j.error) for j in get_chain(settings, chain_id).jobs]}", 900)
+    assert ch.status == "succeeded", (ch.error, [(j.kind, j.status, j.error) for j in ch.jobs])
+    dpo_job = [j for j in ch.jobs if j.kind == "dpo"][0]
+    assert dpo_job.params["base_model"] == str(settings.models_dir / "sft")  # the SFT merge
+    assert dpo_job.params["pairs"].startswith(str(settings.data_dir / "fb"))  # the export's pairs
+    last_merge = [j for j in ch.jobs if j.kind == "merge"][-1]
+    assert last_merge.outputs["model"] == str(settings.models_dir / "sft-dpo")
+    assert (settings.models_dir / "sft-dpo" / "recipe_model.json").is_file()
