@@ -7,11 +7,12 @@ fine-tuned model. Targets: ingredient recall on the trained dishes >= 60% fine-t
 every fine-tuned answer starts with the trained header, reaches the steps and ends by itself
 before max_new_tokens.
 
-Long: runs only when RECIPE_TEST_TEACHING=1; not part of `make test` yet. Measured on a shared
-2-core machine (load ~4): the 20 sample recipes are 773 tokens at most (SmolLM2 tokenizer), 90
-packed iterations for 6 epochs at ~31 s each (~47 min) -- far over the ~15 min CI budget, and the
-recall targets have not been reached or measured yet (the run was stopped). RECIPE_TEACH_EPOCHS
-and RECIPE_TEACH_LR change the budget without editing the test.
+Long (~20 min on 2 cores; set RECIPE_TEST_TEACHING=0 to skip it). The 20 shortest sample
+recipes are at most 552 tokens with SmolLM2's tokenizer. Measured on a shared 2-core machine,
+6 epochs (96 packed iterations, 631 s of training, 1013 s in all): recall 54% fine-tuned, 0% base,
+20/20 answers with the header and the steps, 19/20 ended by themselves -- short of the 60%
+target, loss still falling (0.19); hence 10 epochs. RECIPE_TEACH_EPOCHS and RECIPE_TEACH_LR change
+the budget without editing the test.
 """
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ import pytest
 from pipeline.recipe_format import INGREDIENTS_HEADER, STEPS_HEADER, SYSTEM_PROMPT, parse_answer
 from tests.conftest import SAMPLE_RECIPES, wait_until
 
-pytestmark = pytest.mark.skipif(os.environ.get("RECIPE_TEST_TEACHING") != "1",
-                                reason="long real-model training test: set RECIPE_TEST_TEACHING=1")
+pytestmark = pytest.mark.skipif(os.environ.get("RECIPE_TEST_TEACHING") == "0",
+                                reason="long real-model training test: RECIPE_TEST_TEACHING=0 skips it")
 
 RECIPES = 20
-EPOCHS = int(os.environ.get("RECIPE_TEACH_EPOCHS", "6"))
+EPOCHS = int(os.environ.get("RECIPE_TEACH_EPOCHS", "10"))
 LR = float(os.environ.get("RECIPE_TEACH_LR", "1e-3"))
 BASE_DISHES = 5  # the base model is asked this many dishes (its answers run to max_new_tokens)
 TIMINGS: dict[str, float] = {}
@@ -93,7 +94,9 @@ def test_training_teaches_the_trained_dishes(settings, monkeypatch, no_leftover_
     settings = save_settings(settings, base_model=str(model))
     runner = JobRunner(settings)
     subset = settings.workspace / "recipes20.jsonl"
-    lines = [l for l in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines() if l.strip()][:RECIPES]
+    # the shortest recipes: fewer tokens per epoch (CPU time) and answers that end well inside max_new_tokens
+    lines = sorted((l for l in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines() if l.strip()),
+                   key=len)[:RECIPES]
     subset.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     run_job(runner, prepare_data.command(settings, input=str(subset), out="data/teach", val=0, test=0),
