@@ -174,25 +174,6 @@ def resolve_params(settings, params: dict) -> dict:
 
 
 # ---- rendering ----------------------------------------------------------------------------
-def _set(body: str, name: str, expr: str) -> str:
-    """Replace the one top-level assignment of ``name`` in PART 1, however many lines its value
-    spans (the DPO template's evaluation_inputs list does; pipeline.train's _set is line-based)."""
-    import ast
-
-    try:
-        tree = ast.parse(body)
-    except SyntaxError as e:
-        raise StageError(f"XTuner template {TEMPLATE}: PART 1 does not parse ({e}); update pipeline/dpo.py")
-    hits = [n for n in tree.body if isinstance(n, ast.Assign) and len(n.targets) == 1
-            and isinstance(n.targets[0], ast.Name) and n.targets[0].id == name]
-    if len(hits) != 1:
-        raise StageError(f"XTuner template {TEMPLATE}: expected one assignment of {name!r} in PART 1, found "
-                         f"{len(hits)}; the template changed upstream: update pipeline/dpo.py")
-    lines = body.splitlines(keepends=True)
-    node = hits[0]
-    return "".join(lines[:node.lineno - 1] + [f"{name} = {expr}\n"] + lines[node.end_lineno:])
-
-
 def render_config(template_text: str, p: dict) -> str:
     """The XTuner DPO config for resolved parameters ``p`` (see resolve_params)."""
     from pipeline.recipe_format import SYSTEM_PROMPT
@@ -221,7 +202,7 @@ def render_config(template_text: str, p: dict) -> str:
         ("SYSTEM", repr(SYSTEM_PROMPT)),
         ("evaluation_inputs", repr(p["evaluation_inputs"])),
     ]:
-        body = _set(body, name, expr)
+        body = train._set(body, name, expr, TEMPLATE, "pipeline/dpo.py")
     text = template_text[:m.start("body")] + body + template_text[m.end("body"):]
     return text.rstrip("\n") + "\n\n" + _overrides(p) + "\n"
 
@@ -244,19 +225,7 @@ def _overrides(p: dict) -> str:
     ]
     if p["device"] == "cpu":
         lines += train.cpu_overrides()
-    hooks = ["    dict(type=DatasetInfoHook, tokenizer=tokenizer),"]
-    if p["evaluation_inputs"]:
-        hooks += [
-            "    dict(",
-            "        type=EvaluateChatHook,",
-            "        tokenizer=tokenizer,",
-            "        every_n_iters=evaluation_freq,",
-            "        evaluation_inputs=evaluation_inputs,",
-            "        system=SYSTEM,",
-            "        prompt_template=prompt_template,",
-            f"        max_new_tokens={p['eval_max_new_tokens']},",
-            "    ),",
-        ]
+    hooks = train.custom_hooks(p)
     lines += ["# Hooks: dataset info (and, when asked, evaluation answers); no varlen attention hook",
               "custom_hooks = [", *hooks, "]",
               f'default_hooks["logger"]["interval"] = {p["log_interval"]}',

@@ -429,13 +429,22 @@ def _processes(value, device: str) -> tuple[int, int]:
 _PART1 = re.compile(r"^#+\s*\n#\s*PART 1\s+Settings\s*#\s*\n#+\s*\n(?P<body>.*?)(?=^#+\s*\n#\s*PART 2)", re.S | re.M)
 
 
-def _set(body: str, name: str, expr: str, template: str) -> str:
-    pattern = re.compile(rf"^{re.escape(name)}\s*=(?!=).*$", re.M)
-    hits = pattern.findall(body)
+def _set(body: str, name: str, expr: str, template: str, owner: str = "pipeline/train.py") -> str:
+    """Replace the one top-level assignment of ``name`` in PART 1, however many lines its value
+    spans (the DPO template's evaluation_inputs list spans several)."""
+    import ast
+
+    try:
+        tree = ast.parse(body)
+    except SyntaxError as e:
+        raise StageError(f"XTuner template {template}: PART 1 does not parse ({e}); update {owner}") from None
+    hits = [n for n in tree.body if isinstance(n, ast.Assign) and len(n.targets) == 1
+            and isinstance(n.targets[0], ast.Name) and n.targets[0].id == name]
     if len(hits) != 1:
         raise StageError(f"XTuner template {template}: expected one assignment of {name!r} in PART 1, found "
-                         f"{len(hits)}; the template changed upstream: update pipeline/train.py")
-    return pattern.sub(lambda m: f"{name} = {expr}", body, count=1)
+                         f"{len(hits)}; the template changed upstream: update {owner}")
+    lines = body.splitlines(keepends=True)
+    return "".join(lines[:hits[0].lineno - 1] + [f"{name} = {expr}\n"] + lines[hits[0].end_lineno:])
 
 
 def render_config(template_text: str, p: dict, template: str = DEFAULT_TEMPLATE) -> str:
@@ -501,19 +510,7 @@ def _overrides(p: dict, data_var: str) -> str:
                   'model["llm"].pop("quantization_config", None)']
     if cpu:
         lines += cpu_overrides()
-    hooks = ["    dict(type=DatasetInfoHook, tokenizer=tokenizer),"]
-    if p["evaluation_inputs"]:
-        hooks += [
-            "    dict(",
-            "        type=EvaluateChatHook,",
-            "        tokenizer=tokenizer,",
-            "        every_n_iters=evaluation_freq,",
-            "        evaluation_inputs=evaluation_inputs,",
-            "        system=SYSTEM,",
-            "        prompt_template=prompt_template,",
-            f"        max_new_tokens={p['eval_max_new_tokens']},",
-            "    ),",
-        ]
+    hooks = custom_hooks(p)
     lines += ["# Hooks: dataset info, and the evaluation answers printed during training",
               "custom_hooks = [", *hooks, "]",
               f'default_hooks["logger"]["interval"] = {p["log_interval"]}',
@@ -539,6 +536,25 @@ def cpu_overrides() -> list[str]:
         'setattr(__import__("torch").cuda, "set_device", lambda *a, **k: None)',
         'model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None)',
     ]
+
+
+def custom_hooks(p: dict) -> list[str]:
+    """The config's custom_hooks entries: dataset info, and XTuner's evaluation answers when
+    questions are given (SFT and DPO alike)."""
+    hooks = ["    dict(type=DatasetInfoHook, tokenizer=tokenizer),"]
+    if p["evaluation_inputs"]:
+        hooks += [
+            "    dict(",
+            "        type=EvaluateChatHook,",
+            "        tokenizer=tokenizer,",
+            "        every_n_iters=evaluation_freq,",
+            "        evaluation_inputs=evaluation_inputs,",
+            "        system=SYSTEM,",
+            "        prompt_template=prompt_template,",
+            f"        max_new_tokens={p['eval_max_new_tokens']},",
+            "    ),",
+        ]
+    return hooks
 
 
 def iteration_budget(p: dict) -> list[str]:
