@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from backend.history import History
-from backend.sqlite_tx import schema_lock, thread_db, write_transaction
+from backend.sqlite_tx import schema_lock, thread_db, thread_write
 
 DECISIONS = ("accept", "correct", "reject")
 ADMIN = "admin"  # one admin password, so one admin; the client address tells sessions apart
@@ -71,10 +70,8 @@ class FeedbackStore:
     def _db(self):
         return thread_db(self.path)
 
-    @contextmanager
     def _write(self):
-        with self._db() as db, write_transaction(db):
-            yield db
+        return thread_write(self.path)
 
     def _create_schema(self) -> None:
         with schema_lock(self.path):  # the same turns as History's schema creation

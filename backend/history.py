@@ -11,12 +11,11 @@ import threading
 import time
 import unicodedata
 import uuid
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
 
-from backend.sqlite_tx import schema_lock, thread_db, write_transaction
+from backend.sqlite_tx import schema_lock, thread_db, thread_write
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 30
@@ -63,10 +62,8 @@ class History:
     def _db(self):
         return thread_db(self.path)
 
-    @contextmanager
     def _write(self):
-        with self._db() as db, write_transaction(db):
-            yield db
+        return thread_write(self.path)
 
     def _create_schema(self) -> None:
         """Tables, indexes and the search index, created once. Processes opening a new app.db at

@@ -30,6 +30,13 @@ def thread_db(path: str | Path):
 
 
 @contextlib.contextmanager
+def thread_write(path: str | Path):
+    """This thread's connection to ``path`` inside a ``BEGIN IMMEDIATE`` transaction."""
+    with thread_db(path) as db, write_transaction(db):
+        yield db
+
+
+@contextlib.contextmanager
 def schema_lock(path: str | Path):
     """Processes creating tables in a new database at the same moment take turns on a lock file
     beside it (WAL switching and sqlite-utils' scripts do not wait on SQLite's busy timeout)."""
