@@ -198,16 +198,6 @@ def machine_fact(settings: Settings) -> Fact:
     return Fact("machine", None, f"{os.cpu_count()} CPU cores{mem}{disk}")
 
 
-def converter_fact() -> Fact:
-    """Whether the corpus converter's compiled fast path is built (building it if need be)."""
-    from pipeline import native
-
-    if native.load() is not None:
-        return Fact("corpus converter", True, f"compiled fast path ({native.library_path().name})")
-    return Fact("corpus converter", False, f"pure Python, about 2x slower: {native.why_not()}",
-                "install a C compiler (apt install gcc), then run `.venv/bin/python -m pipeline.native`")
-
-
 def api_server_fact(settings: Settings, timeout: float = 5.0) -> Fact | None:
     """The OpenAI-compatible server of the `openai` engine: reachable, and the models it serves
     (``/v1/models``); None when RECIPE_API_BASE is not set. The key is sent, never shown."""
@@ -241,4 +231,4 @@ def system_facts(settings: Settings, probe_lmdeploy: bool = True) -> list[Fact]:
     if probe_lmdeploy:
         facts.append(lmdeploy_fact())
     server = api_server_fact(settings)
-    return facts + ([server] if server else []) + env_facts() + [converter_fact()] + config_facts(settings)
+    return facts + ([server] if server else []) + env_facts() + config_facts(settings)

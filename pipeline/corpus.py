@@ -2,7 +2,8 @@
 
 ``check_line(raw)`` turns one raw line into a clean recipe or the reason it was rejected;
 ``open_corpus(path)`` opens .json/.jsonl, .gz or .zip inputs as a binary stream with a
-progress position. Used by pipeline.prepare_data (in worker processes) and backend.library.
+progress position, held to Limits (inflated size, inflation ratio); ``iter_blocks`` cuts it into
+blocks of whole lines in linear time, a line beyond the cap counted, not kept. Used by pipeline.prepare_data (in worker processes) and backend.library.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ except ImportError:  # pragma: no cover - isal is in requirements.txt
 
 # Every rejected line gets exactly one of these reasons (stats.json "rejected" keys).
 REASONS = {
+    "line_too_long": "the line is longer than the cap on a line (RECIPE_PREPARE_MAX_LINE_BYTES, 1 MiB)",
     "bad_utf8": "the line is not valid UTF-8",
     "blank": "empty line",
     "invalid_json": "not valid JSON (often a truncated line)",
@@ -98,6 +100,21 @@ def fingerprint_bytes(name: str, ingredients: list[str]) -> bytes:
     """fingerprint() as 8 little-endian bytes (what the converter's workers collect)."""
     text = "\x1f".join((name, *sorted(ingredients)))
     return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+
+
+def split_digest(name: str, ingredients: list[str], key: bytes) -> bytes:
+    """16 bytes of BLAKE2b keyed by the run's seed: a dish's fingerprint for deduplication (the
+    first 8, little-endian) and its split key (the last 8), from its name and ingredients (any order)."""
+    text = "\x1f".join((name, *sorted(ingredients)))
+    return blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16, key=key).digest()
+
+
+def seed_key(seed: int) -> bytes:
+    """The BLAKE2b key of a split seed (ValueError for a seed of more than 64 digits)."""
+    key = str(int(seed)).encode()
+    if len(key) > 64:
+        raise ValueError("--seed must have at most 64 digits")
+    return key
 
 
 def fingerprint(name: str, ingredients: list[str]) -> int:
@@ -210,52 +227,183 @@ class CorpusError(ValueError):
     """The input cannot be read as a corpus; the message says what to do."""
 
 
-@dataclass
+# Caps that keep a hostile input (a decompression bomb, a file without newlines) from taking
+# the machine's memory or hours: each can be changed by its environment variable.
+MAX_LINE_BYTES = 1 << 20  # a recipe line is a few KB; longer lines are rejected (line_too_long)
+MAX_INFLATION = 100  # JSON text inflates 3-10x; a member that inflates more is refused
+MAX_INFLATED_BYTES = 64 << 30  # what a compressed input may inflate to in all
+_SLACK = 8 << 20  # inflated bytes allowed beyond MAX_INFLATION x the compressed bytes read
+LIMIT_ENV = {"line_bytes": "RECIPE_PREPARE_MAX_LINE_BYTES", "inflation": "RECIPE_PREPARE_MAX_INFLATION",
+             "inflated_bytes": "RECIPE_PREPARE_MAX_INFLATED_BYTES"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    line_bytes: int = MAX_LINE_BYTES
+    inflation: float = MAX_INFLATION
+    inflated_bytes: int = MAX_INFLATED_BYTES
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """The defaults, each replaced by its environment variable (LIMIT_ENV) where set."""
+        values = {}
+        for field, var in LIMIT_ENV.items():
+            raw = os.environ.get(var, "").strip()
+            if not raw:
+                continue
+            try:
+                value = float(raw) if field == "inflation" else int(raw)
+            except ValueError:
+                raise CorpusError(f"{var}={raw!r} is not a number; unset it or give a positive number") from None
+            if value <= 0:
+                raise CorpusError(f"{var}={raw!r} must be positive; unset it for the default")
+            values[field] = value
+        return cls(**values)
+
+
+def _size(n: float) -> str:
+    return f"{n / (1 << 20):,.1f} MiB" if n < 1 << 30 else f"{n / (1 << 30):,.1f} GiB"
+
+
+def damaged(what: str, why) -> CorpusError:
+    """The error for a compressed input that cannot be read to its end, and what to do."""
+    return CorpusError(f"{what} is damaged ({why}); download or copy it again")
+
+
 class CorpusStream:
-    file: object  # binary file-like with read()
-    total: int  # bytes to read (compressed size for .gz), for progress
-    position: object  # () -> bytes read so far, same unit as total
-    closers: list
+    """The bytes of a corpus: a plain file, a .gz, or every corpus member of a .zip one after
+    the other (each ending in a newline, a BOM at its start removed). ``total`` and
+    ``position()`` measure progress in the same unit; ``skipped`` names the archive members
+    that are not corpus files (not read)."""
+
+    def __init__(self, members, total: int, position, closers: list, skipped: list[str] | None = None):
+        self._members = members  # an iterator of readers (read(n) -> bytes), one a member
+        self.total, self.position, self.closers, self.skipped = total, position, closers, skipped or []
+        self._cur = None
+        self._start = False
+        self._last = b"\n"
+
+    def read(self, n: int) -> bytes:
+        while True:
+            if self._cur is None:
+                self._cur = next(self._members, None)
+                if self._cur is None:
+                    return b""
+                self._start = True
+            data = self._cur.read(n)
+            if not data:  # this member is done: end its last line
+                self._cur = None
+                if self._last != b"\n":
+                    self._last = b"\n"
+                    return b"\n"
+                continue
+            if self._start:
+                self._start = False
+                if data.startswith(BOM):
+                    data = data[len(BOM):]
+                    if not data:
+                        continue
+            self._last = data[-1:]
+            return data
 
     def close(self) -> None:
         for c in reversed(self.closers):
             c.close()
 
 
-def open_corpus(path: str | os.PathLike) -> CorpusStream:
-    """Open a .json/.jsonl (one object a line), .gz or .zip corpus for binary reading."""
+class _Inflating:
+    """A decompressing reader held to the Limits: what it inflates is counted against the
+    compressed bytes consumed (``compressed()``) and the cap on the inflated size; its errors
+    become CorpusErrors that say what to do."""
+
+    def __init__(self, f, what: str, compressed, limits: Limits, counter: list):
+        self.f, self.what, self.compressed, self.limits = f, what, compressed, limits
+        self.counter = counter  # [bytes inflated so far], shared by the members of one input
+
+    def read(self, n: int) -> bytes:
+        try:
+            data = self.f.read(n)
+        except CorpusError:
+            raise
+        except (OSError, EOFError, _zlib.error, zipfile.BadZipFile) as e:
+            raise damaged(self.what, e) from None
+        self.counter[0] += len(data)
+        out, lim = self.counter[0], self.limits
+        if out > lim.inflated_bytes:
+            raise CorpusError(f"{self.what} inflates to more than {_size(lim.inflated_bytes)}, the cap on an inflated "
+                              f"corpus; if it really is one, raise {LIMIT_ENV['inflated_bytes']} (bytes)")
+        if out > lim.inflation * self.compressed() + _SLACK:
+            raise CorpusError(f"{self.what} inflates more than {lim.inflation:g}x ({_size(out)} from "
+                              f"{_size(self.compressed())} compressed): not a text corpus (a decompression bomb?); "
+                              f"if it really is one, raise {LIMIT_ENV['inflation']}")
+        return data
+
+
+def open_corpus(path: str | os.PathLike, limits: Limits | None = None) -> CorpusStream:
+    """Open a .json/.jsonl (one object a line), .gz or .zip corpus for binary reading. A zip's
+    .json/.jsonl members are all read, in archive order (every member where none is named so)."""
     path = Path(path)
+    limits = limits or Limits()
     if not path.is_file():
         raise CorpusError(f"input {path} does not exist or is not a file")
     name = path.name.lower()
     if name.endswith(".zip"):
-        try:
-            zf = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as e:
-            raise CorpusError(f"{path} is not a readable zip file ({e})") from None
-        members = [m for m in zf.infolist() if not m.is_dir()]
-        jsons = [m for m in members if m.filename.lower().endswith((".json", ".jsonl"))] or members
-        if not jsons:
-            raise CorpusError(f"{path} contains no file; expected a .json/.jsonl corpus inside")
-        member = max(jsons, key=lambda m: m.file_size)
-        if member.flag_bits & 0x1:
-            raise CorpusError(f"{path}: {member.filename} is encrypted; unzip it with its password first")
-        if member.compress_type in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED):
-            f = _ZipMember(path, member)
-            return CorpusStream(f, member.file_size, f.tell, [zf, f])
-        f = zf.open(member)  # bzip2, lzma: Python's own reader
-        return CorpusStream(_Checked(f, path), member.file_size, f.tell, [zf, f])
+        return _open_zip(path, limits)
     raw = open(path, "rb")
     total = os.fstat(raw.fileno()).st_size
     if name.endswith(".gz"):
-        f = _gzip.GzipFile(fileobj=raw, mode="rb")
-        return CorpusStream(_Checked(f, path), total, raw.tell, [raw, f])
-    return CorpusStream(raw, total, raw.tell, [raw])
+        f = _Inflating(_gzip.GzipFile(fileobj=raw, mode="rb"), str(path), raw.tell, limits, [0])
+        return CorpusStream(iter([f]), total, raw.tell, [raw])
+    return CorpusStream(iter([raw]), total, raw.tell, [raw])
 
 
-def damaged(what: str, why) -> CorpusError:
-    """The error for a compressed input that cannot be read to its end, and what to do."""
-    return CorpusError(f"{what} is damaged ({why}); download or copy it again")
+def _open_zip(path: Path, limits: Limits) -> CorpusStream:
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CorpusError(f"{path} is not a readable zip file ({e})") from None
+    files = [m for m in zf.infolist() if not m.is_dir()]
+    members = [m for m in files if m.filename.lower().endswith((".json", ".jsonl"))] or files
+    if not members:
+        zf.close()
+        raise CorpusError(f"{path} contains no file; expected a .json/.jsonl corpus inside")
+    for m in members:
+        why = None
+        if m.flag_bits & 0x1:
+            why = f"{m.filename} is encrypted; unzip it with its password first"
+        elif m.file_size > limits.inflation * m.compress_size + _SLACK:
+            why = (f"{m.filename} says it inflates {m.file_size / max(m.compress_size, 1):,.0f}x ({_size(m.file_size)} "
+                   f"from {_size(m.compress_size)}), more than the {limits.inflation:g}x of a text corpus (a "
+                   f"decompression bomb?); if it really is one, raise {LIMIT_ENV['inflation']}")
+        if why:
+            zf.close()
+            raise CorpusError(f"{path}: {why}")
+    declared = sum(m.file_size for m in members)
+    if declared > limits.inflated_bytes:
+        zf.close()
+        raise CorpusError(f"{path} says it inflates to {_size(declared)}, more than the cap of "
+                          f"{_size(limits.inflated_bytes)}; if it really is a corpus, raise "
+                          f"{LIMIT_ENV['inflated_bytes']} (bytes)")
+    counter = [0]
+    closers = [zf]
+
+    def readers():
+        before = 0  # compressed bytes of the members already read
+        for m in members:
+            what = f"{path}: {m.filename}"
+            if m.compress_type in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED):
+                f = _ZipMember(path, m)
+                consumed = f.consumed
+            else:  # bzip2, lzma: Python's own reader (how much it consumed is not known)
+                f = zf.open(m)
+                consumed = (lambda size: lambda: size)(m.compress_size)
+            closers.append(f)
+            yield _Inflating(f, what, (lambda b, c: lambda: b + c())(before, consumed), limits, counter)
+            f.close()
+            before += m.compress_size
+
+    return CorpusStream(readers(), declared, lambda: counter[0], closers,
+                        [m.filename for m in files if m not in members])
 
 
 class _ZipMember:
@@ -268,6 +416,7 @@ class _ZipMember:
         self.f.seek(info.header_offset)
         head = self.f.read(30)
         if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            self.f.close()
             raise CorpusError(f"{path} is not a readable zip file (no local header for {info.filename})")
         name_len, extra_len = struct.unpack("<HH", head[26:30])
         self.f.seek(info.header_offset + 30 + name_len + extra_len)
@@ -280,11 +429,15 @@ class _ZipMember:
     def _damaged(self, why: str) -> CorpusError:
         return damaged(f"{self.path}: {self.info.filename}", why)
 
+    def consumed(self) -> int:
+        """Compressed bytes inflated so far."""
+        return self.info.compress_size - self.left - len(self.tail)
+
     def read(self, n: int = -1) -> bytes:
         n = n if n and n > 0 else 1 << 20
         while not self.done:
             if not self.tail and self.left:
-                self.tail = self.f.read(min(self.left, 1 << 18))
+                self.tail = self.f.read(min(self.left, 1 << 16))
                 if not self.tail:
                     raise self._damaged("it ends early")
                 self.left -= len(self.tail)
@@ -308,47 +461,78 @@ class _ZipMember:
                 return out
         return b""
 
-    def tell(self) -> int:
-        return self.pos
-
     def close(self) -> None:
         self.f.close()
 
 
-class _Checked:
-    """A decompressing reader whose errors become CorpusErrors that say what to do."""
+@dataclass
+class Overlong:
+    """A line longer than the cap (Limits.line_bytes), skipped without being held: its length
+    in bytes (without the newline) and its first bytes."""
 
-    def __init__(self, f, path: Path):
-        self.f, self.path = f, path
-
-    def read(self, n: int = -1) -> bytes:
-        try:
-            return self.f.read(n)
-        except (OSError, EOFError, _zlib.error, zipfile.BadZipFile) as e:
-            raise damaged(str(self.path), e) from None
+    length: int
+    head: bytes
 
 
-def iter_blocks(stream: CorpusStream, size: int = 1 << 20):
-    """Yield byte blocks that end at a line boundary (the last one may not); BOM removed."""
-    rest = b""
-    first = True
+def iter_blocks(stream: CorpusStream, size: int = 1 << 20, max_line: int = MAX_LINE_BYTES):
+    """Yield blocks of whole lines of about `size` bytes (each ends with a newline, but the
+    last may not) and an Overlong in place of each line longer than `max_line` that does not
+    fit in one read (a longer line inside a block is left to the reader of the block).
+
+    Linear time and memory of about size + max_line whatever the input: a line is joined once,
+    when it ends, and a line beyond the cap is counted, not kept."""
+    held: list[bytes] = []  # the start of a line not ended yet
+    held_len = 0
+    skip: Overlong | None = None
+
+    def hold(rest: bytes) -> None:
+        nonlocal held, held_len, skip
+        if len(rest) > max_line:
+            skip, held, held_len = Overlong(len(rest), rest[:120]), [], 0
+        elif rest:
+            held, held_len = [rest], len(rest)
+
     while True:
-        chunk = stream.file.read(size)
+        chunk = stream.read(size)
         if not chunk:
             break
-        if first:
-            first = False
-            if chunk.startswith(BOM):
-                chunk = chunk[len(BOM):]
-        buf = rest + chunk if rest else chunk
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            rest = buf
+        pos = 0
+        if skip is not None:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                skip.length += len(chunk)
+                continue
+            skip.length += nl
+            yield skip
+            skip, pos = None, nl + 1
+        if held:
+            nl = chunk.find(b"\n", pos)
+            length = held_len + (nl if nl >= 0 else len(chunk)) - pos
+            if length > max_line:
+                skip = Overlong(length, (b"".join(held) + chunk[pos:pos + 120])[:120])
+                held, held_len = [], 0
+                if nl < 0:
+                    continue
+                yield skip
+                skip, pos = None, nl + 1
+            elif nl < 0:
+                held.append(chunk[pos:] if pos else chunk)
+                held_len = length
+                continue
+        cut = chunk.rfind(b"\n", pos)
+        if cut < 0:  # nothing held here: the rest of the chunk starts a line
+            hold(chunk[pos:] if pos else chunk)
             continue
-        rest = buf[cut + 1:]
-        yield buf[: cut + 1]
-    if rest:
-        yield rest
+        piece = chunk if pos == 0 and cut == len(chunk) - 1 else chunk[pos:cut + 1]
+        if held:
+            piece = b"".join((*held, piece))
+            held, held_len = [], 0
+        yield piece
+        hold(chunk[cut + 1:])
+    if skip is not None:
+        yield skip
+    elif held:
+        yield b"".join(held)
 
 
 def iter_recipes(path: str | os.PathLike):
@@ -356,6 +540,8 @@ def iter_recipes(path: str | os.PathLike):
     stream = open_corpus(path)
     try:
         for block in iter_blocks(stream):
+            if isinstance(block, Overlong):
+                continue
             for raw in block.split(b"\n"):
                 if raw.strip():
                     r = check_line(raw)

@@ -26,13 +26,13 @@ Such a band depends on the corpus size, so with it adding data may move a held-o
 training; give --holdout to fix the band. A band that cannot hold what was asked is said on stderr
 and in stats.json ("holdout"."note").
 
-Parsing, validation and formatting run in worker processes (through the compiled fast path of
-pipeline/native where a C compiler is available, else in Python: the same bytes either way),
-which read their own byte ranges of a plain input and put the training lines in shared memory
-(prepare_worker.Slots); order and deduplication stay in this process, which writes the lines it
-keeps from there, so that the data itself never passes through a pipe. Progress goes to a
-progress bar on a terminal, else to "progress ..." lines that
-pipeline.prepare_data.progress() parses for the Admin page.
+This process reads the input (inflating it in a thread of its own) and cuts it into blocks of
+whole lines (pipeline.corpus.iter_blocks: linear time, a line beyond the cap counted, not kept;
+a compressed input that inflates beyond its caps is refused); parsing, validation and formatting
+run in worker processes (pipeline.prepare_worker), which return each block's result as bytes;
+order and deduplication stay in this process, which writes what it keeps. A run that keeps no
+recipe fails and leaves the previous outputs as they were. Progress goes to a tqdm bar on a
+terminal, else to "progress ..." lines that pipeline.prepare_data.progress() parses for the Admin page.
 """
 from __future__ import annotations
 
@@ -60,9 +60,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from pipeline import native  # noqa: E402
 from pipeline import prepare_worker as W  # noqa: E402
-from pipeline.corpus import REASONS, CorpusError, iter_blocks, open_corpus  # noqa: E402
+from pipeline.corpus import REASONS, CorpusError, Limits, Overlong, iter_blocks, open_corpus, seed_key  # noqa: E402
 from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet  # noqa: E402
 from pipeline.stage import Progress, StageCommand, StageError, user_path  # noqa: E402
 
@@ -70,11 +69,10 @@ OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl", "stat
 DEFAULTS = {"val": 500, "test": 500, "holdout": 0.02, "max_length": 2048, "seed": 0}
 MAX_HOLDOUT = 0.2  # a band widened to fit --test/--val stops here: at least 80% of the data trains
 REJECT_SAMPLES_PER_REASON = 100
-BLOCK_SIZE = 4 << 20
-# default workers at most: this process (order, dedup, writing) keeps up with about this many
-# compiled workers (~2 us a record here vs ~3 us in a worker), or Python ones (~17 us); more
-# would only add memory (each worker and its shared slots: ~10-20 MB)
-MAX_WORKERS = {"compiled": 4, "python": 8}
+BLOCK_SIZE = 1 << 20
+# default workers at most: this process (reading, order, dedup, writing) keeps up with about
+# this many workers (~15 us a record each); more would only add memory (~15 MB a worker)
+MAX_WORKERS = 8
 
 
 class _Band:
@@ -101,35 +99,39 @@ class _Band:
 
 
 class _Reporter:
-    """A progress bar on a terminal; 'progress ...' lines otherwise."""
+    """A tqdm bar on a terminal; 'progress ...' lines (what progress() reads) otherwise."""
 
     def __init__(self, total: int, every: float, tty: bool):
-        self.total, self.every, self.tty = max(total, 1), every, tty
+        self.total, self.every = max(total, 1), every
         self.start = self.last = time.monotonic()
+        self.bar = None
+        if tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, file=sys.stderr, mininterval=every,
+                            dynamic_ncols=True, desc="prepare")
 
     def update(self, done_bytes: int, stats: dict, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last < self.every:
             return
         self.last = now
+        rej = sum(stats["rejected"].values())
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{stats['lines']:,} lines, {stats['kept']:,} kept, {stats['duplicates']:,} dup, "
+                                     f"{rej:,} rejected", refresh=False)
+            self.bar.update(min(done_bytes, self.total) - self.bar.n)
+            return
         el = max(now - self.start, 1e-6)
         rate = stats["lines"] / el
         frac = min(done_bytes / self.total, 1.0)
         eta = el * (1 - frac) / frac if frac > 0 else 0.0
-        rej = sum(stats["rejected"].values())
-        if self.tty:
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\r[{bar:<30}] {frac:6.1%} {stats['lines']:,} lines, {stats['kept']:,} kept, "
-                             f"{stats['duplicates']:,} dup, {rej:,} rejected, {rate:,.0f}/s, ETA {eta:,.0f}s ")
-            sys.stderr.flush()
-        else:
-            print(f"progress lines={stats['lines']} kept={stats['kept']} duplicates={stats['duplicates']} "
-                  f"rejected={rej} bytes={done_bytes} total={self.total} rate={rate:.0f} eta={eta:.1f}",
-                  flush=True)
+        print(f"progress lines={stats['lines']} kept={stats['kept']} duplicates={stats['duplicates']} "
+              f"rejected={rej} bytes={done_bytes} total={self.total} rate={rate:.0f} eta={eta:.1f}", flush=True)
 
     def finish(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _clean_stale(out_dir: Path, library: Path | None) -> None:
@@ -142,51 +144,6 @@ def _clean_stale(out_dir: Path, library: Path | None) -> None:
             with contextlib.suppress(OSError):
                 if time.time() - p.stat().st_mtime > 600:
                     p.unlink()
-
-
-class _FdSink:
-    """Appends to a file through its descriptor, many buffers a system call (os.writev)."""
-
-    def __init__(self, f):
-        f.flush()
-        self.fd = f.fileno()
-
-    def write(self, buffers: list) -> None:
-        for i in range(0, len(buffers), 512):
-            chunk = buffers[i:i + 512]
-            n = os.writev(self.fd, chunk)
-            while n < sum(map(len, chunk)):  # a short write: the rest, one buffer at a time
-                done = 0
-                for k, b in enumerate(chunk):
-                    if done + len(b) > n:
-                        chunk = [memoryview(b)[n - done:], *chunk[k + 1:]]
-                        break
-                    done += len(b)
-                n = os.writev(self.fd, chunk)
-
-
-def slot_bytes(block_size: int) -> int:
-    """Shared memory for the training lines of one block (they take about the block's size; a
-    block whose lines do not fit sends them through the pipe instead)."""
-    return 2 * block_size + (1 << 20)
-
-
-def _blocks(stream, path: Path, plain: bool, size: int, slots: W.Slots):
-    """(task function, args, end position in bytes) for each block of the input; block i
-    uses shared slot i % slots.count."""
-    if plain:  # workers read their own byte ranges: nothing to copy through this process
-        for i, start in enumerate(range(0, stream.total, size)):
-            end = min(start + size, stream.total)
-            yield W.convert_range, (str(path), start, end, i % slots.count), end
-    else:  # decompressed here, in a thread of its own (inflate lets go of the GIL meanwhile)
-        blocks = _prefetched((block, stream.position()) for block in iter_blocks(stream, size))
-        for i, (block, position) in enumerate(blocks):
-            slot = i % slots.count
-            if len(block) <= slots.in_size:  # to the worker through shared memory, not the pipe
-                slots.input(slot)[: len(block)] = np.frombuffer(block, dtype=np.uint8)
-                yield W.convert_block, (None, slot, len(block)), position
-            else:
-                yield W.convert_block, (block, slot), position
 
 
 def _prefetched(items, depth: int = 2):
@@ -228,23 +185,35 @@ def _prefetched(items, depth: int = 2):
         thread.join()
 
 
-def _results(tasks, pool, workers: int, opts: dict):
-    """(block result, end position) of each task, in input order: computed here without a pool,
-    else by the pool with at most 2 x workers blocks in flight."""
+def _results(blocks, pool, workers: int, opts: dict):
+    """(block result, end position) of each block of `blocks` (bytes, or an Overlong line that
+    is passed on as it is), in input order: computed here without a pool, else by the pool with
+    at most 2 x workers blocks in flight."""
     if pool is None:
         W.init_worker(opts)
-        for fn, args, end_pos in tasks:
-            yield fn(*args), end_pos
+        for block, end_pos in blocks:
+            yield (block if type(block) is Overlong else W.convert_block(block)), end_pos
         return
     pending: deque = deque()
-    for fn, args, end_pos in tasks:
-        pending.append((pool.apply_async(fn, args), end_pos))
-        while len(pending) > 2 * workers or (pending and pending[0][0].ready()):
+    for block, end_pos in blocks:
+        if type(block) is Overlong:
+            pending.append((block, end_pos))
+        else:
+            pending.append((pool.apply_async(W.convert_block, (block,)), end_pos))
+        while len(pending) > 2 * workers or (pending and _ready(pending[0][0])):
             job, pos = pending.popleft()
-            yield job.get(), pos
+            yield _got(job), pos
     while pending:
         job, pos = pending.popleft()
-        yield job.get(), pos
+        yield _got(job), pos
+
+
+def _ready(job) -> bool:
+    return type(job) is Overlong or job.ready()
+
+
+def _got(job):
+    return job if type(job) is Overlong else job.get()
 
 
 def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: int | None = None,
@@ -252,13 +221,16 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
         seed: int = DEFAULTS["seed"], library: str | os.PathLike | None = None,
         max_length: int = DEFAULTS["max_length"], workers: int | None = None, block_size: int = BLOCK_SIZE,
         progress_every: float = 1.0, tty: bool = False, reviewed: str | os.PathLike | None = None,
-        repeat: int = 1) -> dict:
+        repeat: int = 1, limits: Limits | None = None) -> dict:
     """Convert INPUT into OUT_DIR (see the module docstring); returns the stats. holdout None:
     2%, widened when it cannot hold the test and val recipes asked for. reviewed: an export of
     pipeline.feedback_export (or its sft.jsonl) appended ``repeat`` times to train.jsonl after
-    the conversion, never to val/test (stats.json "reviewed")."""
+    the conversion, never to val/test (stats.json "reviewed"). limits: the caps on a line and
+    on inflating (default: pipeline.corpus.Limits.from_env())."""
     if not 1 <= repeat <= MAX_REPEAT:
         raise ValueError(f"--repeat must be between 1 and {MAX_REPEAT}")
+    seed_key(seed)  # ValueError for a seed it cannot use
+    limits = limits or Limits.from_env()
     t0 = time.monotonic()
     fit = holdout is None
     if fit:
@@ -277,7 +249,7 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
                               "--out") from None
         _clean_stale(out_dir, lib_path)
         kw = dict(sample=sample, val=val, test=test, seed=seed, max_length=max_length, workers=workers,
-                  block_size=block_size, progress_every=progress_every, tty=tty)
+                  block_size=block_size, progress_every=progress_every, tty=tty, limits=limits)
         extra = read_reviewed(reviewed) if reviewed else None  # a bad file stops the run before converting
         try:
             stats = _run_locked(input_path, out_dir, lib_path, t0, holdout=holdout, fit=fit, **kw)
@@ -387,31 +359,23 @@ def holdout_to_fit(keys: np.ndarray, test: int, val: int, start: float) -> float
 
 
 def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: float, *, sample, val, test, holdout,
-                seed, max_length, workers, block_size, progress_every, tty, fit: bool = False,
+                seed, max_length, workers, block_size, progress_every, tty, limits: Limits, fit: bool = False,
                 widened: _Widen | None = None) -> dict:
     from backend.fileio import atomic_open, atomic_write_text
 
-    stream = open_corpus(input_path)
-    plain = not input_path.name.lower().endswith((".gz", ".zip"))
-    # the compiled converter is built (if need be) before the workers fork
-    if lib_path is not None:
-        converter = "python (library rows are built in Python)"
-    elif native.load() is None:
-        converter = f"python ({native.why_not()})"
-        print(f"note: {native.why_not()}", file=sys.stderr, flush=True)
-    else:
-        converter = "compiled"
+    stream = open_corpus(input_path, limits)
+    if stream.skipped:
+        print(f"note: {input_path}: not read (not .json/.jsonl): {', '.join(stream.skipped)}", file=sys.stderr,
+              flush=True)
     if workers is None:  # small input: no start-up; beyond the cap this process is the bottleneck
-        cap = MAX_WORKERS["compiled" if converter == "compiled" else "python"]
-        workers = 0 if stream.total < 2 * block_size else min(os.cpu_count() or 1, cap)
+        workers = 0 if stream.total < 2 * block_size else min(os.cpu_count() or 1, MAX_WORKERS)
     test_cut = int(holdout / 2 * (1 << 64))
     val_cut = int(holdout * (1 << 64))
-    opts = {"seed": seed, "max_length": max_length, "library": lib_path is not None,
-            "compiled": converter == "compiled"}
+    opts = {"seed": seed, "max_length": max_length, "library": lib_path is not None, "max_line": limits.line_bytes}
 
     stats = {"input": str(input_path), "lines": 0, "kept": 0, "duplicates": 0,
              "rejected": dict.fromkeys(REASONS, 0), "train": 0, "val": 0, "test": 0,
-             "held_out_unused": 0, "sampled_out": 0, "converter": converter}
+             "held_out_unused": 0, "sampled_out": 0, "not_read": stream.skipped}
     samples: dict[str, int] = {}
     seen = DigestSet()
     test_band, val_band = _Band(test), _Band(val)
@@ -422,13 +386,9 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
     fit_keys = {"keys": array("Q") if fit and (test or val) else None,
                 "limit": min(4_000_000, int(4 * (test + val) / max(holdout, 1e-4)) + 10_000)}
 
-    # workers are forked before any output file or database connection is open, after the
-    # shared memory for their blocks exists
-    slots = W.SLOTS = W.Slots(2 * workers + 2, slot_bytes(block_size), 0 if plain else 2 * block_size)
-    pool = None
+    pool = None  # workers are forked before any output file or database connection is open
     if workers > 0:
-        pool = multiprocessing.get_context("fork").Pool(
-            workers, W.init_worker, ({**opts, "parent": os.getpid()},))
+        pool = multiprocessing.get_context("fork").Pool(workers, W.init_worker, ({**opts, "parent": os.getpid()},))
     try:
         with contextlib.ExitStack() as stack:
             stack.callback(stream.close)
@@ -446,7 +406,7 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 from backend.library import LibraryBuilder
 
                 builder = stack.enter_context(LibraryBuilder(lib_path))
-            train_sink = _FdSink(f_cand or f_train)
+            f_out = f_cand or f_train
 
             block_rejects: list = []
 
@@ -458,22 +418,23 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         rec["text"] = head.decode("utf-8", "replace")
                     block_rejects.append((line_no, orjson.dumps(rec) + b"\n"))
 
-            def handle(res: W.BlockResult, base: int, end_pos: int) -> None:
+            def handle(res: W.BlockResult, base: int) -> None:
                 stats["lines"] += res.n_lines
                 rej = stats["rejected"]
+                for reason, n in res.reject_counts.items():
+                    rej[reason] += n
                 for i, reason, detail, head in res.rejects:
-                    rej[reason] += 1
                     reject_sample(reason, base + i, detail, head)
                 if res.digests:
-                    digests = np.frombuffer(res.digests, dtype=np.uint64)
-                    keys = np.frombuffer(res.keys, dtype=np.uint64)
+                    digests = np.frombuffer(res.digests, dtype="<u8")
+                    keys = np.frombuffer(res.keys, dtype="<u8")
                     status = np.frombuffer(res.status, dtype=np.uint8)
                     fate = np.array(seen.resolve(digests, status), dtype=np.uint8)
                     kept = fate == KEPT
                     n_kept = int(kept.sum())
                     out_index = np.cumsum(status == W.KEEP) - 1  # recipe -> its line in blob
-                    line_start = np.frombuffer(res.starts, dtype=np.uint64)
-                    line_end = np.frombuffer(res.ends, dtype=np.uint64)
+                    line_end = np.frombuffer(res.ends, dtype="<u8")
+                    line_start = np.concatenate((np.zeros(1, np.uint64), line_end[:-1]))
                     rel = np.frombuffer(res.rel, dtype=np.uint32)
                     stats["kept"] += n_kept
                     if fit_keys["keys"] is not None:
@@ -488,14 +449,14 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         reject_sample("too_long", base + int(rel[j]), res.long_detail.get(j, ""))
                     train = kept & (keys >= np.uint64(val_cut))
                     idx = out_index[train]
-                    lines = memoryview(res.blob if res.slot is None else slots.view(res.slot))
+                    lines = memoryview(res.blob)
                     if len(idx):
                         # runs of lines that follow each other in the blob, written in one piece each
                         s_idx, e_idx = line_start[idx], line_end[idx]
                         cut = np.flatnonzero(e_idx[:-1] != s_idx[1:]) + 1
                         starts = s_idx[np.r_[0, cut]].tolist()
                         ends = e_idx[np.r_[cut - 1, len(idx) - 1]].tolist()
-                        train_sink.write([lines[a:b] for a, b in zip(starts, ends)])
+                        f_out.writelines([lines[a:b] for a, b in zip(starts, ends)])
                     stats["train"] += len(idx)
                     if f_cand is not None:
                         train_keys.frombytes(keys[train].tobytes())
@@ -512,14 +473,30 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 if block_rejects:
                     f_rej.writelines(line for _, line in sorted(block_rejects))
                     block_rejects.clear()
-                reporter.update(end_pos, stats)
+
+            def overlong(line: Overlong, line_no: int) -> None:
+                stats["lines"] += 1
+                stats["rejected"]["line_too_long"] += 1
+                reject_sample("line_too_long", line_no, f"{line.length:,} bytes > {limits.line_bytes:,} (the cap on "
+                                                        "a line)", line.head)
+                f_rej.writelines(rec for _, rec in block_rejects)
+                block_rejects.clear()
 
             line_no = 1
-            tasks = _blocks(stream, input_path, plain, block_size, slots)
-            for res, end_pos in _results(tasks, pool, workers, opts):
-                handle(res, line_no, end_pos)
-                line_no += res.n_lines
+            blocks = _prefetched((block, stream.position())
+                                 for block in iter_blocks(stream, block_size, limits.line_bytes))
+            for res, end_pos in _results(blocks, pool, workers, opts):
+                if type(res) is Overlong:
+                    overlong(res, line_no)
+                    line_no += 1
+                else:
+                    handle(res, line_no)
+                    line_no += res.n_lines
+                reporter.update(end_pos, stats)
 
+            if stats["kept"] == 0:
+                reporter.finish()
+                raise CorpusError(_nothing_kept(input_path, out_dir, stats))
             stats["test"], stats["val"] = len(test_band.heap), len(val_band.heap)
             stats["holdout"] = _holdout_report(holdout, test, val, stats, fit_keys["keys"], fit, widened)
             stats["held_out_unused"] = test_band.seen + val_band.seen - stats["test"] - stats["val"]
@@ -535,8 +512,6 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
         if pool is not None:
             pool.terminate()
             pool.join()
-        W.SLOTS = None
-        slots.close()
     stats["seconds"] = round(time.monotonic() - t0, 3)
     stats["records_per_s"] = round(stats["lines"] / max(stats["seconds"], 1e-9))
     note = stats["holdout"].get("note")
@@ -548,6 +523,19 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
         raise RuntimeError(f"internal error: lines do not add up: {stats}")
     atomic_write_text(out_dir / "stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
     return stats
+
+
+def _nothing_kept(input_path: Path, out_dir: Path, stats: dict) -> str:
+    """The error of a run that kept no recipe: what the lines were, and what to do."""
+    if stats["lines"] == 0:
+        what = "it has no line"
+    else:
+        reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["rejected"].items(), key=lambda kv: -kv[1]) if v)
+        what = (f"of its {stats['lines']:,} lines none is a usable recipe (" +
+                ", ".join(x for x in (f"duplicates {stats['duplicates']:,}" if stats["duplicates"] else "", reasons)
+                          if x) + ")")
+    return (f"no recipe kept from {input_path}: {what}. The previous outputs in {out_dir} are unchanged; give a "
+            "XiaChuFang-format corpus (one JSON object with recipeIngredient and recipeInstructions a line)")
 
 
 def _holdout_report(holdout: float, test: int, val: int, stats: dict, keys, fit: bool,
@@ -744,8 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
                     help="training length: drop conversations longer than this many characters "
                          "(~ tokens for Chinese) (default %(default)s)")
-    ap.add_argument("--workers", type=int, help="parser processes (default: the CPU count, at most 4 with the "
-                                                "compiled converter, 8 without; 0 = none)")
+    ap.add_argument("--workers", type=int, help="parser processes (default: the CPU count, at most 8; 0 = "
+                                                "none)")
     ap.add_argument("--reviewed", help="reviewed chat feedback to train on: a pipeline.feedback_export folder (its "
                                        "sft.jsonl) or a conversation .jsonl; appended to train.jsonl only")
     ap.add_argument("--repeat", type=int, default=1,

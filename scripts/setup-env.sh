@@ -50,9 +50,5 @@ fi
 for r in "${reqs[@]}"; do "${pip[@]}" install -q -r "$r"; done
 for r in ${nodeps[@]+"${nodeps[@]}"}; do "${pip[@]}" install -q --no-deps -r "$r"; done
 for p in ${post[@]+"${post[@]}"}; do "$venv/bin/python" "$p"; done
-if [ "$venv" = .venv ]; then
-  # the converter's compiled fast path (optional: without a C compiler it runs in Python)
-  "$venv/bin/python" -m pipeline.native || true
-fi
 echo "$want" > "$stamp"
 echo "[setup] $name environment ready in $(( $(date +%s) - start ))s"

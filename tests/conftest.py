@@ -58,16 +58,6 @@ def write_synth_corpus(out: Path, records: int, defects: float = 0.0, seed: int 
     return json.loads(p.stderr.decode().strip().splitlines()[-1])
 
 
-@pytest.fixture(autouse=True)
-def _native_state_per_test():
-    """pipeline.native caches what load() found: a test that changes RECIPE_NATIVE or CC leaves
-    nothing behind for the next one."""
-    yield
-    from pipeline import native
-
-    native.reset()
-
-
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     """A fresh workspace: RECIPE_WORKSPACE points at it, other RECIPE_* variables are cleared."""

@@ -122,27 +122,6 @@ def test_parallel_workers_give_identical_outputs(tmp_path, synth_corpus):
     assert not [p.name for p in b.iterdir() if p.name.startswith(".") and p.name != ".prepare.lock"]
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_lines_too_big_for_shared_memory_go_through_the_pipe(tmp_path, monkeypatch, synth_corpus, compiled):
-    """Workers put training lines in shared memory slots; a block whose lines do not fit its
-    slot sends them with its result instead (the compiled converter does the block again into
-    its own buffer). The outputs are those of one process either way."""
-    from pipeline import native
-
-    corpus = synth_corpus(2000, 0.05, seed=4)
-    a, b = tmp_path / "a", tmp_path / "b"
-    prepare_data.run(corpus, a, workers=0, progress_every=60)
-    monkeypatch.setenv("RECIPE_NATIVE", "1" if compiled else "0")
-    native.reset()
-    monkeypatch.setattr(prepare_data, "slot_bytes", lambda block_size: 20_000)  # ~12 training lines
-    stats = prepare_data.run(corpus, b, workers=2, block_size=32768, progress_every=60)
-    native.reset()
-    assert stats["converter"] == ("compiled" if compiled else "python (turned off by RECIPE_NATIVE=0)")
-    assert stats["train"] > 1000
-    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl"):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), name
-
-
 @pytest.mark.parametrize("source", ["sample", "howtocook"])
 def test_bom_crlf_gz_zip_inputs(request, tmp_path, source):
     corpus = SAMPLE_RECIPES if source == "sample" else request.getfixturevalue("howtocook")
@@ -172,8 +151,8 @@ def test_bom_crlf_gz_zip_inputs(request, tmp_path, source):
 
 
 def test_compressed_input_through_workers_equals_plain(tmp_path):
-    """Decompressed in the main process, blocks reach the workers through shared memory (or the
-    pipe, for a block longer than its slot: here one with a 60 KB line): the same outputs."""
+    """Inflated in the main process, blocks of whole lines go to the workers (here small blocks
+    and one 60 KB line, longer than a block): the same outputs as the plain file."""
     lines = SAMPLE_RECIPES.read_bytes().splitlines()
     big = json.loads(lines[0])
     big["description"] = "很长的介绍" * 4000
@@ -427,21 +406,13 @@ def test_configured_corpus_outside_the_workspace_is_accepted(settings, tmp_path,
         prepare_data.command(s, input=str(other))
 
 
-@pytest.mark.parametrize("compiled,expected", [(True, 4), (False, 8)])
-def test_default_workers_are_capped_on_big_machines(tmp_path, monkeypatch, compiled, expected):
-    """On a 64-core GPU box the converter starts 4 workers (8 without the compiled converter):
-    more would only cost memory, as the main process sets the pace."""
-    from pipeline import native
-
-    monkeypatch.setenv("RECIPE_NATIVE", "1" if compiled else "0")
-    native.reset()
+def test_default_workers_are_capped_on_big_machines(tmp_path, monkeypatch):
+    """On a 64-core GPU box the converter starts MAX_WORKERS workers: more would only cost
+    memory, as the main process sets the pace; an input under two blocks starts none."""
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
-    try:
-        stats = prepare_data.run(SAMPLE_RECIPES, tmp_path / "out", block_size=8192, progress_every=60)
-        small = prepare_data.run(SAMPLE_RECIPES, tmp_path / "small", progress_every=60)  # under 2 blocks
-    finally:
-        native.reset()  # nothing loaded under RECIPE_NATIVE=0 stays for the next tests
-    assert stats["options"]["workers"] == expected and stats["kept"] == stats["lines"]
+    stats = prepare_data.run(SAMPLE_RECIPES, tmp_path / "out", block_size=8192, progress_every=60)
+    small = prepare_data.run(SAMPLE_RECIPES, tmp_path / "small", progress_every=60)  # under 2 blocks
+    assert stats["options"]["workers"] == prepare_data.MAX_WORKERS == 8 and stats["kept"] == stats["lines"]
     assert small["options"]["workers"] == 0
 
 

@@ -91,19 +91,3 @@ def test_system_facts_is_the_whole_panel(settings):
     assert topics[:3] == ["machine", "GPU", "LMDeploy / TurboMind"]
     assert {"environment: app", "environment: train", "environment: eval", "chat model", "corpus"} <= set(topics)
     assert "CPU cores" in facts[0].summary
-    converter = next(f for f in facts if f.topic == "corpus converter")
-    assert converter.ok and "compiled fast path" in converter.summary  # cc is on this machine and CI's
-
-
-def test_converter_fact_without_a_compiler(monkeypatch, tmp_path):
-    from pipeline import native
-
-    monkeypatch.setenv("RECIPE_NATIVE_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    native.reset()
-    try:
-        fact = system.converter_fact()
-    finally:
-        native.reset()
-    assert fact.ok is False and "pure Python" in fact.summary and "no-such-cc" in fact.summary
-    assert "apt install gcc" in fact.hint
