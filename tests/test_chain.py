@@ -69,7 +69,7 @@ def test_a_failing_step_stops_the_chain_and_later_steps_never_run(settings):
                                       ("train", {})])
     ch = wait_chain(settings, chain_id)
     assert ch.status == "failed"
-    assert ch.error.startswith("step 1 of 2 (prepare) failed:") and "no training recipe" in ch.error
+    assert ch.error.startswith("step 1 of 2 (prepare) failed:") and "no recipe kept" in ch.error
     assert [j.kind for j in ch.jobs] == ["prepare"]
 
 
