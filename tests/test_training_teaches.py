@@ -33,6 +33,8 @@ pytestmark = pytest.mark.skipif(os.environ.get("RECIPE_TEST_TEACHING") != "1",
 RECIPES = 20
 EPOCHS = int(os.environ.get("RECIPE_TEACH_EPOCHS", "10"))
 LR = float(os.environ.get("RECIPE_TEACH_LR", "1e-3"))
+# read here: the workspace fixture clears RECIPE_* variables before the test runs
+THREADS = os.environ.get("RECIPE_TEACH_THREADS", str(os.cpu_count() or 1))
 BASE_DISHES = 5  # the base model is asked this many dishes (its answers run to max_new_tokens)
 TIMINGS: dict[str, float] = {}
 _NAME = re.compile(r"[^\d\s（(，,：:、/约半适少一二两三四五六七八九十几]+")
@@ -90,7 +92,7 @@ def test_training_teaches_the_trained_dishes(settings, monkeypatch, no_leftover_
     from tests.smollm2 import smollm2_model
 
     start = time.monotonic()
-    monkeypatch.setenv("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    monkeypatch.setenv("OMP_NUM_THREADS", THREADS)
     model = smollm2_model()
     settings = save_settings(settings, base_model=str(model))
     runner = JobRunner(settings)
