@@ -7,7 +7,7 @@ st.set_page_config(page_title="菜谱小管家", page_icon="🍳", layout="wide"
 
 settings = settings_or_stop()
 
-from backend.admin_ui import logged_in  # noqa: E402
+from backend.admin_ui import after_log_out, logged_in  # noqa: E402
 from backend.startup import startup  # noqa: E402
 
 startup(settings)
@@ -28,4 +28,5 @@ nav = st.navigation({
                  st.Page("pages/eval.py", title="Eval · 评测", icon="📊")],
     "Admin · 管理": admin,
 })
+after_log_out()
 nav.run()

@@ -12,6 +12,7 @@ from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
 LOGIN_KEY = "admin_for"  # st.session_state: the workspace this browser session is admin of
 JOBS_PAGE = "pages/admin_jobs.py"
+LOGIN_PAGE = "pages/admin.py"
 STATUS_ICON = {"queued": "⏳", "running": "🔄", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
 STAGE_TITLES = {"prepare": "Prepare data · 数据准备", "train": "Train · 训练", "convert": "Convert · 转换 (pth_to_hf)",
                 "merge": "Merge · 合并", "quantize": "Quantise · 量化 (GPU only)", "evaluate": "Evaluate · 评测",
@@ -31,7 +32,15 @@ def log_in(settings: Settings) -> None:
 
 
 def log_out() -> None:
+    """End the login; the next run (app.py) opens the login page again."""
     st.session_state.pop(LOGIN_KEY, None)
+    st.session_state.logged_out = True
+
+
+def after_log_out() -> None:
+    """app.py, after st.navigation: the page a log-out left is gone; open the login page."""
+    if st.session_state.pop("logged_out", False):
+        st.switch_page(LOGIN_PAGE)
 
 
 def require_admin(settings: Settings) -> None:
