@@ -210,7 +210,7 @@ class DpoParams(_Tuning):
     loss_type: Literal[LOSS_TYPES] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     evaluation_inputs: Annotated[list[str] | None, BeforeValidator(_questions)] = Field(
-        (), description="questions answered during training (none by default)")
+        default_factory=list, description="questions answered during training (none by default)")
 
 
 class PrepareParams(StageParams):
