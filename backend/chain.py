@@ -1,4 +1,5 @@
-"""The Retrain chain: [feedback_export] -> prepare -> train -> convert -> merge -> [quantize] -> evaluate.
+"""The Retrain chain: [feedback_export] -> prepare -> train -> convert -> merge -> [dpo -> convert ->
+merge] -> [quantize] -> evaluate (RETRAIN_ORDER; retrain_steps builds the list).
 
 A chain is a row in the ``chains`` table (app database) holding its steps (stage kind + the
 operator's parameters). Only the first step's job is queued at the start; each later step's
@@ -16,9 +17,13 @@ from dataclasses import dataclass
 
 from backend.jobs import Job, JobRunner
 from backend.settings import Settings
+from pipeline.params import PARAMS, parse
 from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
 RETRAIN_ORDER = ("feedback_export", "prepare", "train", "convert", "merge", "dpo", "quantize", "evaluate")
+RETRAIN_OPTIONAL = ("feedback_export", "dpo", "quantize")
+RETRAIN_REQUIRED = tuple(k for k in RETRAIN_ORDER if k not in RETRAIN_OPTIONAL)
+DPO_STEPS = ("dpo", "convert", "merge")  # DPO's LoRA run is converted and merged like the SFT run
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chains (
@@ -85,13 +90,35 @@ def _build(settings: Settings, kind: str, params: dict):
     return mod.command(settings, **params)
 
 
+def retrain_steps(params: dict[str, dict], dpo: dict | None = None) -> list[tuple[str, dict]]:
+    """The Retrain chain's steps in RETRAIN_ORDER: params gives each step's parameters (the
+    required steps always run, with {} when not given; feedback_export and quantize run when
+    given); dpo adds DPO_STEPS after the SFT merge."""
+    unknown = sorted(set(params) - set(RETRAIN_ORDER) - {"dpo"})
+    if unknown:
+        raise StageError(f"not Retrain steps: {unknown}; the chain is {' -> '.join(RETRAIN_ORDER)}")
+    steps: list[tuple[str, dict]] = []
+    for kind in RETRAIN_ORDER:
+        if kind == "dpo":
+            if dpo is not None:
+                steps += [(k, dict(dpo) if k == "dpo" else {}) for k in DPO_STEPS]
+        elif kind in RETRAIN_REQUIRED or kind in params:
+            steps.append((kind, dict(params.get(kind) or {})))
+    return steps
+
+
 def start_chain(settings: Settings, steps: list[tuple[str, dict]], name: str = "retrain") -> int:
-    """Validate the first step, record the chain and queue its first job. Raises StageError."""
+    """Check every step's values against its parameter model (pipeline.params) and build the
+    first step, record the chain and queue its first job. Raises StageError."""
     if not steps:
         raise StageError("a chain needs at least one step")
-    for kind, _ in steps:
+    for i, (kind, params) in enumerate(steps):
         if kind not in STAGE_MODULES:
             raise StageError(f"unknown stage {kind!r}; known stages: {', '.join(STAGE_MODULES)}")
+        try:
+            parse(PARAMS[kind], params)
+        except StageError as e:
+            raise StageError(f"step {i + 1} of {len(steps)} ({kind}): {e}") from None
     runner = _runner(settings)
     cmd = _build(settings, steps[0][0], dict(steps[0][1]))
     with runner.transaction() as db:

@@ -2,7 +2,7 @@
 
 UI only: the answers, the decisions and their storage live in backend.feedback; the answer
 format in pipeline.recipe_format (rendered by backend.chat_service.answer_markdown). The login
-is the Admin page's: this page opens only in a browser session logged in there.
+is the Admin page's (backend.admin_ui): this page opens only in a browser session logged in there.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import date, datetime, time as dtime, timedelta
 
 import streamlit as st
 
+from backend.admin_ui import require_admin
 from backend.auth import client_key
 from backend.chat_service import answer_markdown
 from backend.feedback import ADMIN, FeedbackError, FeedbackStore, normalise_answer, training_examples
@@ -25,10 +26,7 @@ settings = settings_or_stop()
 
 st.title("🗳️ Feedback · 反馈审核")
 
-# the Admin page's login (pages/admin.py sets st.session_state.admin_for to the workspace)
-if st.session_state.get("admin_for") != str(settings.workspace):
-    st.info("Log in on the Admin page first: this page is for the admin. · 请先在 Admin · 管理 页面登录。")
-    st.stop()
+require_admin(settings)  # the Admin login (pages/admin.py); without it the page stops here
 
 store = FeedbackStore(settings.app_db)
 if "fb_flash" in st.session_state:

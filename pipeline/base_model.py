@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.params import BaseModelParams, parse
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp
 
 STEPS = 4
@@ -273,6 +274,8 @@ def build(source: str, out: str | Path, gguf: str | None = None, check: bool = T
 def command(settings, source: str = "smollm2", name: str = "") -> StageCommand:
     from backend.envs import env_installed, env_python, setup_hint
 
+    q = parse(BaseModelParams, dict(source=source, name=name))
+    source, name = q.source, q.name
     if source not in SOURCES:
         raise StageError(f"unknown base model {source!r}; known: {', '.join(SOURCES)}")
     name = name or SOURCES[source]["default_name"]

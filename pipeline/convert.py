@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline.params import ConvertParams, parse
 from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
@@ -59,6 +60,8 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
     float32); otherwise XTuner saves it in float16."""
     from pipeline.train import CHECKPOINT, checkpoints, train_python
 
+    q = parse(ConvertParams, dict(run_name=run_name, checkpoint=checkpoint, fp32=fp32))
+    run_name, checkpoint, fp32 = q.run_name, q.checkpoint, q.fp32
     python = train_python()
     rdir, record = load_run(settings, run_name)
     work = rdir / "work_dir"

@@ -36,20 +36,16 @@ import time
 from pathlib import Path
 
 from pipeline import train
+from pipeline.params import LOSS_TYPES, DpoParams, parse  # noqa: F401 - LOSS_TYPES: dpo.LOSS_TYPES
 from pipeline.stage import NAME, StageCommand, StageError, timestamp, user_path
 
 TEMPLATE = "dpo/internlm/internlm2_chat_1_8b_dpo_full_varlenattn_jsonl_dataset.py"
 PARAMS_FILE = train.PARAMS_FILE  # convert and merge read the run through it
 MAX_NUM_PROC = 4  # tokenising processes (XTuner's default is 32)
 
-# operator-facing defaults: those of XTuner's DPO templates (LoRA as in its QLoRA DPO templates)
-DEFAULTS = dict(
-    prompt_template="internlm2_chat", max_length=2048, batch_size=1, accumulative_counts=16, lr=5e-7,
-    beta=0.1, loss_type="sigmoid", label_smoothing=0.0, max_epochs=3, max_iters=0, warmup_ratio=0.03,
-    lora_r=64, lora_alpha=16, lora_dropout=0.1, deepspeed="auto", evaluation_inputs=(), evaluation_freq=500,
-    eval_max_new_tokens=600, save_steps=500, save_total_limit=2, log_interval=10, seed=None, device="auto", gpus=0,
-)
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "kto_pair", "sppo_hard", "nca_pair", "robust")
+# operator-facing defaults (those of XTuner's DPO templates, LoRA as in its QLoRA DPO templates),
+# limits and help: pipeline.params.DpoParams
+DEFAULTS = {k: DpoParams.default(k) for k in DpoParams.model_fields if k not in ("run_name", "model", "pairs")}
 
 
 def template_path() -> Path:
@@ -106,53 +102,32 @@ def _pairs_file(settings, value: str) -> Path:
 
 
 def resolve_params(settings, params: dict) -> dict:
-    known = ["run_name", "model", "pairs", *DEFAULTS]
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise StageError(f"unknown dpo parameters {unknown}; known: {', '.join(known)}")
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None or k == "seed"}}
+    q = parse(DpoParams, params)
+    p = q.model_dump()
     out: dict = {"stage": "dpo"}
-    run = str(params.get("run_name") or time.strftime("dpo-%Y%m%d-%H%M%S"))
+    run = q.run_name or time.strftime("dpo-%Y%m%d-%H%M%S")
     if not NAME.match(run):
         raise StageError(f"run name {run!r}: use 1-64 letters, digits, '.', '_' or '-' (not starting with . or -)")
     out["run_name"] = run
     # the model DPO starts from; merge merges the adapter onto it ("base_model" of the run)
-    out["base_model"] = str(train._model_dir(settings, str(params.get("model") or settings.base_model or "")))
-    pairs = _pairs_file(settings, str(params.get("pairs") or ""))
+    out["base_model"] = str(train._model_dir(settings, q.model or settings.base_model or ""))
+    pairs = _pairs_file(settings, q.pairs)
     out["pairs"] = str(pairs)
     out["pair_count"] = check_pairs_file(pairs)
     names = train.prompt_templates()
-    if p["prompt_template"] not in names:
-        raise StageError(f"unknown prompt template {p['prompt_template']!r}; XTuner has: {', '.join(names)}")
-    out["prompt_template"] = p["prompt_template"]  # the evaluation answers only: pairs use the chat template
-    out["max_length"] = train._int(p, "max_length", 16, 32768)
-    out["batch_size"] = train._int(p, "batch_size", 1, 256)
-    out["accumulative_counts"] = train._int(p, "accumulative_counts", 1, 1024)
-    out["lr"] = train._float(p, "lr", 0.0, 1.0)
-    out["beta"] = train._float(p, "beta", 0.0, 100.0)
-    if p["loss_type"] not in LOSS_TYPES:
-        raise StageError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {p['loss_type']!r}")
-    out["loss_type"] = p["loss_type"]
-    out["label_smoothing"] = train._float(p, "label_smoothing", 0.0, 0.5, lo_open=False)
-    out["max_epochs"] = train._int(p, "max_epochs", 1, 100)
-    out["max_iters"] = train._int(p, "max_iters", 0, 10_000_000)
-    out["warmup_ratio"] = train._float(p, "warmup_ratio", 0.0, 1.0, lo_open=False)
-    out["lora_r"] = train._int(p, "lora_r", 1, 1024)
-    out["lora_alpha"] = train._int(p, "lora_alpha", 1, 4096)
-    out["lora_dropout"] = train._float(p, "lora_dropout", 0.0, 1.0, lo_open=False)
+    if q.prompt_template not in names:
+        raise StageError(f"unknown prompt template {q.prompt_template!r}; XTuner has: {', '.join(names)}")
+    out["prompt_template"] = q.prompt_template  # the evaluation answers only: pairs use the chat template
+    for key in ("max_length", "batch_size", "accumulative_counts", "lr", "beta", "loss_type", "label_smoothing",
+                "max_epochs", "max_iters", "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout"):
+        out[key] = p[key]
     out["qlora"] = False  # recorded for convert (a QLoRA run converts on the GPU)
-    out["deepspeed"] = None if str(p["deepspeed"]).strip().lower() == "auto" else train._bool(p, "deepspeed")
-    out["evaluation_inputs"] = train._questions(list(p["evaluation_inputs"] or []))
-    out["evaluation_freq"] = train._int(p, "evaluation_freq", 1, 10_000_000)
-    out["eval_max_new_tokens"] = train._int(p, "eval_max_new_tokens", 1, 8192)
-    out["save_steps"] = train._int(p, "save_steps", 1, 10_000_000)
-    out["save_total_limit"] = train._int(p, "save_total_limit", -1, 1000)
-    if out["save_total_limit"] == 0:
-        raise StageError("save_total_limit must be -1 (keep all) or at least 1")
-    out["log_interval"] = train._int(p, "log_interval", 1, 100_000)
-    out["seed"] = None if p["seed"] in (None, "") else train._int(p, "seed", 0, 2**31 - 1)
-    out["device"] = train.resolve_device(p["device"])
-    out["gpus"], out["processes"] = train._processes(p.get("gpus"), out["device"])
+    out["deepspeed"] = None if q.deepspeed == "auto" else q.deepspeed
+    out["evaluation_inputs"] = list(q.evaluation_inputs or [])
+    for key in ("evaluation_freq", "eval_max_new_tokens", "save_steps", "save_total_limit", "log_interval", "seed"):
+        out[key] = p[key]
+    out["device"] = train.resolve_device(q.device)
+    out["gpus"], out["processes"] = train._processes(q.gpus, out["device"])
     out["global_batch_size"] = out["batch_size"] * out["accumulative_counts"] * out["processes"]
     adaptations = ["LoRA instead of full-parameter DPO (the reference model is the model with its adapter off)",
                    "use_varlen_attn=False (varlen attention needs flash-attn)"]

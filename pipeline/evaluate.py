@@ -28,11 +28,13 @@ from backend.model_folder import model_folder_problem
 from pipeline import eval_results
 from pipeline.opencompass_cfg.models import MODEL_MODULES, hf_chat_model, model_abbr, turbomind_chat_model
 from pipeline.opencompass_cfg.testset import read_questions
+from pipeline import params
+from pipeline.params import EvaluateParams, parse
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline.train import cuda_available
 
 CONFIG_FILE = "eval_config.py"
-BACKENDS = ("auto", "hf", "turbomind")
+BACKENDS = params.BACKENDS
 CEVAL_LAYOUT = "ceval/formal_ceval/{dev,val,test}/<subject>_{dev,val,test}.csv"
 # the 52 subjects of OpenCompass's ceval_gen (opencompass/configs/datasets/ceval/ceval_gen_5f30c7.py)
 CEVAL_SUBJECTS = (
@@ -123,18 +125,6 @@ def _test_file(settings, test_file: str, data_dir: str) -> Path:
         raise StageError(f"{p} holds no usable question (expected XTuner conversation lines "
                          '{"conversation":[{"system":...,"input":...,"output":...}]})')
     return p
-
-
-def _positive(value, name: str, default=None):
-    if value in (None, "", 0):
-        return default
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise StageError(f"{name} must be a positive whole number, got {value!r}") from None
-    if v <= 0 or isinstance(value, bool):
-        raise StageError(f"{name} must be a positive whole number, got {value!r}")
-    return v
 
 
 def _as_list(value) -> list[str]:
@@ -237,10 +227,14 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
     from backend.envs import env_bin, env_installed, setup_hint
     from backend.fileio import atomic_write_text
 
+    q = parse(EvaluateParams, dict(models=models, model_dir=model_dir, model=model, base_model=base_model,
+                                   test_file=test_file, data_dir=data_dir, ceval=ceval, ceval_subjects=ceval_subjects,
+                                   ceval_data=ceval_data, limit=limit, max_out_len=max_out_len, batch_size=batch_size,
+                                   backend=backend, run_name=run_name), drop_none=False)
+    backend = q.backend
+
     if not env_installed("eval"):
         raise StageError(f"the eval environment is missing: {setup_hint('eval')}")
-    if backend not in BACKENDS:
-        raise StageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
 
     # models: base first, then the fine-tuned ones
     base = settings.base_model if base_model is None else base_model
@@ -255,9 +249,8 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
         raise StageError("choose at least one model to evaluate (a merged model folder, or set the base model)")
 
     test = _test_file(settings, test_file, data_dir)
-    limit = _positive(limit, "limit")
-    max_out_len = _positive(max_out_len, "max_out_len", settings.max_new_tokens)
-    batch_size = _positive(batch_size, "batch_size")
+    limit, batch_size = q.limit, q.batch_size
+    max_out_len = q.max_out_len or settings.max_new_tokens
 
     ceval_dir, subjects = None, []
     if ceval:

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from pipeline.recipe_format import SYSTEM_PROMPT
+from pipeline.params import FeedbackExportParams, parse
 from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 
 FORMAT = "recipe-feedback-export/1"
@@ -91,6 +92,7 @@ def command(settings, out: str = "", **_ignored) -> StageCommand:
     from backend.envs import env_python
     from backend.settings import PROJECT_ROOT
 
+    out = parse(FeedbackExportParams, {"out": out}).out
     target = user_path(settings, out or settings.data_dir / time.strftime("feedback-%Y%m%d-%H%M%S"), "out")
     if target.exists() and not target.is_dir():
         raise StageError(f"out {target} exists and is not a directory; choose another output folder")

@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 
 from backend.model_folder import model_folder_problem
+from pipeline.params import MergeParams, parse
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
@@ -109,6 +110,9 @@ def command(settings, run_name: str = "", adapter: str = "", base_model: str = "
     from pipeline.convert import ADAPTER_DIR, job_env, load_run
     from pipeline.train import _model_dir, resolve_device, train_python
 
+    q = parse(MergeParams, dict(run_name=run_name, adapter=adapter, base_model=base_model, name=name, device=device,
+                                dtype=dtype or "auto"))
+    run_name, adapter, base_model, name, device, dtype = q.run_name, q.adapter, q.base_model, q.name, q.device, q.dtype
     python = train_python()
     record: dict = {}
     rdir = None

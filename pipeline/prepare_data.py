@@ -63,10 +63,11 @@ import orjson  # noqa: E402
 from pipeline import prepare_worker as W  # noqa: E402
 from pipeline.corpus import REASONS, CorpusError, Limits, Overlong, iter_blocks, open_corpus, seed_key  # noqa: E402
 from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet  # noqa: E402
+from pipeline.params import PrepareParams, parse  # noqa: E402
 from pipeline.stage import Progress, StageCommand, StageError, user_path  # noqa: E402
 
 OUTPUT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "rejects.jsonl", "stats.json")
-DEFAULTS = {"val": 500, "test": 500, "holdout": 0.02, "max_length": 2048, "seed": 0}
+DEFAULTS = {**{k: PrepareParams.default(k) for k in ("val", "test", "max_length", "seed")}, "holdout": 0.02}
 MAX_HOLDOUT = 0.2  # a band widened to fit --test/--val stops here: at least 80% of the data trains
 REJECT_SAMPLES_PER_REASON = 100
 BLOCK_SIZE = 1 << 20
@@ -262,7 +263,7 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
 
 
 # ---- reviewed feedback (pipeline.feedback_export) merged into training ---------------------------
-MAX_REPEAT = 100
+MAX_REPEAT = PrepareParams.limits("repeat")["le"]
 
 
 def read_reviewed(path: str | os.PathLike) -> dict:
@@ -590,7 +591,9 @@ def command(settings, **params) -> StageCommand:
     from backend.library import SAMPLE_RECIPES
     from backend.settings import PROJECT_ROOT
 
-    raw_input = str(params.get("input") or settings.corpus or SAMPLE_RECIPES)
+    q = parse(PrepareParams, params)  # defaults, limits and messages: pipeline.params
+    given = q.model_dump(exclude_unset=True)
+    raw_input = str(q.input or settings.corpus or SAMPLE_RECIPES)
     # the configured corpus (RECIPE_CORPUS) and the bundled sample may live outside the workspace
     input_path = user_path(settings, raw_input, "input", (settings.corpus, SAMPLE_RECIPES))
     if not input_path.is_file():
@@ -598,49 +601,25 @@ def command(settings, **params) -> StageCommand:
                          f"workspace {settings.workspace} and give its path")
     if not input_path.name.lower().endswith((".json", ".jsonl", ".gz", ".zip")):
         raise StageError(f"input {input_path.name}: expected a .json, .jsonl, .gz or .zip corpus")
-    out = user_path(settings, params.get("out") or settings.data_dir / "prepared", "out")
+    out = user_path(settings, q.out or settings.data_dir / "prepared", "out")
     if out.exists() and not out.is_dir():
         raise StageError(f"out {out} exists and is not a directory; choose another output folder")
     argv = [str(env_python("app")), "-m", "pipeline.prepare_data", str(input_path), "--out", str(out)]
     recorded = {"input": str(input_path), "out": str(out)}
-    for key, flag in (("sample", "--sample"), ("val", "--val"), ("test", "--test"), ("seed", "--seed"),
-                      ("max_length", "--max-length")):
-        v = params.get(key)
-        if v is None or v == "":
+    for key in ("sample", "val", "test", "seed", "max_length", "holdout"):
+        v = given.get(key)
+        if v is None:
             continue
-        try:
-            v = int(v)
-        except (TypeError, ValueError):
-            raise StageError(f"{key} must be a whole number, got {v!r}") from None
-        if v < 0 or (key in ("sample", "max_length") and v == 0):
-            raise StageError(f"{key} must be a positive whole number, got {v}")
-        argv += [flag, str(v)]
+        argv += [f"--{key.replace('_', '-')}", repr(v)]
         recorded[key] = v
-    h = params.get("holdout")
-    if h is not None and h != "":
-        try:
-            h = float(h)
-        except (TypeError, ValueError):
-            raise StageError(f"holdout must be a number in [0, 1), got {h!r}") from None
-        if isinstance(params.get("holdout"), bool) or not 0 <= h < 1:
-            raise StageError(f"holdout must be a number in [0, 1), got {params.get('holdout')!r}")
-        argv += ["--holdout", repr(h)]
-        recorded["holdout"] = h
     outputs = {"dir": str(out), "stats": str(out / "stats.json")}
-    rev = params.get("reviewed")
-    if rev:
-        rev_path = user_path(settings, rev, "reviewed")
+    if q.reviewed:
+        rev_path = user_path(settings, q.reviewed, "reviewed")
         if not (rev_path / "sft.jsonl" if rev_path.is_dir() else rev_path).is_file():
             raise StageError(f"reviewed {rev_path}: no sft.jsonl there; export the reviewed feedback first")
-        try:
-            repeat = 1 if params.get("repeat") in (None, "") else int(params["repeat"])
-        except (TypeError, ValueError):
-            raise StageError(f"repeat must be a whole number, got {params.get('repeat')!r}") from None
-        if not 1 <= repeat <= MAX_REPEAT:
-            raise StageError(f"repeat must be between 1 and {MAX_REPEAT}, got {repeat}")
-        argv += ["--reviewed", str(rev_path), "--repeat", str(repeat)]
-        recorded["reviewed"], recorded["repeat"] = str(rev_path), repeat
-    lib = params.get("library")
+        argv += ["--reviewed", str(rev_path), "--repeat", str(q.repeat)]
+        recorded["reviewed"], recorded["repeat"] = str(rev_path), q.repeat
+    lib = q.library
     if lib:
         if lib is True:
             lib_path = settings.library_db
@@ -722,12 +701,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("input", help="corpus: .json/.jsonl (one object a line), .gz or .zip")
     ap.add_argument("--out", required=True, help="output folder for train/val/test.jsonl, stats.json, rejects.jsonl")
     ap.add_argument("--sample", type=int, help="keep at most N training recipes (a uniform sample by hash)")
-    ap.add_argument("--val", type=int, default=DEFAULTS["val"], help="validation recipes (default %(default)s)")
-    ap.add_argument("--test", type=int, default=DEFAULTS["test"], help="test recipes (default %(default)s)")
+    P = PrepareParams  # noqa: N806 - the stage's parameters: defaults and help
+    ap.add_argument("--val", type=int, default=P.default("val"), help=f"{P.help('val')} (default %(default)s)")
+    ap.add_argument("--test", type=int, default=P.default("test"), help=f"{P.help('test')} (default %(default)s)")
     ap.add_argument("--holdout", type=float, default=None,
                     help="share of the hash range reserved for val+test, never trained on (default: 0.02, "
                          f"widened up to {MAX_HOLDOUT} when it cannot hold --test and --val)")
-    ap.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="salt of the split hash (default 0)")
+    ap.add_argument("--seed", type=int, default=P.default("seed"), help=f"{P.help('seed')} (default %(default)s)")
     ap.add_argument("--library", help="also (re)build this recipe library SQLite file from the kept recipes")
     ap.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
                     help="training length: drop conversations longer than this many characters "

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 
 from backend.model_folder import model_folder_problem
+from pipeline import params
+from pipeline.params import QuantizeParams, parse
 from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
@@ -31,7 +33,7 @@ LMDEPLOY_DATASETS = ("wikitext2", "c4", "pileval", "gsm8k", "neuralmagic_calibra
                      "openwebtext")
 STEPS = 2
 # the AWQ group sizes TurboMind 0.18 loads (lmdeploy/turbomind/converter.py _SUPPORTED_GROUP_SIZES['awq'])
-AWQ_GROUP_SIZES = (128,)
+AWQ_GROUP_SIZES = params.AWQ_GROUP_SIZES  # TurboMind (LMDeploy 0.18) loads AWQ weights with group size 128 only
 
 
 def lmdeploy_installed() -> bool:
@@ -76,6 +78,10 @@ def command(settings, model: str = "", name: str = "", calib: str = "local", cal
     from pipeline.merge import model_name, read_manifest
     from pipeline.train import cuda_available
 
+    q = parse(QuantizeParams, dict(model=model, name=name, calib=calib, calib_samples=calib_samples,
+                                   calib_seqlen=calib_seqlen, w_group_size=w_group_size, batch_size=batch_size,
+                                   search_scale=search_scale))
+    calib_samples, calib_seqlen, w_group_size, batch_size = q.calib_samples, q.calib_seqlen, q.w_group_size, q.batch_size
     if not cuda_available():
         raise StageError("W4A16 quantisation needs a CUDA GPU (LMDeploy's auto_awq has no CPU path); on this "
                          "machine use the merged model as it is, with the transformers engine")
@@ -90,13 +96,6 @@ def command(settings, model: str = "", name: str = "", calib: str = "local", cal
     out = settings.models_dir / name
     if out.exists():
         raise StageError(f"a model named {name!r} already exists in {settings.models_dir}; choose another name")
-    for key, value, lo, hi in (("calib_samples", calib_samples, 0, 4096), ("calib_seqlen", calib_seqlen, 16, 32768),
-                               ("batch_size", batch_size, 1, 64)):
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {value!r}")
-    if w_group_size not in AWQ_GROUP_SIZES:
-        raise StageError(f"w_group_size must be {' or '.join(map(str, AWQ_GROUP_SIZES))}: TurboMind (LMDeploy "
-                         f"0.18) loads AWQ weights with that group size only, got {w_group_size!r}")
     argv = [str(env_python("app")), "-P", "-m", "pipeline.quantize", "--model", str(src), "--out", str(out),
             "--calib-samples", str(calib_samples), "--calib-seqlen", str(calib_seqlen), "--w-bits", "4",
             "--w-group-size", str(w_group_size), "--batch-size", str(batch_size)]
@@ -187,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--calib-file", action="append", default=[])
     ap.add_argument("--calib-dataset", default="")
-    ap.add_argument("--calib-samples", type=int, default=128)
-    ap.add_argument("--calib-seqlen", type=int, default=2048)
+    ap.add_argument("--calib-samples", type=int, default=QuantizeParams.default("calib_samples"))
+    ap.add_argument("--calib-seqlen", type=int, default=QuantizeParams.default("calib_seqlen"))
     ap.add_argument("--w-bits", type=int, default=4)
     ap.add_argument("--w-group-size", type=int, default=AWQ_GROUP_SIZES[0], choices=AWQ_GROUP_SIZES)
     ap.add_argument("--batch-size", type=int, default=1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from backend.model_folder import model_folder_problem
+from pipeline.params import ServeParams, parse
 from pipeline.stage import Progress, StageCommand, StageError, user_path
 
 READY = re.compile(r"Uvicorn running on (\S+)")
@@ -28,6 +29,8 @@ def command(settings, model: str = "", tp: int = 1, port: int = 23333, name: str
     from pipeline.quantize import lmdeploy_installed
     from pipeline.train import visible_gpus
 
+    q = parse(ServeParams, dict(model=model, tp=tp, port=port, name=name))
+    model, tp, port, name = q.model, q.tp, q.port, q.name
     gpus = visible_gpus()
     if not gpus:
         raise StageError("serving with LMDeploy needs a CUDA GPU; on this machine the chat runs its engine in "
@@ -42,9 +45,8 @@ def command(settings, model: str = "", tp: int = 1, port: int = 23333, name: str
     why = model_folder_problem(path)
     if why:
         raise StageError(f"{why}; choose a model under Models")
-    for key, value, lo, hi in (("tp", tp, 1, gpus), ("port", port, 1024, 65535)):
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {value!r}")
+    if tp > gpus:  # the model's limit is the largest machine; this one has `gpus`
+        raise StageError(f"tp must be a whole number between 1 and {gpus}, got {tp!r}")
     name = name or path.name
     argv = [str(env_python("app")), "-m", "lmdeploy", "serve", "api_server", str(path),
             "--server-name", "127.0.0.1", "--server-port", str(port), "--tp", str(tp), "--model-name", name,

@@ -41,6 +41,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline.params import TrainParams, parse
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
@@ -51,7 +52,7 @@ TEMPLATES = {
     "internlm_chat_7b_qlora_oasst1_e3": ("internlm/internlm_chat_7b/internlm_chat_7b_qlora_oasst1_e3.py",
                                          "data_path"),
 }
-DEFAULT_TEMPLATE = "internlm2_5_chat_7b_qlora_alpaca_e3"
+DEFAULT_TEMPLATE = TrainParams.default("template")
 DEEPSPEED_CONFIG = "deepspeed_zero2"  # resolved by xtuner.tools.train to its bundled JSON
 DEEPSPEED_CPU_FILE = "deepspeed_zero2_cpu.json"  # in the run folder: the same, fp16/bf16 off
 LAUNCHER = ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]  # + --nproc-per-node N
@@ -59,16 +60,10 @@ PARAMS_FILE = "train_params.json"
 CHECKPOINT = re.compile(r"iter_(\d+)\.pth")  # XTuner's checkpoint names in the work dir (fullmatch)
 CPU_EVAL_MAX_NEW_TOKENS = 16
 
-# operator-facing defaults (those of internlm2_5_chat_7b_qlora_alpaca_e3)
-DEFAULTS = dict(
-    template=DEFAULT_TEMPLATE, prompt_template="internlm2_chat", max_length=2048, pack_to_max_length=True,
-    batch_size=1, accumulative_counts=1, lr=2e-4, max_epochs=3, max_iters=0, warmup_ratio=0.03,
-    lora_r=64, lora_alpha=16, lora_dropout=0.1, qlora=True, deepspeed="auto", evaluation_inputs=None,
-    evaluation_freq=500, eval_max_new_tokens=600, save_steps=500, save_total_limit=2, log_interval=10,
-    seed=None, device="auto", gpus=0, max_length_fit=True,
-)
-# deepspeed: "auto" = on with CUDA, off on CPU. gpus: 0 = every visible GPU; on CPU, the number of
-# training processes (0 = 1).
+# operator-facing defaults (those of internlm2_5_chat_7b_qlora_alpaca_e3), limits and help:
+# pipeline.params.TrainParams. deepspeed: "auto" = on with CUDA, off on CPU. gpus: 0 = every
+# visible GPU; on CPU, the number of training processes (0 = 1).
+DEFAULTS = {k: TrainParams.default(k) for k in TrainParams.model_fields if k not in ("run_name", "base_model", "data")}
 
 
 # ---- the training environment -------------------------------------------------------------
@@ -146,54 +141,13 @@ def resolve_device(device: str) -> str:
 
 
 # ---- parameters ---------------------------------------------------------------------------
-def _int(params: dict, key: str, lo: int, hi: int) -> int:
-    v = params[key]
-    f = None
-    if isinstance(v, (int, float, str)) and not isinstance(v, bool):
-        try:
-            f = float(v)
-        except ValueError:
-            pass
-    if f is None or not f.is_integer() or not lo <= f <= hi:
-        raise StageError(f"{key} must be a whole number between {lo} and {hi}, got {v!r}")
-    return int(f)
-
-
-def _float(params: dict, key: str, lo: float, hi: float, lo_open: bool = True) -> float:
-    v = params[key]
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise StageError(f"{key} must be a number, got {v!r}") from None
-    if isinstance(v, bool) or not math.isfinite(f) or (f <= lo if lo_open else f < lo) or f >= hi:
-        raise StageError(f"{key} must be {'>' if lo_open else '>='} {lo} and < {hi}, got {v!r}")
-    return f
-
-
-def _bool(params: dict, key: str) -> bool:
-    v = params[key]
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(v, int) and v in (0, 1):
-        return bool(v)
-    raise StageError(f"{key} must be true or false, got {v!r}")
-
-
 def _questions(v) -> list[str]:
+    """The evaluation questions (checked by the params model); None: two of the trained kind."""
     if v is None:
         from pipeline.recipe_format import question
 
         return [question("红烧肉", 0), question("西红柿炒鸡蛋", 1)]
-    if isinstance(v, str):
-        v = v.splitlines()
-    if not isinstance(v, (list, tuple)) or not all(isinstance(q, str) for q in v):
-        raise StageError("evaluation_inputs must be a list of questions (one per line)")
-    qs = [q.strip() for q in v if q.strip()]
-    if len(qs) > 8 or any(len(q) > 500 for q in qs):
-        raise StageError("evaluation_inputs: at most 8 questions of at most 500 characters each")
-    return qs
+    return list(v)
 
 
 def _model_dir(settings, value: str) -> Path:
@@ -333,51 +287,34 @@ def check_conversation_file(path: Path, first: int = 5) -> None:
 
 
 def resolve_params(settings, params: dict) -> dict:
-    unknown = sorted(set(params) - set(DEFAULTS) - {"run_name", "base_model", "data"})
-    if unknown:
-        raise StageError(f"unknown train parameters {unknown}; known: "
-                         f"{', '.join(['run_name', 'base_model', 'data', *DEFAULTS])}")
-    p = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None or k == "seed"}}
+    """The run's settings: the operator's values checked by TrainParams (pipeline.params), then
+    what needs this machine and the workspace (base model, data, templates, devices)."""
+    q = parse(TrainParams, params)
+    p = q.model_dump()
     out: dict = {}
-    run = str(params.get("run_name") or time.strftime("train-%Y%m%d-%H%M%S"))
+    run = q.run_name or time.strftime("train-%Y%m%d-%H%M%S")
     if not NAME.match(run):
         raise StageError(f"run name {run!r}: use 1-64 letters, digits, '.', '_' or '-' (not starting with . or -)")
     out["run_name"] = run
-    out["base_model"] = str(_model_dir(settings, str(params.get("base_model") or settings.base_model or "")))
-    data = _data_file(settings, str(params.get("data") or ""))
+    out["base_model"] = str(_model_dir(settings, q.base_model or settings.base_model or ""))
+    data = _data_file(settings, q.data)
     out["data"] = str(data)
     stats = data.parent / "stats.json"
     out["data_stats"] = str(stats) if stats.is_file() else None
-    out["template"] = _known_template(p["template"])
+    out["template"] = _known_template(q.template)
     names = prompt_templates()
-    if p["prompt_template"] not in names:
-        raise StageError(f"unknown prompt template {p['prompt_template']!r}; XTuner has: {', '.join(names)}")
-    out["prompt_template"] = p["prompt_template"]
+    if q.prompt_template not in names:
+        raise StageError(f"unknown prompt template {q.prompt_template!r}; XTuner has: {', '.join(names)}")
+    out["prompt_template"] = q.prompt_template
     out["xtuner_bos"] = xtuner_bos(Path(out["base_model"]), out["prompt_template"])
-    out["max_length"] = _int(p, "max_length", 16, 32768)
-    out["pack_to_max_length"] = _bool(p, "pack_to_max_length")
-    out["batch_size"] = _int(p, "batch_size", 1, 256)
-    out["accumulative_counts"] = _int(p, "accumulative_counts", 1, 1024)
-    out["lr"] = _float(p, "lr", 0.0, 1.0)
-    out["max_epochs"] = _int(p, "max_epochs", 1, 100)
-    out["max_iters"] = _int(p, "max_iters", 0, 10_000_000)
-    out["warmup_ratio"] = _float(p, "warmup_ratio", 0.0, 1.0, lo_open=False)
-    out["lora_r"] = _int(p, "lora_r", 1, 1024)
-    out["lora_alpha"] = _int(p, "lora_alpha", 1, 4096)
-    out["lora_dropout"] = _float(p, "lora_dropout", 0.0, 1.0, lo_open=False)
-    out["qlora"] = _bool(p, "qlora")
-    out["deepspeed"] = None if str(p["deepspeed"]).strip().lower() == "auto" else _bool(p, "deepspeed")
-    out["evaluation_inputs"] = _questions(p["evaluation_inputs"])
-    out["evaluation_freq"] = _int(p, "evaluation_freq", 1, 10_000_000)
-    out["eval_max_new_tokens"] = _int(p, "eval_max_new_tokens", 1, 8192)
-    out["save_steps"] = _int(p, "save_steps", 1, 10_000_000)
-    out["save_total_limit"] = _int(p, "save_total_limit", -1, 1000)
-    if out["save_total_limit"] == 0:
-        raise StageError("save_total_limit must be -1 (keep all) or at least 1")
-    out["log_interval"] = _int(p, "log_interval", 1, 100_000)
-    out["seed"] = None if p["seed"] in (None, "") else _int(p, "seed", 0, 2**31 - 1)
-    out["device"] = resolve_device(p["device"])
-    out["gpus"], out["processes"] = _processes(p.get("gpus"), out["device"])
+    for key in ("max_length", "pack_to_max_length", "batch_size", "accumulative_counts", "lr", "max_epochs",
+                "max_iters", "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout", "qlora", "evaluation_freq",
+                "eval_max_new_tokens", "save_steps", "save_total_limit", "log_interval", "seed"):
+        out[key] = p[key]
+    out["deepspeed"] = None if q.deepspeed == "auto" else q.deepspeed
+    out["evaluation_inputs"] = _questions(q.evaluation_inputs)
+    out["device"] = resolve_device(q.device)
+    out["gpus"], out["processes"] = _processes(q.gpus, out["device"])
     # XTuner scales nothing: batch_size is per process, and the learning rate is used as given
     out["global_batch_size"] = out["batch_size"] * out["accumulative_counts"] * out["processes"]
     adaptations = []
@@ -404,10 +341,9 @@ def resolve_params(settings, params: dict) -> dict:
     return out
 
 
-def _processes(value, device: str) -> tuple[int, int]:
-    """(GPUs used, training processes) for the ``gpus`` parameter: 0 or empty = every visible
-    GPU; on CPU it counts processes (0 = 1), which only tests and experiments want."""
-    n = 0 if value in (None, "") else _int({"gpus": value}, "gpus", 0, 4096)
+def _processes(n: int, device: str) -> tuple[int, int]:
+    """(GPUs used, training processes) for the ``gpus`` parameter (checked by the params model):
+    0 = every visible GPU; on CPU it counts processes (0 = 1), which only tests and experiments want."""
     if device == "cpu":
         top = max(1, os.cpu_count() or 1)
         if n > top:
@@ -773,7 +709,7 @@ def length_report(lengths: list[int], max_length: int) -> dict:
 def fit_max_length(p: dict, params: dict) -> None:
     """Measure the training conversations in tokens; record p["length_check"] and, unless
     params' max_length_fit is false, raise p["max_length"] to keep KEEP_WHOLE of them whole."""
-    fit = _bool({"max_length_fit": params.get("max_length_fit", True)}, "max_length_fit")
+    fit = parse(TrainParams, {"max_length_fit": params.get("max_length_fit")}).max_length_fit
     model = Path(p["base_model"])
     records, total = _sample_records(Path(p["data"]))
     try:

@@ -1,5 +1,7 @@
-"""The Admin page through Streamlit's AppTest: the password gate, starting a real job from a form
-and watching its log, cancelling it, the System and Models sections."""
+"""The Admin pages through Streamlit's AppTest on the real app (app.py and its st.navigation): the
+password gate (before the login the Admin group is only its login page, and every admin page
+refuses to render when opened directly), starting a real job from a form and watching its log,
+cancelling it, the System and Models pages."""
 from __future__ import annotations
 
 import json
@@ -12,14 +14,40 @@ from backend.jobs import JobRunner
 from backend.settings import load_settings
 from tests.conftest import ROOT, wait_until
 
-PAGE = str(ROOT / "pages" / "admin.py")
+APP = str(ROOT / "app.py")
 PASSWORD = "correct horse battery staple"
+ADMIN_PAGES = {"jobs": "📋 Jobs · 任务", "run": "▶️ Run a stage · 单步运行", "retrain": "🔁 Retrain · 重新训练",
+               "models": "📦 Models · 模型", "system": "🖥️ System · 系统", "feedback": "🗳️ Feedback · 反馈审核"}
 
 
 def page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=120)
+    """The app, on the Admin group's login page (pages/admin.py)."""
+    at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     assert not at.exception, at.exception
+    at.switch_page("pages/admin.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def open_page(at: AppTest, name: str) -> AppTest:
+    """One of the Admin group's pages (pages/admin_<name>.py), as its navigation entry opens it."""
+    at.switch_page(f"pages/admin_{name}.py").run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == [ADMIN_PAGES[name]]
+    return at
+
+
+def title(at: AppTest) -> str:
+    return at.title[0].value if at.title else ""
+
+
+def follow(at: AppTest) -> AppTest:
+    """AppTest reruns the page its last switch_page() named, while a browser stays where the app
+    went (the login and a started job open Jobs with st.switch_page): follow the app."""
+    page = {v: k for k, v in ADMIN_PAGES.items()}.get(title(at))
+    if page:
+        at.switch_page(f"pages/admin_{page}.py")
     return at
 
 
@@ -27,7 +55,7 @@ def login(at: AppTest, password: str = PASSWORD) -> AppTest:
     at.text_input(key="login_password").input(password)
     at.button[0].click().run()
     assert not at.exception, at.exception
-    return at
+    return follow(at)
 
 
 def texts(at: AppTest) -> str:
@@ -72,8 +100,34 @@ def test_generated_password_opens_the_page(settings):
     at = page()
     password = (settings.workspace / "admin_password").read_text().strip()
     login(at, password)
-    assert at.radio(key="section") is not None
-    assert "Log out · 退出管理" in [b.label for b in at.button]
+    assert title(at) == ADMIN_PAGES["jobs"]  # /admin is Jobs once logged in
+    assert "Log out · 退出管理" in [b.label for b in at.sidebar.button]
+    for name in ADMIN_PAGES:
+        open_page(at, name)
+    at.sidebar.button(key="logout").click().run()
+    assert not at.exception, at.exception
+    assert title(at) == "🛠️ Admin · 管理" and at.text_input(key="login_password") is not None
+
+
+@pytest.mark.parametrize("name", list(ADMIN_PAGES))
+def test_every_admin_page_refuses_without_the_login(settings, name):
+    """Opened directly (a bookmark, another session): the page says where to log in and shows
+    nothing of its own, no button, no form, no table."""
+    at = AppTest.from_file(str(ROOT / "pages" / f"admin_{name}.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, at.exception
+    assert [i.value for i in at.info] == ["Log in on the Admin page first: this page is for the admin. · "
+                                          "请先在 Admin · 管理 页面登录。"]
+    assert not (at.button or at.selectbox or at.dataframe or at.number_input or at.text_input or at.code)
+
+
+def test_before_the_login_the_admin_group_is_only_the_login_page(settings):
+    """app.py's navigation registers no admin page before the login (AppTest names the pages it
+    knows: chat, eval and the login)."""
+    at = page()
+    for name in ADMIN_PAGES:
+        with pytest.raises(ValueError, match=r"Could not find a navigation page.*Known pages: \[[^]]*admin\.py'\]"):
+            at.switch_page(f"pages/admin_{name}.py")
 
 
 def _conversation_data(settings, n=40):
@@ -93,7 +147,7 @@ def test_with_the_password_a_job_starts_and_its_log_appears(admin_env):
     """Prepare data from the form (the bundled sample corpus): a real job whose output and
     result appear on the page."""
     at = login(page())
-    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    open_page(at, "run")
     assert at.selectbox(key="stage_kind").value == "prepare"
     at.text_input(key="prep_out").input("sample-run")
     [b for b in at.button if b.label.startswith("Start prepare")][0].click().run()
@@ -101,7 +155,7 @@ def test_with_the_password_a_job_starts_and_its_log_appears(admin_env):
     assert not at.error, [e.value for e in at.error]
     jobs = JobRunner(admin_env).list()
     assert [j.kind for j in jobs] == ["prepare"]
-    assert at.radio(key="section").value == "Jobs · 任务"  # the page switched to the job's live view
+    assert title(follow(at)) == ADMIN_PAGES["jobs"]  # the app switched to the job's live view
     rerun_until(at, lambda a: any("Outputs in" in c.value and "sample-run" in c.value for c in a.code),
                 "prepare's own output in the page's log view")
     rerun_until(at, lambda a: "succeeded" in texts(a), "the job's success on the page")
@@ -118,7 +172,7 @@ def test_train_from_the_form_shows_xtuner_log_and_cancels(admin_env, monkeypatch
     settings = load_settings()
     _conversation_data(settings)
     at = login(page())
-    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    open_page(at, "run")
     at.selectbox(key="stage_kind").set_value("train").run()
     assert not at.exception, at.exception
     at.number_input(key="train_iters").set_value(200)
@@ -129,7 +183,7 @@ def test_train_from_the_form_shows_xtuner_log_and_cancels(admin_env, monkeypatch
     assert not at.error, [e.value for e in at.error]
     jobs = JobRunner(settings).list()
     assert len(jobs) == 1 and jobs[0].kind == "train"
-    assert at.radio(key="section").value == "Jobs · 任务"  # the page switched to the job's live view
+    assert title(follow(at)) == ADMIN_PAGES["jobs"]  # the app switched to the job's live view
     # XTuner's own output (MMEngine's log records), not only the supervisor's header
     rerun_until(at, lambda a: any("mmengine" in c.value for c in a.code), "XTuner's log in the page")
     # the stage measured the data in the base model's tokens and says what max_length cuts
@@ -157,7 +211,7 @@ def test_live_view_shows_progress_chart_and_training_answers(admin_env):
     runner = JobRunner(admin_env)
     job_id = runner.submit(StageCommand(kind="train", argv=[sys.executable, "-c", code], cwd=admin_env.workspace,
                                         gpu=True, outputs={"work_dir": str(admin_env.runs_dir)}))
-    at = login(page())
+    at = login(page())  # the login opens Jobs
     rerun_until(at, lambda a: len(a.get("progress")) == 1, "the progress bar")
     bar = at.get("progress")[0].proto
     assert bar.value == 30 and "iter 30/100" in bar.text and "05:20" in bar.text
@@ -169,7 +223,7 @@ def test_live_view_shows_progress_chart_and_training_answers(admin_env):
 def test_a_bad_form_value_is_a_message_and_starts_nothing(admin_env, monkeypatch, train_python):
     monkeypatch.delenv("RECIPE_BASE_MODEL", raising=False)
     at = login(page())
-    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    open_page(at, "run")
     at.selectbox(key="stage_kind").set_value("train").run()
     at.text_input(key="train_base_typed").input("../../etc")
     [b for b in at.button if b.label.startswith("Start train")][0].click().run()
@@ -185,7 +239,7 @@ def test_train_form_takes_the_number_of_gpus(admin_env, monkeypatch, train_pytho
 
     monkeypatch.setattr(train, "visible_gpus", lambda: 0)
     at = login(page())
-    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    open_page(at, "run")
     at.selectbox(key="stage_kind").set_value("train").run()
     gpus = at.number_input(key="train_gpus")
     assert gpus.value == 0 and gpus.proto.disabled and "one CPU process" in gpus.help
@@ -193,18 +247,18 @@ def test_train_form_takes_the_number_of_gpus(admin_env, monkeypatch, train_pytho
 
     monkeypatch.setattr(train, "visible_gpus", lambda: 4)
     at = login(page())
-    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    open_page(at, "run")
     at.selectbox(key="stage_kind").set_value("train").run()
     gpus = at.number_input(key="train_gpus")
     assert (gpus.value, gpus.min, gpus.max) == (4, 1, 4) and not gpus.proto.disabled
     assert "batch size is per GPU" in gpus.help and at.checkbox(key="train_ds").value is True
-    at.radio(key="section").set_value("Retrain · 重新训练").run()
+    open_page(at, "retrain")
     assert at.number_input(key="rt_train_gpus").value == 4
 
 
 def test_system_section_shows_the_facts(admin_env):
     at = login(page())
-    at.radio(key="section").set_value("System · 系统").run()
+    open_page(at, "system")
     assert not at.exception, at.exception
     df = at.dataframe[0].value
     assert {"machine", "GPU", "LMDeploy / TurboMind", "environment: train"} <= set(df["what"])
@@ -215,7 +269,7 @@ def test_models_section_use_for_chat(admin_env, tiny_model):
     shutil.copytree(tiny_model, folder)
     (folder / "recipe_model.json").write_text(json.dumps({"base_model": "/models/base", "created": "2026-11-28"}))
     at = login(page())
-    at.radio(key="section").set_value("Models · 模型").run()
+    open_page(at, "models")
     assert "recipe-m1" in texts(at) and "/models/base" in texts(at)
     at.button(key="use_recipe-m1").click().run()
     assert not at.exception, at.exception
@@ -245,7 +299,7 @@ def test_retrain_from_the_page_runs_the_chain_and_can_be_cancelled(admin_env, mo
     monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
     at = login(page())
-    at.radio(key="section").set_value("Retrain · 重新训练").run()
+    open_page(at, "retrain")
     assert not at.exception, at.exception
     at.text_input(key="rt_prep_out").input("rt-data")
     at.text_input(key="rt_train_run").input("rt-run")
@@ -256,7 +310,7 @@ def test_retrain_from_the_page_runs_the_chain_and_can_be_cancelled(admin_env, mo
     from backend.chain import list_chains
 
     (ch,) = list_chains(settings)
-    at.radio(key="section").set_value("Retrain · 重新训练").run()
+    open_page(at, "retrain")
     rerun_until(at, lambda a: "🔄 train" in texts(a), "the chain's train step running")
     assert "✅ prepare" in texts(at)
     at.button(key=f"cancel_chain_{ch.id}").click().run()
@@ -271,7 +325,7 @@ def test_serve_on_a_machine_without_gpu_says_so_and_starts_nothing(admin_env, ti
 
     shutil.copytree(tiny_model, admin_env.models_dir / "chef")
     at = login(page())
-    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    open_page(at, "run")
     at.selectbox(key="stage_kind").set_value("serve").run()
     assert not at.exception, at.exception
     assert at.selectbox(key="serve_model").value == "chef"
@@ -286,7 +340,7 @@ def test_retrain_with_dpo_adds_its_steps_and_needs_reviewed_feedback(admin_env, 
 
     monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     at = login(page())
-    at.radio(key="section").set_value("Retrain · 重新训练").run()
+    open_page(at, "retrain")
     at.checkbox(key="rt_dpo").check()
     [b for b in at.button if b.label.startswith("Start Retrain")][0].click().run()
     assert not at.exception, at.exception

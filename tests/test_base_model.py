@@ -144,23 +144,17 @@ def test_stage_command_and_progress(settings, train_python):
 def test_admin_models_page_creates_the_base_model_as_a_job(workspace, monkeypatch, no_leftover_jobs, train_python):
     """Admin → Models → Create: a base_model job is queued through the stage machinery (the job
     itself is what the CLI runs; not waited for here)."""
-    from streamlit.testing.v1 import AppTest
-
     from backend.jobs import JobRunner
     from backend.settings import load_settings
-    from tests.conftest import ROOT
 
     monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", "pw")
     monkeypatch.setenv("RECIPE_CACHE_DIR", str(workspace / "no-cache"))  # the job must not find a wheel...
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # ...nor reach an index: it fails fast
     s = load_settings()
     s.ensure_dirs()
-    at = AppTest.from_file(str(ROOT / "pages" / "admin.py"), default_timeout=120)
-    at.run()
-    at.text_input(key="login_password").input("pw")
-    at.button[0].click().run()
-    at.radio(key="section").set_value("Models · 模型").run()
-    assert not at.exception, at.exception
+    from tests.test_admin_page import login, open_page, page
+
+    at = open_page(login(page(), "pw"), "models")
     at.text_input(key="bm_name").input("smol")
     next(b for b in at.button if "Create" in str(b.label)).click().run()
     assert not at.exception, at.exception

@@ -54,8 +54,10 @@ def test_prepare_train_convert_merge_run_in_order_into_the_registry(workspace, m
 
 
 def test_a_step_that_cannot_start_stops_the_chain_with_the_reason(settings):
+    """A value only the workspace can refuse (a bad value is refused before the chain starts:
+    tests/test_stage_params.py)."""
     chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1")}),
-                                      ("train", {"lr": 5})])
+                                      ("train", {"base_model": "nothing"})])
     ch = wait_chain(settings, chain_id)
     assert ch.status == "failed"
     assert ch.error.startswith("step 2 of 2 (train) could not start:")

@@ -18,7 +18,7 @@ from pipeline import convert, dpo, merge
 from pipeline.feedback_export import export
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
 from pipeline.stage import StageError, stage_module
-from tests.test_admin_page import admin_env, login, page  # noqa: F401 - admin_env is a fixture
+from tests.test_admin_page import admin_env, login, open_page, page  # noqa: F401 - admin_env is a fixture
 from tests.test_feedback import chat
 from tests.conftest import SAMPLE_RECIPES, wait_until
 from tests.test_train_e2e import TIMINGS, run_stage
@@ -151,7 +151,7 @@ def test_admin_form_starts_a_dpo_job(admin_env, dpo_inputs, train_python):
     from backend.jobs import JobRunner
 
     at = login(page())
-    at.radio(key="section").set_value("Run a stage · 单步运行").run()
+    open_page(at, "run")
     at.selectbox(key="stage_kind").set_value("dpo").run()
     assert str(dpo_inputs) in at.selectbox(key="dpo_model").options
     assert str(admin_env.data_dir / "fb") in at.selectbox(key="dpo_pairs").options

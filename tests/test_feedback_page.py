@@ -68,11 +68,14 @@ def test_feedback_is_reviewed_on_the_page_after_login_only(admin):
     up = _chat_with_feedback(at, "红烧肉怎么做？", 1, "很好")  # 👍
     assert History(admin.app_db).feedback(down)["rating"] == -1
 
-    # not logged in: only the message, no comment, no buttons
-    _ok(at.switch_page(PAGE).run())
-    assert [t.value for t in at.title] == ["🗳️ Feedback · 反馈审核"]
-    assert "Log in on the Admin page first" in _shown(at)
-    assert "盐放太多了" not in _shown(at) and len(at.button) == 0 and len(at.text_area) == 0
+    # not logged in: the navigation has no Feedback page, and the page opened on its own shows
+    # only the message, no comment, no buttons
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at.switch_page(PAGE)
+    alone = _ok(AppTest.from_file(str(ROOT / PAGE), default_timeout=180).run())
+    assert [t.value for t in alone.title] == ["🗳️ Feedback · 反馈审核"]
+    assert "Log in on the Admin page first" in _shown(alone)
+    assert "盐放太多了" not in _shown(alone) and len(alone.button) == 0 and len(alone.text_area) == 0
 
     # the Admin page's login opens it
     _ok(at.switch_page("pages/admin.py").run())
@@ -110,8 +113,8 @@ def test_feedback_is_reviewed_on_the_page_after_login_only(admin):
 
     # a fresh session (a new browser tab) is not logged in
     at2 = _ok(AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run())
-    _ok(at2.switch_page(PAGE).run())
-    assert "盐放太多了" not in _shown(at2) and "Log in on the Admin page first" in _shown(at2)
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        at2.switch_page(PAGE)
 
 
 def test_retrain_form_offers_the_reviewed_feedback(admin, no_leftover_jobs):
@@ -123,10 +126,9 @@ def test_retrain_form_offers_the_reviewed_feedback(admin, no_leftover_jobs):
     from tests.test_feedback_export import reviewed_db
 
     reviewed_db(admin)
-    at = _ok(AppTest.from_file(str(ROOT / "pages" / "admin.py"), default_timeout=180).run())
-    at.text_input(key="login_password").input(PASSWORD)
-    _ok(at.button[0].click().run())
-    _ok(at.radio(key="section").set_value("Retrain · 重新训练").run())
+    from tests.test_admin_page import login, open_page, page
+
+    at = open_page(login(page()), "retrain")
     box = at.selectbox(key="rt_prep_reviewed")
     assert box.options[:2] == ["(none) · 不使用", "export the current reviews first · 先导出当前审核结果"]
     box.set_value(box.options[1])
@@ -148,7 +150,7 @@ def test_retrain_form_offers_the_reviewed_feedback(admin, no_leftover_jobs):
     assert stats["reviewed"]["repeat"] == 5 and stats["reviewed"]["train_lines_added"] == 10
 
     # the export folder is now a choice of the single prepare stage
-    _ok(at.radio(key="section").set_value("Run a stage · 单步运行").run())
+    open_page(at, "run")
     assert any(o.endswith(ch.jobs[0].outputs["dir"].rsplit("/", 1)[-1]) for o in at.selectbox(key="prep_reviewed").options)
 
 

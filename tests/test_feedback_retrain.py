@@ -76,7 +76,7 @@ def test_stage_command_takes_reviewed_and_repeat(settings):
     cmd = prepare_data.command(settings, out="data/p", reviewed="data/fb", repeat=4)
     assert cmd.argv[-4:] == ["--reviewed", str(fb), "--repeat", "4"]
     assert cmd.params["reviewed"] == str(fb) and cmd.params["repeat"] == 4
-    with pytest.raises(StageError, match="repeat must be between"):
+    with pytest.raises(StageError, match="repeat must be a whole number between"):
         prepare_data.command(settings, out="data/p", reviewed="data/fb", repeat=0)
     with pytest.raises(StageError, match="no sft.jsonl"):
         prepare_data.command(settings, out="data/p", reviewed="data/nothing")
@@ -107,11 +107,11 @@ def test_retrain_chain_exports_then_prepares_and_the_registry_counts(settings, n
     assert (models["plain"].reviewed_examples, models["plain"].preference_pairs) == (0, 0)
 
     # and the Models section of the Admin page says so on the model's card
-    from tests.test_admin_page import PASSWORD, login, page
+    from tests.test_admin_page import PASSWORD, login, open_page, page
 
     monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", PASSWORD)
     at = login(page())
-    at.radio(key="section").set_value("Models · 模型").run()
+    open_page(at, "models")
     assert not at.exception, at.exception
     shown = [c.value for c in at.caption if "reviewed feedback" in c.value]
     assert shown == ["reviewed feedback · 审核反馈: 2 examples (4 training lines), 1 preference pairs"], shown
