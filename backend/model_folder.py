@@ -187,7 +187,6 @@ def check_across_envs(path: str | os.PathLike, envs: tuple[str, ...] = ("app", "
     refuses the folder without loading it again."""
     import json
     import subprocess
-    import sys
     import time
 
     from backend.envs import env_installed, env_python

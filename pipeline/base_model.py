@@ -220,7 +220,7 @@ def build(source: str, out: str | Path, gguf: str | None = None, check: bool = T
     """Steps 1-4 of the module docstring; returns the manifest. Raises StageError."""
     from backend.envs import env_installed, env_python, setup_hint
     from backend.model_folder import check_across_envs
-    from pipeline.merge import partial_dir, publish_dir
+    from pipeline.artefacts import partial_dir, publish_dir
 
     if source not in SOURCES:
         raise StageError(f"unknown base model {source!r}; known: {', '.join(SOURCES)}")
@@ -286,7 +286,7 @@ def command(settings, source: str = "smollm2", name: str = "") -> StageCommand:
         raise StageError(f"a model named {name!r} already exists in {settings.models_dir}; choose another name")
     if not env_installed("train"):
         raise StageError(f"the training environment converts the model: {setup_hint('train')}")
-    from pipeline.convert import job_env
+    from pipeline.artefacts import job_env
 
     return StageCommand(kind="base_model", argv=[str(env_python("app")), "-P", "-m", "pipeline.base_model", source,
                                                  "--out", str(out)],

@@ -15,50 +15,21 @@ the CPU (float32); otherwise XTuner saves it in float16 unless fp32 is asked for
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from pipeline.params import ConvertParams, parse
+from pipeline.artefacts import ADAPTER_DIR, ADAPTER_MANIFEST, CHECKPOINT, checkpoints, job_env, load_run, partial_dir, publish_dir
 from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
-ADAPTER_DIR = "hf_adapter"
-ADAPTER_MANIFEST = "recipe_adapter.json"
 STEPS = 2
-
-
-def load_run(settings, run_name: str) -> tuple[Path, dict]:
-    """A training run's folder and its train_params.json (written by pipeline.train.command)."""
-    from pipeline.train import PARAMS_FILE, run_dir
-
-    if not run_name:
-        raise StageError("choose a training run (run_name)")
-    rdir = run_dir(settings, str(run_name))
-    params_file = rdir / PARAMS_FILE
-    if not (rdir / "config.py").is_file() or not params_file.is_file():
-        raise StageError(f"no training run named {run_name!r} in {settings.runs_dir}; start a training job first")
-    try:
-        record = json.loads(params_file.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise StageError(f"{params_file} is damaged ({e}); train the run again") from None
-    if not isinstance(record, dict):
-        raise StageError(f"{params_file} is damaged (not a JSON object); train the run again")
-    return rdir, record
-
-
-def job_env() -> dict[str, str]:
-    """Environment of the convert and merge jobs: the project importable, nothing downloaded."""
-    from backend.settings import PROJECT_ROOT
-
-    return {"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1"}
 
 
 def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = False) -> StageCommand:
     """fp32: save the adapter in float32, as is always done for a run trained on the CPU (in
     float32); otherwise XTuner saves it in float16."""
-    from pipeline.train import CHECKPOINT, checkpoints, train_python
+    from pipeline.train import train_python
 
     q = parse(ConvertParams, dict(run_name=run_name, checkpoint=checkpoint, fp32=fp32))
     run_name, checkpoint, fp32 = q.run_name, q.checkpoint, q.fp32
@@ -109,8 +80,6 @@ def verify(cmd: StageCommand, log_text: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     import runpy
 
-    from pipeline.merge import partial_dir, publish_dir
-    from pipeline.train import CHECKPOINT, checkpoints
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)

@@ -35,12 +35,13 @@ import os
 import time
 from pathlib import Path
 
+from pipeline import artefacts
 from pipeline import train
 from pipeline.params import LOSS_TYPES, DpoParams, parse  # noqa: F401 - LOSS_TYPES: dpo.LOSS_TYPES
 from pipeline.stage import NAME, StageCommand, StageError, timestamp, user_path
 
 TEMPLATE = "dpo/internlm/internlm2_chat_1_8b_dpo_full_varlenattn_jsonl_dataset.py"
-PARAMS_FILE = train.PARAMS_FILE  # convert and merge read the run through it
+PARAMS_FILE = artefacts.PARAMS_FILE  # convert and merge read the run through it
 MAX_NUM_PROC = 4  # tokenising processes (XTuner's default is 32)
 
 # operator-facing defaults (those of XTuner's DPO templates, LoRA as in its QLoRA DPO templates),
@@ -216,7 +217,7 @@ def command(settings, **params) -> StageCommand:
     python = train.train_python()
     p = resolve_params(settings, params)
     tpl = template_path()
-    rdir = train.run_dir(settings, p["run_name"])
+    rdir = artefacts.run_dir(settings, p["run_name"])
     work = rdir / "work_dir"
     if list(work.glob("iter_*.pth")):
         raise StageError(f"run {p['run_name']!r} already has checkpoints in {work}; choose another run name")

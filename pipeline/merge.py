@@ -26,61 +26,22 @@ merge_and_unload, save_pretrained); ``dtype`` float16 / float32 chooses either w
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from backend.model_folder import model_folder_problem
 from pipeline.params import MergeParams, parse
+from pipeline.artefacts import (ADAPTER_DIR, ADAPTER_MANIFEST, MANIFEST, MANIFEST_FORMAT, PARAMS_FILE, job_env, load_run,
+                                partial_dir, publish_dir, read_json, read_manifest)
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
-MANIFEST = "recipe_model.json"
-MANIFEST_FORMAT = "recipe-model/1"
 STEPS = 2
 TRAINING_KEYS = ("template", "prompt_template", "max_length", "pack_to_max_length", "batch_size",
                  "accumulative_counts", "lr", "max_epochs", "max_iters", "warmup_ratio", "lora_r", "lora_alpha",
                  "lora_dropout", "qlora", "deepspeed", "device", "cpu_adaptations", "seed", "evaluation_inputs",
                  "length_check")
-
-
-def partial_dir(final: Path) -> Path:
-    """The hidden folder beside ``final`` that a job writes into (emptied first) before
-    publish_dir puts it in place."""
-    tmp = final.parent / f".{final.name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    return tmp
-
-
-def publish_dir(tmp: Path, final: Path, manifest_file: str | None = None, manifest: dict | None = None) -> None:
-    """Put a finished folder in place, with ``manifest`` written into it as ``manifest_file``
-    first: readers see the old folder or the new one, never a half."""
-    tmp, final = Path(tmp), Path(final)
-    if manifest_file is not None:
-        (tmp / manifest_file).write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
-    old = None
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def read_json(path: str | Path, default=None):
-    """The content of a JSON file, or ``default`` when it is missing, unreadable or damaged."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-
-
-def read_manifest(model_dir: str | Path) -> dict | None:
-    """The manifest of a finished model folder, or None (not ours, unfinished, or damaged)."""
-    data = read_json(Path(model_dir) / MANIFEST)
-    return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
 
 
 def model_name(value: str) -> str:
@@ -107,7 +68,6 @@ def merge_dtype(dtype: str, record: dict, device: str) -> str:
 
 def command(settings, run_name: str = "", adapter: str = "", base_model: str = "", name: str = "",
             device: str = "auto", dtype: str = "auto") -> StageCommand:
-    from pipeline.convert import ADAPTER_DIR, job_env, load_run
     from pipeline.train import _model_dir, resolve_device, train_python
 
     q = parse(MergeParams, dict(run_name=run_name, adapter=adapter, base_model=base_model, name=name, device=device,
@@ -192,8 +152,6 @@ def training_log_summary(run_dir: Path | None) -> dict:
 
 def build_manifest(name: str, out: Path, base: str, adapter: Path, run_dir: Path | None,
                    dtype: str = "float16") -> dict:
-    from pipeline.convert import ADAPTER_MANIFEST
-    from pipeline.train import PARAMS_FILE
 
     origin = read_json(adapter / ADAPTER_MANIFEST, {})
     run_dir = run_dir or (Path(origin["run_dir"]) if origin.get("run_dir") else None)

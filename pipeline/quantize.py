@@ -75,7 +75,8 @@ def command(settings, model: str = "", name: str = "", calib: str = "local", cal
             search_scale: bool = False) -> StageCommand:
     from backend.envs import env_python
     from backend.settings import PROJECT_ROOT
-    from pipeline.merge import model_name, read_manifest
+    from pipeline.artefacts import read_manifest
+    from pipeline.merge import model_name
     from pipeline.train import cuda_available
 
     q = parse(QuantizeParams, dict(model=model, name=name, calib=calib, calib_samples=calib_samples,
@@ -130,7 +131,7 @@ def progress(log_text: str) -> Progress:
 
 
 def verify(cmd: StageCommand, log_text: str) -> str | None:
-    from pipeline.merge import MANIFEST, read_json, read_manifest
+    from pipeline.artefacts import MANIFEST, read_json, read_manifest
 
     out = Path(cmd.outputs.get("model", ""))
     if read_manifest(out) is None:
@@ -179,7 +180,7 @@ def local_calib_loader(texts: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.merge import MANIFEST, MANIFEST_FORMAT, partial_dir, publish_dir, read_manifest
+    from pipeline.artefacts import MANIFEST, MANIFEST_FORMAT, partial_dir, publish_dir, read_manifest
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)

@@ -42,6 +42,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.params import TrainParams, parse
+from pipeline.artefacts import PARAMS_FILE, checkpoints, run_dir
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
 
@@ -56,8 +57,6 @@ DEFAULT_TEMPLATE = TrainParams.default("template")
 DEEPSPEED_CONFIG = "deepspeed_zero2"  # resolved by xtuner.tools.train to its bundled JSON
 DEEPSPEED_CPU_FILE = "deepspeed_zero2_cpu.json"  # in the run folder: the same, fp16/bf16 off
 LAUNCHER = ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]  # + --nproc-per-node N
-PARAMS_FILE = "train_params.json"
-CHECKPOINT = re.compile(r"iter_(\d+)\.pth")  # XTuner's checkpoint names in the work dir (fullmatch)
 CPU_EVAL_MAX_NEW_TOKENS = 16
 
 # operator-facing defaults (those of internlm2_5_chat_7b_qlora_alpaca_e3), limits and help:
@@ -512,10 +511,6 @@ def iteration_budget(p: dict) -> list[str]:
 
 
 # ---- the stage interface ------------------------------------------------------------------
-def run_dir(settings, run_name: str) -> Path:
-    if not NAME.match(run_name or ""):
-        raise StageError(f"run name {run_name!r}: use letters, digits, '.', '_' or '-'")
-    return settings.runs_dir / run_name
 
 
 def command(settings, **params) -> StageCommand:
@@ -563,16 +558,6 @@ def deepspeed_cpu_json() -> str:
     for key in ("fp16", "bf16"):
         cfg[key] = {**cfg.get(key, {}), "enabled": False}
     return json.dumps(cfg, indent=2) + "\n"
-
-
-def checkpoints(work_dir: str | Path) -> list[Path]:
-    """iter_N.pth checkpoints (files, or folders under DeepSpeed), oldest iteration first."""
-    found = []
-    for p in Path(work_dir).glob("iter_*.pth"):
-        m = CHECKPOINT.fullmatch(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
 
 
 def notes(params: dict, outputs: dict) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 
 from backend.feedback import FeedbackStore
 from backend.history import History
+from pipeline import artefacts
 from pipeline import convert, dpo, merge
 from pipeline.feedback_export import export
 from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
@@ -113,17 +114,17 @@ def test_dpo_convert_merge_chat_on_cpu(settings, dpo_inputs, train_python):
     assert losses[0] == pytest.approx(math.log(2), abs=1e-3) and losses[-1] < losses[0], losses
     assert "reward_acc" in p.metrics[-1] and "reward acc" in p.message
     assert "reward_acc" in log and "chosen_rewards" in log  # XTuner's DPO logged its own metrics
-    assert [c.name for c in dpo.train.checkpoints(settings.runs_dir / "dpo" / "work_dir")] == [f"iter_{ITERS}.pth"]
+    assert [c.name for c in artefacts.checkpoints(settings.runs_dir / "dpo" / "work_dir")] == [f"iter_{ITERS}.pth"]
 
     cmd = convert.command(settings, run_name="dpo")
     run_stage(convert, cmd, settings.logs_dir / "convert.log")
-    adapter = settings.runs_dir / "dpo" / convert.ADAPTER_DIR
+    adapter = settings.runs_dir / "dpo" / artefacts.ADAPTER_DIR
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
 
     cmd = merge.command(settings, run_name="dpo", name="dpo-model")
     run_stage(merge, cmd, settings.logs_dir / "merge.log")
     out = settings.models_dir / "dpo-model"
-    m = merge.read_manifest(out)
+    m = artefacts.read_manifest(out)
     assert m["kind"] == "merged" and m["base_model"] == str(dpo_inputs) and m["run_name"] == "dpo"
 
     from safetensors.torch import load_file

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from backend.feedback import FeedbackStore
 from backend.history import History

@@ -18,12 +18,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, SAMPLE_RECIPES, require
+from tests.conftest import ROOT, SAMPLE_RECIPES
 
 TRAIN_SIDE = r'''
 import json, sys

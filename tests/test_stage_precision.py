@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+from pipeline import artefacts
 from pipeline import convert, merge, prepare_data, train
 from tests.test_train_e2e import run_stage
 
@@ -45,7 +46,7 @@ def test_cpu_training_keeps_float32_through_convert_and_merge(settings, tiny_mod
     out = settings.models_dir / "m"
     assert saved_dtypes(out) == {"F32"}  # before: F16
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "float32"
-    assert merge.read_manifest(out)["dtype"] == "float32"
+    assert artefacts.read_manifest(out)["dtype"] == "float32"
     assert (out / "tokenizer_config.json").is_file()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import artefacts
 from pipeline import convert, merge, prepare_data, train
 from pipeline.recipe_format import SYSTEM_PROMPT, question
 
@@ -59,14 +60,14 @@ def test_prepare_train_convert_merge_chat(settings, tiny_model, train_python):
     assert any(s.startswith("iter 0 · 红烧肉的做法 → ") for s in p.samples)  # EvaluateChatHook before training
     assert any(s.startswith(f"iter {ITERS} · ") for s in p.samples)
     work = settings.runs_dir / "e2e" / "work_dir"
-    assert [c.name for c in train.checkpoints(work)] == ["iter_3.pth", f"iter_{ITERS}.pth"]
+    assert [c.name for c in artefacts.checkpoints(work)] == ["iter_3.pth", f"iter_{ITERS}.pth"]
 
     # ---- pth_to_hf ---------------------------------------------------------------------------
     cmd = convert.command(settings, run_name="e2e")
     log = run_stage(convert, cmd, settings.logs_dir / "convert.log")
     assert convert.progress(log).fraction == 1.0
     adapter = settings.runs_dir / "e2e" / "hf_adapter"
-    origin = json.loads((adapter / convert.ADAPTER_MANIFEST).read_text(encoding="utf-8"))
+    origin = json.loads((adapter / artefacts.ADAPTER_MANIFEST).read_text(encoding="utf-8"))
     assert origin["iteration"] == ITERS  # the newest checkpoint by default
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
 
@@ -76,7 +77,7 @@ def test_prepare_train_convert_merge_chat(settings, tiny_model, train_python):
     assert merge.progress(log).fraction == 1.0
     out = settings.models_dir / "e2e-model"
     assert not list(settings.models_dir.glob(".*"))  # no partial folder left behind
-    m = merge.read_manifest(out)
+    m = artefacts.read_manifest(out)
     assert m["name"] == "e2e-model" and m["kind"] == "merged" and m["base_model"] == str(base)
     assert m["run_name"] == "e2e" and m["iteration"] == ITERS and m["adapter"] == str(adapter)
     assert m["training"]["lora_r"] == 8 and m["training"]["max_iters"] == ITERS and m["training"]["device"] == "cpu"

@@ -18,6 +18,7 @@ import subprocess
 
 import pytest
 
+from pipeline import artefacts
 from pipeline import convert, train
 from pipeline.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
 from tests.conftest import SAMPLE_RECIPES, require
@@ -65,7 +66,7 @@ def test_without_a_launcher_deepspeed_stops_on_mpi4py(workspace_with_model):
                        timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "No module named 'mpi4py'" in out, out[-3000:]
-    assert "Iter(train)" not in out and not train.checkpoints(work)
+    assert "Iter(train)" not in out and not artefacts.checkpoints(work)
 
 
 def check_two_process_run(cmd, log: str) -> None:
@@ -74,7 +75,7 @@ def check_two_process_run(cmd, log: str) -> None:
     assert [m["iter"] for m in p.metrics] == list(range(1, ITERS + 1))
     assert "Distributed launcher: pytorch" in log and "GPU number: 2" in log  # MMEngine's world size
     assert "dist_cfg: {'backend': 'gloo'}" in log
-    assert [c.name for c in train.checkpoints(cmd.outputs["work_dir"])] == [f"iter_{ITERS}.pth"]
+    assert [c.name for c in artefacts.checkpoints(cmd.outputs["work_dir"])] == [f"iter_{ITERS}.pth"]
 
 
 def test_deepspeed_zero2_through_the_launcher_in_two_cpu_processes(workspace_with_model):
@@ -88,7 +89,7 @@ def test_deepspeed_zero2_through_the_launcher_in_two_cpu_processes(workspace_wit
     assert "Initializing TorchBackend in DeepSpeed with backend gloo" in log  # from RANK, WORLD_SIZE, MASTER_*
     assert "DeepSpeedZeroOptimizer" in log
     check_two_process_run(cmd, log)
-    ckpt = train.checkpoints(cmd.outputs["work_dir"])[-1]
+    ckpt = artefacts.checkpoints(cmd.outputs["work_dir"])[-1]
     assert ckpt.is_dir() and {"zero_pp_rank_0_mp_rank_00_optim_states.pt",
                               "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= {f.name for f in ckpt.iterdir()}
     # the next stage reads the sharded checkpoint (pth_to_hf)
@@ -104,4 +105,4 @@ def test_data_parallel_through_the_launcher_in_two_cpu_processes(workspace_with_
     log = run_stage(train, cmd, workspace_with_model.logs_dir / "ddp2.log")
     assert "DeepSpeedStrategy" not in log and "DeepSpeedZeroOptimizer" not in log
     check_two_process_run(cmd, log)
-    assert train.checkpoints(cmd.outputs["work_dir"])[-1].is_file()  # MMEngine's single-file checkpoint
+    assert artefacts.checkpoints(cmd.outputs["work_dir"])[-1].is_file()  # MMEngine's single-file checkpoint

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from pipeline import artefacts
 from pipeline import convert, merge, quantize, train, xtuner_log
 from pipeline.stage import StageError, stage_module
 from tests.conftest import ROOT
@@ -252,7 +253,7 @@ def test_command_writes_config_and_params(ready):
     text = (run / "config.py").read_text(encoding="utf-8")
     assert f"pretrained_model_name_or_path = {str(ready.workspace / 'base')!r}" in text
     assert "is_bf16_supported" in text
-    rec = json.loads((run / train.PARAMS_FILE).read_text(encoding="utf-8"))
+    rec = json.loads((run / artefacts.PARAMS_FILE).read_text(encoding="utf-8"))
     assert rec["data"] == str(ready.data_dir / "run1" / "train.jsonl")
     assert rec["data_stats"] == str(ready.data_dir / "run1" / "stats.json")
     assert rec["qlora"] is False and rec["deepspeed"] is False and rec["device"] == "cpu"
@@ -328,7 +329,7 @@ def test_gpu_command_launches_one_process_per_visible_gpu(ready, monkeypatch):
                                 "script": ["-m", "xtuner.tools.train", str(ready.runs_dir / "g4" / "config.py")],
                                 "launch": "pytorch", "deepspeed": "deepspeed_zero2"}  # XTuner's bundled JSON
     assert cmd.env["PYTHONSAFEPATH"] == "1" and cmd.gpu is True
-    rec = json.loads((ready.runs_dir / "g4" / train.PARAMS_FILE).read_text(encoding="utf-8"))
+    rec = json.loads((ready.runs_dir / "g4" / artefacts.PARAMS_FILE).read_text(encoding="utf-8"))
     assert (rec["device"], rec["gpus"], rec["processes"], rec["deepspeed"], rec["qlora"]) == ("cuda", 4, 4, True, True)
     assert rec["global_batch_size"] == 2 * 3 * 4 and rec["cpu_adaptations"] == []
     text = (ready.runs_dir / "g4" / "config.py").read_text(encoding="utf-8")
@@ -407,7 +408,7 @@ def test_train_verify_needs_a_checkpoint(ready):
     for n in (2, 10, 9):
         (work / f"iter_{n}.pth").write_bytes(b"x")
     assert train.verify(cmd, LOG) is None
-    assert [p.name for p in train.checkpoints(work)] == ["iter_2.pth", "iter_9.pth", "iter_10.pth"]
+    assert [p.name for p in artefacts.checkpoints(work)] == ["iter_2.pth", "iter_9.pth", "iter_10.pth"]
 
 
 def test_convert_and_merge_commands(ready):
@@ -475,13 +476,13 @@ def test_publish_dir_replaces_whole_folders(tmp_path):
     (final / "old.txt").write_text("old")
     tmp.mkdir()
     (tmp / "new.txt").write_text("new")
-    merge.publish_dir(tmp, final)
+    artefacts.publish_dir(tmp, final)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     assert [p.name for p in final.iterdir()] == ["new.txt"]
-    (final / merge.MANIFEST).write_text('{"format": "recipe-model/1", "name": "m"}')
-    assert merge.read_manifest(final)["name"] == "m"
-    (final / merge.MANIFEST).write_text("{broken")
-    assert merge.read_manifest(final) is None
+    (final / artefacts.MANIFEST).write_text('{"format": "recipe-model/1", "name": "m"}')
+    assert artefacts.read_manifest(final)["name"] == "m"
+    (final / artefacts.MANIFEST).write_text("{broken")
+    assert artefacts.read_manifest(final) is None
 
 
 # ---- the training environment's post-install patch -----------------------------------------

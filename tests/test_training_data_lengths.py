@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
+from pipeline import artefacts
 from pipeline import prepare_data, train
 from tests.conftest import ROOT, SAMPLE_RECIPES
 
@@ -31,7 +31,7 @@ def test_a_max_length_that_cuts_most_answers_is_raised_and_reported(ready):
     assert check["fitted"] and cmd.params["max_length"] > 128 and cmd.params["max_length"] % train.LENGTH_STEP == 0
     assert check["truncated_share"] <= 0.05 and check["max_length"] == cmd.params["max_length"]
     assert "raised from 128" in check["summary"]
-    recorded = json.loads((ready.runs_dir / "r" / train.PARAMS_FILE).read_text())
+    recorded = json.loads((ready.runs_dir / "r" / artefacts.PARAMS_FILE).read_text())
     assert recorded["length_check"] == check and recorded["max_length"] == cmd.params["max_length"]
     assert f"max_length = {cmd.params['max_length']}\n" in (ready.runs_dir / "r" / "config.py").read_text()
 
