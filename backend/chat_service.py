@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from backend.engines.base import FINISH_ERROR, FINISH_STOP, FINISH_STOPPED, Engine, GenerationParams
 from backend.history import FINISH_STREAMING, History, HistoryError
 from backend.settings import Settings
-from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
+from core.recipe_format import SYSTEM_PROMPT, format_answer
 
 GROUNDING_LIMIT = 3
 MAX_QUESTION_CHARS = 4000  # the chat input's limit (a recipe question fits many times over)
@@ -335,7 +335,7 @@ class ChatService:
 def answer_markdown(text: str) -> str:
     """An answer in the recipe format rendered as Markdown: bold headers, a bullet list of
     ingredients, numbered steps. Text not in the format is returned as it is."""
-    from pipeline.recipe_format import INGREDIENTS_HEADER, STEPS_HEADER, parse_answer
+    from core.recipe_format import INGREDIENTS_HEADER, STEPS_HEADER, parse_answer
 
     head, sep, _ = text.partition(INGREDIENTS_HEADER)
     ingredients, steps = parse_answer(text)

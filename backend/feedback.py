@@ -40,10 +40,10 @@ class FeedbackError(ValueError):
 
 
 def normalise_answer(text: str) -> str:
-    """An edited answer in the trained answer format (pipeline.recipe_format), or FeedbackError
+    """An edited answer in the trained answer format (core.recipe_format), or FeedbackError
     saying what is missing. The headers, bullets and step numbers are rebuilt by format_answer,
     so a correction trains exactly the format the model is taught."""
-    from pipeline.recipe_format import INGREDIENTS_HEADER, STEPS_HEADER, format_answer, parse_answer
+    from core.recipe_format import INGREDIENTS_HEADER, STEPS_HEADER, format_answer, parse_answer
 
     text = (text or "").strip()
     if not text:

@@ -39,8 +39,8 @@ import sqlite_utils
 from backend.fileio import temp_beside
 from backend.sqlite_tx import write_transaction
 from backend.settings import PROJECT_ROOT
-from pipeline.corpus import Recipe, fingerprint, iter_recipes
-from pipeline.recipe_format import dish_name
+from core.corpus import Recipe, fingerprint, iter_recipes
+from core.recipe_format import dish_name
 
 SAMPLE_RECIPES = PROJECT_ROOT / "data" / "sample_recipes.jsonl"
 
@@ -123,7 +123,7 @@ def _signed(fp: int) -> int:
 
 def recipe_row(recipe) -> tuple | None:
     """Library row for a recipe (a corpus-format dict, a {name, ingredients, steps} dict or a
-    pipeline.corpus.Recipe); None when it lacks a name, ingredients or steps.
+    core.corpus.Recipe); None when it lacks a name, ingredients or steps.
 
     (fp, name, name_key, ingredients_json, steps_json, description, author, ing_text, quality,
     fts_name, fts_ing)"""

@@ -41,7 +41,7 @@ _NAME = re.compile(r"[^\d\s（(，,：:、/约半适少一二两三四五六七�
 
 
 def ingredient_names(answer: str) -> list[str]:
-    from pipeline.recipe_format import parse_answer
+    from core.recipe_format import parse_answer
 
     names = []
     for line in parse_answer(answer)[0]:
@@ -52,7 +52,7 @@ def ingredient_names(answer: str) -> list[str]:
 
 
 def recall(answer: str, reference: str) -> float | None:
-    from pipeline.recipe_format import parse_answer
+    from core.recipe_format import parse_answer
 
     ref = ingredient_names(reference)
     if not ref:
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 
     from backend.chat_service import build_messages
     from backend.engines.transformers_engine import chat_prompt, stop_token_ids
-    from pipeline.recipe_format import STEPS_HEADER, SYSTEM_PROMPT
+    from core.recipe_format import STEPS_HEADER, SYSTEM_PROMPT
 
     data = Path(args.data)
     split = next((data / f for f in ("val.jsonl", "test.jsonl") if (data / f).is_file()), None)

@@ -110,7 +110,7 @@ class Ctx:
 
 
 def messages(question: str = QUESTION) -> list[dict]:
-    from pipeline.recipe_format import SYSTEM_PROMPT
+    from core.recipe_format import SYSTEM_PROMPT
 
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}]
 
@@ -406,7 +406,7 @@ def turbomind_stop(ctx: Ctx) -> dict:
 @check_path("turbomind-concurrent", 600, "4 streams at once on one TurboMind engine", needs=("build-models",))
 def turbomind_concurrent(ctx: Ctx) -> dict:
     from backend.engines.select import build
-    from pipeline.recipe_format import question
+    from core.recipe_format import question
 
     model = ctx.tiny("internlm2")
     engine = build("turbomind", ctx.settings(model=model, engine="turbomind"), None)

@@ -1,7 +1,7 @@
 """Feedback · 反馈审核: the chat's rated answers become reviewed training data (admin only).
 
 UI only: the answers, the decisions and their storage live in backend.feedback; the answer
-format in pipeline.recipe_format (rendered by backend.chat_service.answer_markdown). The login
+format in core.recipe_format (rendered by backend.chat_service.answer_markdown). The login
 is the Admin page's (backend.admin_ui): this page opens only in a browser session logged in there.
 """
 from __future__ import annotations

@@ -152,7 +152,7 @@ def resolve_params(settings, params: dict) -> dict:
 # ---- rendering ----------------------------------------------------------------------------
 def render_config(template_text: str, p: dict) -> str:
     """The XTuner DPO config for resolved parameters ``p`` (see resolve_params)."""
-    from pipeline.recipe_format import SYSTEM_PROMPT
+    from core.recipe_format import SYSTEM_PROMPT
 
     m = train._PART1.search(template_text)
     if not m:

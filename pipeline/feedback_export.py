@@ -7,7 +7,7 @@ still count) and writes into DIR:
 
 - ``sft.jsonl``: every accepted answer and every correction as one XTuner conversation, the
   format pipeline/prepare_data.py writes: ``{"conversation": [{"system", "input", "output"}]}``
-  with the recipe system prompt of pipeline/recipe_format.py.
+  with the recipe system prompt of core/recipe_format.py.
 - ``pairs.jsonl``: every 👎 answer that was corrected as a preference pair in the format XTuner
   0.2.0's DPO configs read (``xtuner/configs/dpo/internlm/
   internlm2_chat_1_8b_dpo_full_varlenattn_jsonl_dataset.py``: ``train_dataset`` =
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.recipe_format import SYSTEM_PROMPT
+from core.recipe_format import SYSTEM_PROMPT
 from pipeline.params import FeedbackExportParams, parse
 from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 

@@ -6,10 +6,10 @@
 
 INPUT: .json/.jsonl (one JSON object a line), .gz or .zip. Streaming: memory stays flat.
 Every line ends in exactly one bucket: kept, duplicate (same dish and same ingredients as an
-earlier line) or rejected with a reason (pipeline.corpus.REASONS).
+earlier line) or rejected with a reason (core.corpus.REASONS).
 
 DIR receives train.jsonl, val.jsonl, test.jsonl ({"conversation": [{"system", "input",
-"output"}]} a line, the format of pipeline.recipe_format), stats.json and rejects.jsonl (a
+"output"}]} a line, the format of core.recipe_format), stats.json and rejects.jsonl (a
 sample of rejected lines). All of them are written to temporary files and renamed at the end
 (stats.json last), so an interrupted run leaves the previous outputs in place.
 
@@ -27,7 +27,7 @@ training; give --holdout to fix the band. A band that cannot hold what was asked
 and in stats.json ("holdout"."note").
 
 This process reads the input (inflating it in a thread of its own) and cuts it into blocks of
-whole lines (pipeline.corpus.iter_blocks: linear time, a line beyond the cap counted, not kept;
+whole lines (core.corpus.iter_blocks: linear time, a line beyond the cap counted, not kept;
 a compressed input that inflates beyond its caps is refused); parsing, validation and formatting
 run in worker processes (pipeline.prepare_worker), which return each block's result as bytes;
 order and deduplication stay in this process, which writes what it keeps. A run that keeps no
@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from pipeline import prepare_worker as W  # noqa: E402
-from pipeline.corpus import REASONS, CorpusError, Limits, Overlong, iter_blocks, open_corpus, seed_key  # noqa: E402
+from core.corpus import REASONS, CorpusError, Limits, Overlong, iter_blocks, open_corpus, seed_key  # noqa: E402
 from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet  # noqa: E402
 from pipeline.params import PrepareParams, parse  # noqa: E402
 from pipeline.stage import Progress, StageCommand, StageError, user_path  # noqa: E402
@@ -227,7 +227,7 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
     2%, widened when it cannot hold the test and val recipes asked for. reviewed: an export of
     pipeline.feedback_export (or its sft.jsonl) appended ``repeat`` times to train.jsonl after
     the conversion, never to val/test (stats.json "reviewed"). limits: the caps on a line and
-    on inflating (default: pipeline.corpus.Limits.from_env())."""
+    on inflating (default: core.corpus.Limits.from_env())."""
     if not 1 <= repeat <= MAX_REPEAT:
         raise ValueError(f"--repeat must be between 1 and {MAX_REPEAT}")
     seed_key(seed)  # ValueError for a seed it cannot use

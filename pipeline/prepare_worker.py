@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from pipeline.corpus import MAX_LINE_BYTES, Recipe, check_line, check_recipe, seed_key, split_digest
-from pipeline.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, format_answer, question
+from core.corpus import MAX_LINE_BYTES, Recipe, check_line, check_recipe, seed_key, split_digest
+from core.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, format_answer, question
 
 _PREFIX = orjson.dumps({"conversation": [{"system": SYSTEM_PROMPT}]})[:-3] + b',"input":'
 _MIDDLE, _SUFFIX = b',"output":', b"}]}\n"

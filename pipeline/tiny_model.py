@@ -69,7 +69,7 @@ def internlm2_code_dir() -> Path:
 
 
 def _texts(path: Path | None) -> list[str]:
-    from pipeline.recipe_format import SYSTEM_PROMPT, question, recipe_answer, dish_name
+    from core.recipe_format import SYSTEM_PROMPT, question, recipe_answer, dish_name
 
     texts = [SYSTEM_PROMPT]
     if path and path.exists():

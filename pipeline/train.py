@@ -143,7 +143,7 @@ def resolve_device(device: str) -> str:
 def _questions(v) -> list[str]:
     """The evaluation questions (checked by the params model); None: two of the trained kind."""
     if v is None:
-        from pipeline.recipe_format import question
+        from core.recipe_format import question
 
         return [question("红烧肉", 0), question("西红柿炒鸡蛋", 1)]
     return list(v)
@@ -384,7 +384,7 @@ def _set(body: str, name: str, expr: str, template: str, owner: str = "pipeline/
 
 def render_config(template_text: str, p: dict, template: str = DEFAULT_TEMPLATE) -> str:
     """The XTuner config for resolved parameters ``p`` (see resolve_params)."""
-    from pipeline.recipe_format import SYSTEM_PROMPT
+    from core.recipe_format import SYSTEM_PROMPT
 
     m = _PART1.search(template_text)
     if not m:

@@ -131,7 +131,7 @@ def test_before_the_login_the_admin_group_is_only_the_login_page(settings):
 
 
 def _conversation_data(settings, n=40):
-    from pipeline.recipe_format import SYSTEM_PROMPT
+    from core.recipe_format import SYSTEM_PROMPT
 
     d = settings.data_dir / "d1"
     d.mkdir(parents=True)

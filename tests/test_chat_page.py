@@ -149,7 +149,7 @@ def test_missing_model_falls_back_to_library(workspace, monkeypatch):
 def test_sidebar_generation_settings_reach_the_answer(settings):
     """Defaults as InternLM's demo (top-p 0.8, temperature 0.7) and the chef prompt; what the
     user changes in the sidebar is what the answer is generated (and recorded) with."""
-    from pipeline.recipe_format import SYSTEM_PROMPT
+    from core.recipe_format import SYSTEM_PROMPT
 
     at = _app()
     assert (at.sidebar.slider(key="top_p").value, at.sidebar.slider(key="temperature").value) == (0.8, 0.7)

@@ -8,7 +8,7 @@ from backend.chat_service import ChatService, answer_markdown, build_messages
 from backend.engines import GenerationParams
 from backend.engines.library_engine import LibraryEngine
 from backend.history import HistoryError
-from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
+from core.recipe_format import SYSTEM_PROMPT, format_answer
 
 
 def _turns(n):

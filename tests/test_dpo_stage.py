@@ -17,7 +17,7 @@ from backend.history import History
 from pipeline import artefacts
 from pipeline import convert, dpo, merge
 from pipeline.feedback_export import export
-from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
+from core.recipe_format import SYSTEM_PROMPT, format_answer
 from pipeline.stage import StageError, stage_module
 from tests.test_admin_page import admin_env, login, open_page, page  # noqa: F401 - admin_env is a fixture
 from tests.test_feedback import chat

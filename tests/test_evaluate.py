@@ -16,7 +16,7 @@ import pytest
 from pipeline.opencompass_cfg.metrics import (BASELINES, clean_prediction, content_text, ingredient_names,
                                               ingredient_precision, ingredient_recall, ingredient_scores,
                                               mean_ingredient_recall, mean_ingredient_scores)
-from pipeline.recipe_format import SYSTEM_PROMPT, format_answer
+from core.recipe_format import SYSTEM_PROMPT, format_answer
 from pipeline.stage import StageCommand, StageError
 from tests.conftest import ROOT
 
@@ -319,7 +319,7 @@ import json, sys
 from opencompass.openicl.icl_evaluator import JiebaRougeEvaluator
 from transformers import AutoTokenizer
 from pipeline.opencompass_cfg.recipe_bench import RecipeEvaluator, RecipeDataset
-from pipeline.recipe_format import INGREDIENTS_HEADER, format_answer
+from core.recipe_format import INGREDIENTS_HEADER, format_answer
 ref = '您需要准备以下食材:\n- 番茄 2个\n- 鸡蛋 3个\n- 盐 适量\n按以下方法制作:\n1. 番茄切块，鸡蛋打散\n2. 热油炒蛋盛出'
 good = '您需要准备以下食材:\n- 番茄 2个\n- 鸡蛋 3个\n按以下方法制作:\n1. 番茄切块'
 bad = '您需要准备以下食材:\n- 牛肉 1斤\n按以下方法制作:\n1. 炖两小时'

@@ -13,7 +13,7 @@ import subprocess
 from streamlit.testing.v1 import AppTest
 
 from backend.jobs import JobRunner
-from pipeline.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
+from core.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
 from tests.conftest import ROOT, wait_until
 from tests.test_evaluate import write_ceval
 

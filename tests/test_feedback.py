@@ -8,7 +8,7 @@ import pytest
 
 from backend.feedback import FeedbackError, FeedbackStore, normalise_answer, training_examples
 from backend.history import History
-from pipeline.recipe_format import format_answer
+from core.recipe_format import format_answer
 
 GOOD = format_answer(["鸡蛋 3个", "番茄 2个"], ["番茄切块。", "鸡蛋炒熟。", "合炒出锅。"])
 BAD = "番茄和鸡蛋一起炒。"

@@ -12,7 +12,7 @@ from backend.feedback import FeedbackStore
 from backend.history import History
 from backend.jobs import JobRunner
 from pipeline.feedback_export import command
-from pipeline.recipe_format import SYSTEM_PROMPT
+from core.recipe_format import SYSTEM_PROMPT
 from tests.conftest import ROOT, wait_until
 from tests.test_feedback import BAD, FIXED, GOOD, chat
 

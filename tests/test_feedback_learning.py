@@ -10,7 +10,7 @@ from backend.feedback import FeedbackStore
 from backend.history import History
 from pipeline import convert, merge, prepare_data, train
 from pipeline.feedback_export import export
-from pipeline.recipe_format import SYSTEM_PROMPT
+from core.recipe_format import SYSTEM_PROMPT
 from tests.conftest import SAMPLE_RECIPES
 from tests.test_feedback import BAD, FIXED, chat
 from tests.test_train_e2e import run_stage

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from backend.engines import release_engine
 from backend.feedback import FeedbackStore
 from backend.history import History
-from pipeline.recipe_format import format_answer
+from core.recipe_format import format_answer
 from tests.conftest import ROOT
 
 PASSWORD = "correct horse battery staple"

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from backend.library import Library, LibraryBuilder, canon, ensure_library, query_terms
-from pipeline.corpus import iter_recipes
+from core.corpus import iter_recipes
 from tests.conftest import ROOT, SAMPLE_RECIPES
 
 N_SAMPLE = sum(1 for line in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines() if line.strip())

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline import prepare_data
-from pipeline.corpus import REASONS, check_line
-from pipeline.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, parse_answer
+from core.corpus import REASONS, check_line
+from core.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, parse_answer
 from pipeline.stage import StageCommand, StageError
 from tests.conftest import ROOT, SAMPLE_RECIPES, wait_until
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.corpus import Overlong, iter_blocks
+from core.corpus import Overlong, iter_blocks
 from tests.conftest import ROOT, SAMPLE_RECIPES
 
 PY = sys.executable

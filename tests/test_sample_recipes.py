@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 import re
 
-from pipeline.corpus import Recipe, check_line, clean_text
-from pipeline.recipe_format import dish_name, format_answer, parse_answer
+from core.corpus import Recipe, check_line, clean_text
+from core.recipe_format import dish_name, format_answer, parse_answer
 from tests.conftest import HOWTOCOOK, SAMPLE_RECIPES
 
 LINES = SAMPLE_RECIPES.read_bytes().splitlines()

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from backend.library import Library, _same_ingredient, canon, ingredient_name, name_key
-from pipeline.corpus import iter_recipes
+from core.corpus import iter_recipes
 from tests.conftest import SAMPLE_RECIPES
 from tests.search_questions import HOWTOCOOK, KINDS, SAMPLE
 

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline import artefacts
 from pipeline import convert, merge, prepare_data, train
-from pipeline.recipe_format import SYSTEM_PROMPT, question
+from core.recipe_format import SYSTEM_PROMPT, question
 
 ITERS = 6
 TIMINGS: dict[str, float] = {}

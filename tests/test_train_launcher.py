@@ -20,7 +20,7 @@ import pytest
 
 from pipeline import artefacts
 from pipeline import convert, train
-from pipeline.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
+from core.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
 from tests.conftest import SAMPLE_RECIPES, require
 from tests.test_train_e2e import run_stage
 

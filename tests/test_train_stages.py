@@ -172,7 +172,7 @@ def configs(train_python, tmp_path_factory) -> dict:
 
 
 def test_render_gpu_config_keeps_qlora_and_mixed_precision(configs):
-    from pipeline.recipe_format import SYSTEM_PROMPT
+    from core.recipe_format import SYSTEM_PROMPT
 
     c = configs["gpu"]
     assert "is_bf16_supported" not in configs["text"]["gpu"]

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from pipeline.recipe_format import INGREDIENTS_HEADER, STEPS_HEADER, SYSTEM_PROMPT, parse_answer
+from core.recipe_format import INGREDIENTS_HEADER, STEPS_HEADER, SYSTEM_PROMPT, parse_answer
 from tests.conftest import SAMPLE_RECIPES, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("RECIPE_TEST_TEACHING") != "1",

@@ -1,5 +1,5 @@
 """No model: answers from the recipe library, streamed in the same format the model is trained
-to produce (pipeline.recipe_format), and says plainly when nothing matches.
+to produce (core.recipe_format), and says plainly when nothing matches.
 
 What the question asks is read by Library.find: a dish (also inside a longer question, or with a
 typo: "您是不是要找「宫保鸡丁」"), what to cook with the ingredients one has (dishes with what is
@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 
 from backend.engines.base import FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine, GenerationParams
-from pipeline.recipe_format import format_answer
+from core.recipe_format import format_answer
 
 CHUNK_CHARS = 8  # characters per streamed delta
 

@@ -1,6 +1,6 @@
 """Recipe metrics that score the content of an answer, not the format every answer shares.
 
-Answers follow ``pipeline.recipe_format``: a fixed header, ``- `` ingredient lines, a second fixed
+Answers follow ``core.recipe_format``: a fixed header, ``- `` ingredient lines, a second fixed
 header, numbered steps. That scaffolding is the same in every answer, so a constant answer made of
 it alone scored ROUGE-2 5.85 on a held-out set, above a fine-tuned model (issue 13). Here:
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.recipe_format import (INGREDIENTS_HEADER, STEPS_HEADER, _STEP_NUMBER, format_answer,
+from core.recipe_format import (INGREDIENTS_HEADER, STEPS_HEADER, _STEP_NUMBER, format_answer,
                                     parse_answer)
 
 _DIGITS = r"(?:\d+(?:\.\d+)?(?:\s*/\s*\d+)?|[½¼¾⅓⅔])"

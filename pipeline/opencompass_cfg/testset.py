@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.recipe_format import SYSTEM_PROMPT
+from core.recipe_format import SYSTEM_PROMPT
 
 
 def read_questions(path: str | Path, limit: int | None = None) -> list[dict]:

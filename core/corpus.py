@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.recipe_format import dish_name
+from core.recipe_format import dish_name
 
 try:  # ISA-L's inflate: the same API as zlib's and gzip's, two to three times faster
     from isal import igzip as _gzip
