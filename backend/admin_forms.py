@@ -8,7 +8,8 @@ import time
 
 import streamlit as st
 
-from backend.registry import feedback_exports, list_models, prepared_datasets, training_runs
+from backend.registry import list_models
+from pipeline.artefacts import feedback_exports, prepared_datasets, training_runs
 from backend.settings import Settings
 from pipeline.params import (ConvertParams, DpoParams, EvaluateParams, MergeParams, PrepareParams, QuantizeParams,
                              ServeParams, StageParams, TrainParams)

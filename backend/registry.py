@@ -17,9 +17,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from backend.model_folder import model_folder_problem
+from pipeline.artefacts import MANIFEST
 from backend.settings import Settings, SettingsError, save_settings
 
-MANIFEST = "recipe_model.json"
 
 
 @dataclass
@@ -153,24 +153,5 @@ def use_for_chat(settings: Settings, model_path: str | os.PathLike) -> Settings:
 
 
 # ---- what earlier stages left in the workspace (choices for the Admin page's forms) ---------------
-def _newest_first(paths) -> list[Path]:
-    return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def prepared_datasets(settings: Settings) -> list[Path]:
-    """Folders under data_dir written by the prepare stage (holding train.jsonl), newest first."""
-    root = settings.data_dir
-    return _newest_first(p.parent for p in root.glob("*/train.jsonl")) if root.is_dir() else []
-
-
-def feedback_exports(settings: Settings) -> list[Path]:
-    """Folders under data_dir written by the feedback_export stage (sft.jsonl + stats.json), newest first."""
-    root = settings.data_dir
-    return _newest_first(p.parent for p in root.glob("*/sft.jsonl") if (p.parent / "stats.json").is_file()) \
-        if root.is_dir() else []
-
-
-def training_runs(settings: Settings) -> list[Path]:
-    """Run folders under runs_dir (train, convert and merge work there), newest first."""
-    root = settings.runs_dir
-    return _newest_first(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []

@@ -96,3 +96,27 @@ def read_manifest(model_dir: str | Path) -> dict | None:
     """The manifest of a finished model folder, or None (not ours, unfinished, or damaged)."""
     data = read_json(Path(model_dir) / MANIFEST)
     return data if isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT else None
+
+
+# ---- what the workspace holds (newest first), for the Admin forms and the stages' defaults ----
+def _newest_first(paths) -> list[Path]:
+    return sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def prepared_datasets(settings) -> list[Path]:
+    """Folders under data_dir written by the prepare stage (holding train.jsonl), newest first."""
+    root = settings.data_dir
+    return _newest_first(p.parent for p in root.glob("*/train.jsonl")) if root.is_dir() else []
+
+
+def feedback_exports(settings) -> list[Path]:
+    """Folders under data_dir written by the feedback_export stage (sft.jsonl + stats.json), newest first."""
+    root = settings.data_dir
+    return _newest_first(p.parent for p in root.glob("*/sft.jsonl") if (p.parent / "stats.json").is_file()) \
+        if root.is_dir() else []
+
+
+def training_runs(settings) -> list[Path]:
+    """Run folders under runs_dir (train, convert and merge work there), newest first."""
+    root = settings.runs_dir
+    return _newest_first(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []

@@ -86,9 +86,7 @@ def check_pairs_file(path: Path, first: int = 5) -> int:
 
 def _pairs_file(settings, value: str) -> Path:
     if not value:
-        from backend.registry import feedback_exports
-
-        found = [d / "pairs.jsonl" for d in feedback_exports(settings)
+        found = [d / "pairs.jsonl" for d in artefacts.feedback_exports(settings)
                  if (d / "pairs.jsonl").is_file() and (d / "pairs.jsonl").stat().st_size > 0]
         if not found:
             raise StageError(f"no feedback export with preference pairs in {settings.data_dir}: correct some 👎 "

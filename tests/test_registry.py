@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from backend.registry import MANIFEST, list_models, prepared_datasets, training_runs, use_for_chat
+from backend.registry import list_models, use_for_chat
+from pipeline.artefacts import MANIFEST, prepared_datasets, training_runs
 from backend.settings import SettingsError, load_settings
 
 
