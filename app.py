@@ -1,13 +1,13 @@
 """菜谱小管家 · Recipe Assistant: `streamlit run app.py --server.port 6006`."""
 import streamlit as st
 
-from backend.page_settings import settings_or_stop
+from ui.page_settings import settings_or_stop
 
 st.set_page_config(page_title="菜谱小管家", page_icon="🍳", layout="wide")
 
 settings = settings_or_stop()
 
-from backend.admin_ui import after_log_out, logged_in  # noqa: E402
+from ui.admin_session import after_log_out, logged_in  # noqa: E402
 from backend.startup import startup  # noqa: E402
 
 startup(settings)

@@ -1,14 +1,14 @@
 """Admin · 管理: the login to the fine-tuning pipeline. Until this browser session logs in, this
 is the only page of the Admin group; then app.py's navigation shows the group's pages (Jobs, Run
 a stage, Retrain, Models, System, Feedback), each in its own pages/admin_*.py. The login state
-lives in backend.admin_ui; the password in backend.auth."""
+lives in ui.admin_session; the password in backend.auth."""
 from __future__ import annotations
 
 import streamlit as st
 
-from backend.admin_ui import log_in, logged_in, log_out
+from ui.admin_session import log_in, logged_in, log_out
 from backend.auth import check_password, ensure_admin_password, password_file, password_source
-from backend.page_settings import settings_or_stop
+from ui.page_settings import settings_or_stop
 
 settings = settings_or_stop()
 

@@ -2,7 +2,7 @@
 
 UI only: the answers, the decisions and their storage live in backend.feedback; the answer
 format in core.recipe_format (rendered by backend.chat_service.answer_markdown). The login
-is the Admin page's (backend.admin_ui): this page opens only in a browser session logged in there.
+is the Admin page's (ui.admin_session): this page opens only in a browser session logged in there.
 """
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from datetime import date, datetime, time as dtime, timedelta
 
 import streamlit as st
 
-from backend.admin_ui import require_admin
+from ui.admin_session import require_admin
 from backend.auth import client_key
 from backend.chat_service import answer_markdown
 from backend.feedback import ADMIN, FeedbackError, FeedbackStore, normalise_answer, training_examples
-from backend.page_settings import settings_or_stop
+from ui.page_settings import settings_or_stop
 
 PAGE_SIZE = 50
 RATINGS = {"all · 全部": None, "👎 only": -1, "👍 only": 1}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend.admin_ui import STATUS_ICON, fmt_duration, fmt_time, job_label, require_admin, show_flash
+from ui.admin_session import STATUS_ICON, fmt_duration, fmt_time, job_label, require_admin, show_flash
 from backend.jobs import FINISHED, Job, JobError, JobRunner
-from backend.page_settings import settings_or_stop
+from ui.page_settings import settings_or_stop
 from backend.settings import save_settings
 from pipeline.stage import stage_module
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend.admin_ui import require_admin, show_flash, stage_available, submit_stage
-from backend.page_settings import settings_or_stop
+from ui.admin_session import require_admin, show_flash, stage_available, submit_stage
+from ui.page_settings import settings_or_stop
 from backend.registry import list_models, use_for_chat
 from backend.settings import SettingsError
 from pipeline.params import BaseModelParams

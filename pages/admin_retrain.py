@@ -1,18 +1,18 @@
 """Admin ▸ Retrain · 重新训练: the whole chain (backend.chain) from one form, and its runs.
 
 The steps and their order are backend.chain's (RETRAIN_ORDER, retrain_steps); the fields are
-the stages' parameter models (backend.admin_forms, pipeline.params)."""
+the stages' parameter models (ui.admin_forms, pipeline.params)."""
 from __future__ import annotations
 
 import time
 
 import streamlit as st
 
-from backend.admin_forms import EXPORT_FIRST, evaluate_fields, number, prepare_fields, train_fields
-from backend.admin_ui import STATUS_ICON, fmt_time, require_admin, show_flash, started
+from ui.admin_forms import EXPORT_FIRST, evaluate_fields, number, prepare_fields, train_fields
+from ui.admin_session import STATUS_ICON, fmt_time, require_admin, show_flash, started
 from backend.chain import RETRAIN_ORDER, RETRAIN_REQUIRED, cancel_chain, list_chains, retrain_steps, start_chain
 from backend.jobs import JobError, JobRunner
-from backend.page_settings import settings_or_stop
+from ui.page_settings import settings_or_stop
 from backend.settings import SettingsError
 from pipeline.params import DpoParams
 from pipeline.stage import StageError, stage_module

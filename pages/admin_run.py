@@ -1,12 +1,12 @@
-"""Admin ▸ Run a stage · 单步运行: one pipeline stage as a job. The forms (backend.admin_forms)
+"""Admin ▸ Run a stage · 单步运行: one pipeline stage as a job. The forms (ui.admin_forms)
 take defaults, limits and help from the stage's parameter model (pipeline.params)."""
 from __future__ import annotations
 
 import streamlit as st
 
-from backend.admin_forms import STAGE_FORMS
-from backend.admin_ui import STAGE_TITLES, require_admin, show_flash, stage_available, submit_stage
-from backend.page_settings import settings_or_stop
+from ui.admin_forms import STAGE_FORMS
+from ui.admin_session import STAGE_TITLES, require_admin, show_flash, stage_available, submit_stage
+from ui.page_settings import settings_or_stop
 
 settings = settings_or_stop()
 st.title("▶️ Run a stage · 单步运行")

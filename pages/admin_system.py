@@ -4,8 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend.admin_ui import require_admin
-from backend.page_settings import settings_or_stop
+from ui.admin_session import require_admin
+from ui.page_settings import settings_or_stop
 from backend.system import system_facts
 
 settings = settings_or_stop()

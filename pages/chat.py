@@ -12,7 +12,7 @@ from backend.chat_service import (MAX_QUESTION_CHARS, ChatService, answer_markdo
                                   open_library)
 from backend.engines import GenerationParams, get_engine, is_loaded
 from backend.history import SEARCH_CHARS, History, HistoryError
-from backend.page_settings import settings_or_stop
+from ui.page_settings import settings_or_stop
 from core.recipe_format import SYSTEM_PROMPT, format_answer
 
 settings = settings_or_stop()

@@ -10,7 +10,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from backend.page_settings import settings_or_stop
+from ui.page_settings import settings_or_stop
 from pipeline.eval_results import (compare, compare_baselines, default_pair, find_runs, log_tail, not_above_baselines,
                                    run_table, sample_answers)
 from pipeline.evaluate import CEVAL_LAYOUT, ceval_folder
