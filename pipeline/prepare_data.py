@@ -61,7 +61,8 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from pipeline import prepare_worker as W  # noqa: E402
-from pipeline.corpus import REASONS, CorpusError, Limits, Overlong, iter_blocks, open_corpus, seed_key  # noqa: E402
+from pipeline.corpus import (REASONS, CorpusError, Limits, Overlong, iter_blocks, iter_ranges, open_corpus,  # noqa: E402
+                             seed_key)
 from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet  # noqa: E402
 from pipeline.stage import Progress, StageCommand, StageError, user_path  # noqa: E402
 
@@ -185,19 +186,31 @@ def _prefetched(items, depth: int = 2):
         thread.join()
 
 
+# a byte range of a plain file that a worker reads is this many blocks (--block-size): fewer,
+# larger results for this process to handle; a worker reads a range in blocks, so that a line
+# over the cap is still counted, not held
+RANGE_BLOCKS = 1
+
+
 def _results(blocks, pool, workers: int, opts: dict):
-    """(block result, end position) of each block of `blocks` (bytes, or an Overlong line that
-    is passed on as it is), in input order: computed here without a pool, else by the pool with
-    at most 2 x workers blocks in flight."""
+    """(block result, end position) of each block of `blocks` (bytes; a tuple (path, start,
+    end, size): a byte range of a plain file that the worker reads; or an Overlong line that
+    is passed on as it is), in input order: computed here without a pool, else by the pool
+    with at most 2 x workers blocks in flight."""
     if pool is None:
         W.init_worker(opts)
         for block, end_pos in blocks:
-            yield (block if type(block) is Overlong else W.convert_block(block)), end_pos
+            t = type(block)
+            yield (block if t is Overlong else W.convert_range(*block) if t is tuple
+                   else W.convert_block(block)), end_pos
         return
     pending: deque = deque()
     for block, end_pos in blocks:
-        if type(block) is Overlong:
+        t = type(block)
+        if t is Overlong:
             pending.append((block, end_pos))
+        elif t is tuple:
+            pending.append((pool.apply_async(W.convert_range, block), end_pos))
         else:
             pending.append((pool.apply_async(W.convert_block, (block,)), end_pos))
         while len(pending) > 2 * workers or (pending and _ready(pending[0][0])):
@@ -483,8 +496,12 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 block_rejects.clear()
 
             line_no = 1
-            blocks = _prefetched((block, stream.position())
-                                 for block in iter_blocks(stream, block_size, limits.line_bytes))
+            if stream.plain is not None:  # the workers read their byte ranges of the file themselves
+                size = block_size * RANGE_BLOCKS
+                blocks = (((str(stream.plain), start, end, size), end) for start, end in iter_ranges(stream.plain, size))
+            else:  # inflated here (in a thread), cut into blocks of whole lines sent to the workers
+                blocks = _prefetched((block, stream.position())
+                                     for block in iter_blocks(stream, block_size, limits.line_bytes))
             for res, end_pos in _results(blocks, pool, workers, opts):
                 if type(res) is Overlong:
                     overlong(res, line_no)
