@@ -147,6 +147,40 @@ def _clean_stale(out_dir: Path, library: Path | None) -> None:
                     p.unlink()
 
 
+class _Syncer:
+    """Flushes a file being written to disk in a thread (os.fdatasync) every `every` bytes
+    written, so that writing out the page cache overlaps the conversion instead of following it."""
+
+    def __init__(self, f, every: int = 32 << 20):
+        self.f, self.every, self.pending = f, every, 0
+        self.go, self.stop = threading.Event(), False
+        self.thread = threading.Thread(target=self._loop, name="prepare-sync", daemon=True)
+
+    def __enter__(self) -> _Syncer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop = True
+        self.go.set()
+        self.thread.join()
+
+    def wrote(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= self.every:
+            self.pending = 0
+            self.go.set()
+
+    def _loop(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            if self.stop:
+                return
+            with contextlib.suppress(OSError, ValueError):  # a closed file: the writer is done with it
+                os.fdatasync(self.f.fileno())
+
+
 def _prefetched(items, depth: int = 2):
     """Yield the items of an iterator computed ahead, up to `depth` of them, in a thread."""
     q: queue.Queue = queue.Queue(depth)
@@ -189,7 +223,7 @@ def _prefetched(items, depth: int = 2):
 # a byte range of a plain file that a worker reads is this many blocks (--block-size): fewer,
 # larger results for this process to handle; a worker reads a range in blocks, so that a line
 # over the cap is still counted, not held
-RANGE_BLOCKS = 1
+RANGE_BLOCKS = 4
 
 
 def _results(blocks, pool, workers: int, opts: dict):
@@ -420,6 +454,9 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
 
                 builder = stack.enter_context(LibraryBuilder(lib_path))
             f_out = f_cand or f_train
+            # train.jsonl is flushed to disk while it is written, so the fsync before its
+            # rename finds little left to write
+            syncer = None if f_cand is not None else stack.enter_context(_Syncer(f_train))
 
             block_rejects: list = []
 
@@ -454,8 +491,10 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         fit_keys["keys"].frombytes(keys[kept].tobytes())
                         if len(fit_keys["keys"]) > fit_keys["limit"]:
                             fit_keys["keys"] = None
-                    for j in np.flatnonzero(fate == DUPLICATE).tolist():
-                        stats["duplicates"] += 1
+                    dup = np.flatnonzero(fate == DUPLICATE)
+                    stats["duplicates"] += len(dup)
+                    # only the lines still sampled into rejects.jsonl are looked at one by one
+                    for j in dup[:max(REJECT_SAMPLES_PER_REASON - samples.get("duplicate", 0), 0)].tolist():
                         reject_sample("duplicate", base + int(rel[j]))
                     for j in np.flatnonzero(fate == REJECTED_LONG).tolist():
                         rej["too_long"] += 1
@@ -470,6 +509,8 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         starts = s_idx[np.r_[0, cut]].tolist()
                         ends = e_idx[np.r_[cut - 1, len(idx) - 1]].tolist()
                         f_out.writelines([lines[a:b] for a, b in zip(starts, ends)])
+                        if syncer is not None:
+                            syncer.wrote(sum(ends) - sum(starts))
                     stats["train"] += len(idx)
                     if f_cand is not None:
                         train_keys.frombytes(keys[train].tobytes())
