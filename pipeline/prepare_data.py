@@ -26,9 +26,11 @@ Such a band depends on the corpus size, so with it adding data may move a held-o
 training; give --holdout to fix the band. A band that cannot hold what was asked is said on stderr
 and in stats.json ("holdout"."note").
 
-This process reads the input (inflating it in a thread of its own) and cuts it into blocks of
-whole lines (pipeline.corpus.iter_blocks: linear time, a line beyond the cap counted, not kept;
-a compressed input that inflates beyond its caps is refused); parsing, validation and formatting
+A plain input is cut into byte ranges of whole lines (pipeline.corpus.iter_ranges: only the
+bytes around each cut are read here) that the worker processes read themselves; a compressed one
+is inflated here, in a thread of its own, and cut into blocks of whole lines
+(pipeline.corpus.iter_blocks: linear time, a line beyond the cap counted, not kept; an input
+that inflates beyond its caps is refused) sent to the workers. Parsing, validation and formatting
 run in worker processes (pipeline.prepare_worker), which return each block's result as bytes;
 order and deduplication stay in this process, which writes what it keeps. A run that keeps no
 recipe fails and leaves the previous outputs as they were. Progress goes to a tqdm bar on a
