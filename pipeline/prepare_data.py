@@ -225,7 +225,7 @@ def _prefetched(items, depth: int = 2):
 # a byte range of a plain file that a worker reads is this many blocks (--block-size): fewer,
 # larger results for this process to handle; a worker reads a range in blocks, so that a line
 # over the cap is still counted, not held
-RANGE_BLOCKS = 4
+RANGE_BLOCKS = 2
 
 
 def _results(blocks, pool, workers: int, opts: dict):
