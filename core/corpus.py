@@ -279,6 +279,7 @@ class CorpusStream:
     def __init__(self, members, total: int, position, closers: list, skipped: list[str] | None = None):
         self._members = members  # an iterator of readers (read(n) -> bytes), one a member
         self.total, self.position, self.closers, self.skipped = total, position, closers, skipped or []
+        self.plain: Path | None = None  # a plain file's path: its readers may read byte ranges (iter_ranges)
         self._cur = None
         self._start = False
         self._last = b"\n"
@@ -354,7 +355,62 @@ def open_corpus(path: str | os.PathLike, limits: Limits | None = None) -> Corpus
     if name.endswith(".gz"):
         f = _Inflating(_gzip.GzipFile(fileobj=raw, mode="rb"), str(path), raw.tell, limits, [0])
         return CorpusStream(iter([f]), total, raw.tell, [raw])
-    return CorpusStream(iter([raw]), total, raw.tell, [raw])
+    stream = CorpusStream(iter([raw]), total, raw.tell, [raw])
+    stream.plain = path
+    return stream
+
+
+def iter_ranges(path: str | os.PathLike, size: int):
+    """Cut a plain file into byte ranges (start, end) of whole lines of about `size` bytes, a
+    BOM at its start left out: each range but the last ends after a newline. Only the bytes
+    around each cut are read (a line that crosses a cut is scanned to its end, not held), so
+    that the reader of each range (a worker process) reads the file itself."""
+    with open(path, "rb") as f:
+        total = os.fstat(f.fileno()).st_size
+        pos = len(BOM) if f.read(len(BOM)) == BOM else 0
+        while pos < total:
+            at = pos + size - 1  # the last byte of a range of `size` bytes: a newline ends it there
+            if at >= total - 1:
+                yield pos, total
+                return
+            f.seek(at)
+            end = total
+            while True:
+                chunk = f.read(1 << 16)
+                if not chunk:
+                    break
+                nl = chunk.find(b"\n")
+                if nl >= 0:
+                    end = at + nl + 1
+                    break
+                at += len(chunk)
+            yield pos, end
+            pos = end
+
+
+class _Range:
+    """Bytes [start, end) of a file as a stream (read(n) -> bytes)."""
+
+    def __init__(self, f, start: int, end: int):
+        self.f, self.left = f, end - start
+        f.seek(start)
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(min(n, self.left)) if self.left > 0 else b""
+        self.left -= len(data)
+        return data
+
+
+def read_range(path: str | os.PathLike, start: int, end: int, size: int, max_line: int):
+    """The lines of bytes [start, end) of a file (a range of iter_ranges): one bytes object
+    when the range is at most size + max_line bytes, else the blocks and Overlong lines of
+    iter_blocks over it (memory of about size + max_line whatever the range)."""
+    with open(path, "rb") as f:
+        if end - start <= size + max_line:
+            f.seek(start)
+            yield f.read(end - start)
+            return
+        yield from iter_blocks(_Range(f, start, end), size, max_line)
 
 
 def _open_zip(path: Path, limits: Limits) -> CorpusStream:
@@ -472,6 +528,9 @@ class Overlong:
 
     length: int
     head: bytes
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def iter_blocks(stream: CorpusStream, size: int = 1 << 20, max_line: int = MAX_LINE_BYTES):

@@ -26,9 +26,11 @@ Such a band depends on the corpus size, so with it adding data may move a held-o
 training; give --holdout to fix the band. A band that cannot hold what was asked is said on stderr
 and in stats.json ("holdout"."note").
 
-This process reads the input (inflating it in a thread of its own) and cuts it into blocks of
-whole lines (core.corpus.iter_blocks: linear time, a line beyond the cap counted, not kept;
-a compressed input that inflates beyond its caps is refused); parsing, validation and formatting
+A plain input is cut into byte ranges of whole lines (core.corpus.iter_ranges: only the
+bytes around each cut are read here) that the worker processes read themselves; a compressed one
+is inflated here, in a thread of its own, and cut into blocks of whole lines
+(core.corpus.iter_blocks: linear time, a line beyond the cap counted, not kept; an input
+that inflates beyond its caps is refused) sent to the workers. Parsing, validation and formatting
 run in worker processes (pipeline.prepare_worker), which return each block's result as bytes;
 order and deduplication stay in this process, which writes what it keeps. A run that keeps no
 recipe fails and leaves the previous outputs as they were. Progress goes to a tqdm bar on a
@@ -61,7 +63,8 @@ import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
 from pipeline import prepare_worker as W  # noqa: E402
-from core.corpus import REASONS, CorpusError, Limits, Overlong, iter_blocks, open_corpus, seed_key  # noqa: E402
+from core.corpus import (REASONS, CorpusError, Limits, Overlong, iter_blocks, iter_ranges, open_corpus,  # noqa: E402
+                             seed_key)
 from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet  # noqa: E402
 from pipeline.params import PrepareParams, parse  # noqa: E402
 from pipeline.stage import Progress, StageCommand, StageError, user_path  # noqa: E402
@@ -147,6 +150,40 @@ def _clean_stale(out_dir: Path, library: Path | None) -> None:
                     p.unlink()
 
 
+class _Syncer:
+    """Flushes a file being written to disk in a thread (os.fdatasync) every `every` bytes
+    written, so that writing out the page cache overlaps the conversion instead of following it."""
+
+    def __init__(self, f, every: int = 32 << 20):
+        self.f, self.every, self.pending = f, every, 0
+        self.go, self.stop = threading.Event(), False
+        self.thread = threading.Thread(target=self._loop, name="prepare-sync", daemon=True)
+
+    def __enter__(self) -> _Syncer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop = True
+        self.go.set()
+        self.thread.join()
+
+    def wrote(self, n: int) -> None:
+        self.pending += n
+        if self.pending >= self.every:
+            self.pending = 0
+            self.go.set()
+
+    def _loop(self) -> None:
+        while True:
+            self.go.wait()
+            self.go.clear()
+            if self.stop:
+                return
+            with contextlib.suppress(OSError, ValueError):  # a closed file: the writer is done with it
+                os.fdatasync(self.f.fileno())
+
+
 def _prefetched(items, depth: int = 2):
     """Yield the items of an iterator computed ahead, up to `depth` of them, in a thread."""
     q: queue.Queue = queue.Queue(depth)
@@ -186,19 +223,31 @@ def _prefetched(items, depth: int = 2):
         thread.join()
 
 
+# a byte range of a plain file that a worker reads is this many blocks (--block-size): fewer,
+# larger results for this process to handle; a worker reads a range in blocks, so that a line
+# over the cap is still counted, not held
+RANGE_BLOCKS = 2
+
+
 def _results(blocks, pool, workers: int, opts: dict):
-    """(block result, end position) of each block of `blocks` (bytes, or an Overlong line that
-    is passed on as it is), in input order: computed here without a pool, else by the pool with
-    at most 2 x workers blocks in flight."""
+    """(block result, end position) of each block of `blocks` (bytes; a tuple (path, start,
+    end, size): a byte range of a plain file that the worker reads; or an Overlong line that
+    is passed on as it is), in input order: computed here without a pool, else by the pool
+    with at most 2 x workers blocks in flight."""
     if pool is None:
         W.init_worker(opts)
         for block, end_pos in blocks:
-            yield (block if type(block) is Overlong else W.convert_block(block)), end_pos
+            t = type(block)
+            yield (block if t is Overlong else W.convert_range(*block) if t is tuple
+                   else W.convert_block(block)), end_pos
         return
     pending: deque = deque()
     for block, end_pos in blocks:
-        if type(block) is Overlong:
+        t = type(block)
+        if t is Overlong:
             pending.append((block, end_pos))
+        elif t is tuple:
+            pending.append((pool.apply_async(W.convert_range, block), end_pos))
         else:
             pending.append((pool.apply_async(W.convert_block, (block,)), end_pos))
         while len(pending) > 2 * workers or (pending and _ready(pending[0][0])):
@@ -408,6 +457,9 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
 
                 builder = stack.enter_context(LibraryBuilder(lib_path))
             f_out = f_cand or f_train
+            # train.jsonl is flushed to disk while it is written, so the fsync before its
+            # rename finds little left to write
+            syncer = None if f_cand is not None else stack.enter_context(_Syncer(f_train))
 
             block_rejects: list = []
 
@@ -442,8 +494,10 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         fit_keys["keys"].frombytes(keys[kept].tobytes())
                         if len(fit_keys["keys"]) > fit_keys["limit"]:
                             fit_keys["keys"] = None
-                    for j in np.flatnonzero(fate == DUPLICATE).tolist():
-                        stats["duplicates"] += 1
+                    dup = np.flatnonzero(fate == DUPLICATE)
+                    stats["duplicates"] += len(dup)
+                    # only the lines still sampled into rejects.jsonl are looked at one by one
+                    for j in dup[:max(REJECT_SAMPLES_PER_REASON - samples.get("duplicate", 0), 0)].tolist():
                         reject_sample("duplicate", base + int(rel[j]))
                     for j in np.flatnonzero(fate == REJECTED_LONG).tolist():
                         rej["too_long"] += 1
@@ -458,6 +512,8 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                         starts = s_idx[np.r_[0, cut]].tolist()
                         ends = e_idx[np.r_[cut - 1, len(idx) - 1]].tolist()
                         f_out.writelines([lines[a:b] for a, b in zip(starts, ends)])
+                        if syncer is not None:
+                            syncer.wrote(sum(ends) - sum(starts))
                     stats["train"] += len(idx)
                     if f_cand is not None:
                         train_keys.frombytes(keys[train].tobytes())
@@ -484,8 +540,12 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 block_rejects.clear()
 
             line_no = 1
-            blocks = _prefetched((block, stream.position())
-                                 for block in iter_blocks(stream, block_size, limits.line_bytes))
+            if stream.plain is not None:  # the workers read their byte ranges of the file themselves
+                size = block_size * RANGE_BLOCKS
+                blocks = (((str(stream.plain), start, end, size), end) for start, end in iter_ranges(stream.plain, size))
+            else:  # inflated here (in a thread), cut into blocks of whole lines sent to the workers
+                blocks = _prefetched((block, stream.position())
+                                     for block in iter_blocks(stream, block_size, limits.line_bytes))
             for res, end_pos in _results(blocks, pool, workers, opts):
                 if type(res) is Overlong:
                     overlong(res, line_no)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import os
 import signal
 from array import array
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from core.corpus import MAX_LINE_BYTES, Recipe, check_line, check_recipe, seed_key, split_digest
+from core.corpus import (MAX_LINE_BYTES, Overlong, Recipe, check_line, check_recipe, read_range, seed_key,
+                             split_digest)
 from core.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, format_answer, question
 
 _PREFIX = orjson.dumps({"conversation": [{"system": SYSTEM_PROMPT}]})[:-3] + b',"input":'
@@ -74,7 +76,37 @@ def convert_block(block: bytes) -> BlockResult:
     return convert_lines(lines)
 
 
-def convert_lines(lines: list[bytes]) -> BlockResult:
+def convert_range(path: str, start: int, end: int, size: int) -> BlockResult:
+    """Convert the lines of bytes [start, end) of a plain file (a range of
+    pipeline.corpus.iter_ranges), read here: the input does not pass through the main process."""
+    lines: list = []
+    for piece in read_range(path, start, end, size, _opts.get("max_line", MAX_LINE_BYTES)):
+        if type(piece) is Overlong:
+            lines.append(piece)
+            continue
+        part = piece.split(b"\n")
+        if piece.endswith(b"\n") or not piece:
+            part.pop()
+        lines += part
+    return convert_lines(lines)
+
+
+def convert_lines(lines: list) -> BlockResult:
+    """lines: bytes, or an Overlong in place of a line over the cap that was not held.
+
+    The cyclic garbage collector is paused meanwhile: a block's parsed lines make no cycles
+    (JSON trees are freed by reference counting), and its passes over the block's many live
+    objects cost a few percent of the time."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _convert_lines(lines)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _convert_lines(lines: list) -> BlockResult:
     key, max_len, want_rows = _opts["key"], _opts["max_length"], _opts["library"]
     max_line = _opts.get("max_line", MAX_LINE_BYTES)
     row_of = None
@@ -86,6 +118,8 @@ def convert_lines(lines: list[bytes]) -> BlockResult:
     for i, raw in enumerate(lines):
         if len(raw) > max_line:
             r = ("line_too_long", f"{len(raw):,} bytes > {max_line:,} (the cap on a line)")
+            if type(raw) is Overlong:
+                raw = raw.head
         else:
             try:  # check_line(), without a call
                 obj = loads(raw)

@@ -218,3 +218,39 @@ def test_iter_blocks_matches_a_plain_split():
                 assert g[1] == len(w) > cap
             else:
                 assert g == w
+
+
+def test_byte_ranges_of_a_plain_file_match_a_plain_split(tmp_path):
+    """What the workers read of a plain file: the ranges of iter_ranges, read by read_range,
+    hold every line whole and in order (a BOM left out, with or without a final newline), and
+    a line over the cap in a range longer than a block + the cap is an Overlong of its length."""
+    from pipeline.corpus import BOM, iter_ranges, read_range
+
+    rng = random.Random(5)
+    path = tmp_path / "c.jsonl"
+    for _ in range(200):
+        lines = [bytes(rng.choice(b"ab{}") for _ in range(rng.choice((0, 1, 5, 30, 200))))
+                 for _ in range(rng.randint(0, 40))]
+        data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
+        bom = rng.random() < 0.2
+        path.write_bytes((BOM if bom else b"") + data)
+        size, cap = rng.randint(1, 64), rng.randint(1, 100)
+        got, pos = [], len(BOM) if bom else 0
+        for start, end in iter_ranges(path, size):
+            assert start == pos and end > start
+            pos = end
+            for piece in read_range(path, start, end, size, cap):
+                if isinstance(piece, Overlong):
+                    got.append(("long", piece.length))
+                    continue
+                got += piece.split(b"\n")[:-1] if piece.endswith(b"\n") else piece.split(b"\n")
+        assert pos == path.stat().st_size
+        want = data.split(b"\n")
+        if data.endswith(b"\n") or not data:
+            want.pop()
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            if isinstance(g, tuple):
+                assert g[1] == len(w) > cap
+            else:
+                assert g == w
