@@ -78,7 +78,7 @@ def convert_block(block: bytes) -> BlockResult:
 
 def convert_range(path: str, start: int, end: int, size: int) -> BlockResult:
     """Convert the lines of bytes [start, end) of a plain file (a range of
-    pipeline.corpus.iter_ranges), read here: the input does not pass through the main process."""
+    core.corpus.iter_ranges), read here: the input does not pass through the main process."""
     lines: list = []
     for piece in read_range(path, start, end, size, _opts.get("max_line", MAX_LINE_BYTES)):
         if type(piece) is Overlong:

@@ -224,7 +224,7 @@ def test_byte_ranges_of_a_plain_file_match_a_plain_split(tmp_path):
     """What the workers read of a plain file: the ranges of iter_ranges, read by read_range,
     hold every line whole and in order (a BOM left out, with or without a final newline), and
     a line over the cap in a range longer than a block + the cap is an Overlong of its length."""
-    from pipeline.corpus import BOM, iter_ranges, read_range
+    from core.corpus import BOM, iter_ranges, read_range
 
     rng = random.Random(5)
     path = tmp_path / "c.jsonl"
