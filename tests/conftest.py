@@ -14,16 +14,43 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from backend.envs import env_installed, env_python, setup_hint
 
-from backend.envs import env_installed, env_python, setup_hint  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SHARED = ROOT.parent / "shared"
 HOWTOCOOK = SHARED / "data" / "howtocook" / "recipes.jsonl"
 SYNTH = SHARED / "tools" / "synth_corpus.py"
 SAMPLE_RECIPES = ROOT / "data" / "sample_recipes.jsonl"
 STRICT = os.environ.get("RECIPE_TEST_STRICT") == "1"
+
+
+# pytest markers (declared in pyproject.toml): browser and e2e by module, unit for the rest; gpu
+# marks a test that needs CUDA (skipped without it). `pytest -m unit` runs the quick ones.
+BROWSER = {"test_browser_chat", "test_browser_direct_url"}
+E2E = {"test_base_model", "test_chain", "test_dpo_stage", "test_evaluate_e2e", "test_feedback_export",
+       "test_feedback_learning", "test_feedback_retrain", "test_jobs", "test_jobs_liveness", "test_lmdeploy_contract",
+       "test_openai_engine", "test_opencompass_contract", "test_prompt_parity", "test_serve", "test_serve_stage",
+       "test_stage_precision", "test_stage_threads", "test_tiny_model", "test_train_e2e", "test_train_launcher",
+       "test_training_data_lengths", "test_training_teaches", "test_answer_persistence", "test_gpu_check"}
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = None
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        kind = "browser" if module in BROWSER else "e2e" if module in E2E else None
+        if kind:
+            item.add_marker(getattr(pytest.mark, kind))
+        elif not item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("gpu"):
+            if cuda is None:
+                import torch
+
+                cuda = torch.cuda.is_available()
+            if not cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 def require(condition: bool, why: str) -> None:

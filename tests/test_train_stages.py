@@ -3,13 +3,13 @@ parameter validation, and parsing of XTuner's log. The end-to-end run is in test
 from __future__ import annotations
 
 import json
+import runpy
 import subprocess
-import sys
+from types import SimpleNamespace
 
 import pytest
 
-from pipeline import artefacts
-from pipeline import convert, merge, quantize, train, xtuner_log
+from pipeline import artefacts, convert, merge, quantize, train, xtuner_log
 from pipeline.stage import StageError, stage_module
 from tests.conftest import ROOT
 
@@ -487,11 +487,8 @@ def test_publish_dir_replaces_whole_folders(tmp_path):
 
 # ---- the training environment's post-install patch -----------------------------------------
 def test_train_post_patch_is_idempotent(tmp_path):
-    sys.path.insert(0, str(ROOT / "pipeline" / "envs"))
-    try:
-        import train_post
-    finally:
-        sys.path.pop(0)
+    train_post = runpy.run_path(str(ROOT / "pipeline" / "envs" / "train_post.py"), run_name="train_post")
+    train_post = SimpleNamespace(**train_post)
     init = tmp_path / "xtuner" / "dataset" / "__init__.py"
     init.parent.mkdir(parents=True)
     init.write_text("from .concat_dataset import ConcatDataset\n" + train_post.ORIGINAL + "x = 1\n")
