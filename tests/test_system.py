@@ -1,6 +1,8 @@
 """The System panel's facts, checked against this machine and against broken setups."""
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from backend import system
@@ -20,6 +22,27 @@ def test_gpu_fact_agrees_with_torch():
     assert torch.__version__ in f.summary
     if not f.ok:
         assert f.hint  # says what to do
+
+
+def test_nvml_and_torch_count_the_same_gpus():
+    """The GPUs NVML (nvidia-ml-py) reports are those torch sees; without the NVIDIA driver (this
+    CPU machine: NVMLError on init) none, with the reason, and no exception."""
+    import torch
+
+    gpus, why_none = system.gpu_probe()
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:  # torch counts only the visible ones
+        assert len(gpus) == torch.cuda.device_count()
+    assert system.nvidia_gpus() == gpus
+    if gpus:
+        assert why_none == "" and all(re.fullmatch(r".+, \d+ MiB, [\w.]+", g) for g in gpus), gpus
+    else:
+        assert why_none and why_none in system.gpu_fact().summary
+
+
+def test_machine_fact_counts_cpus_and_memory(settings):
+    f = system.machine_fact(settings)
+    assert f.summary.startswith(f"{os.cpu_count()} CPU cores, ") and " GiB memory" in f.summary
+    assert f"free in the workspace ({settings.workspace})" in f.summary
 
 
 def test_lmdeploy_fact_on_this_machine():
