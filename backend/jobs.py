@@ -224,13 +224,23 @@ def kill_tree(root: int | None = None, pgids=(), include_root: bool = True, grac
 
     procs = targets()
     signal_all(procs, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = _wait_gone(procs, grace)
     for _ in range(3):  # new children may appear while we kill: repeat until none is left
         alive = [p for p in {*alive, *targets()} if _live(p)]
         if not alive:
             return
         signal_all(alive, signal.SIGKILL)
-        _, alive = psutil.wait_procs(alive, timeout=1)
+        alive = _wait_gone(alive, 1.0)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` seconds for ``procs`` to end; returns those still live. Zombies count
+    as gone (psutil.wait_procs alone waits for a zombie whose parent does not reap it); our own
+    children among them are reaped."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in procs if _live(p)]) and time.monotonic() < deadline:
+        psutil.wait_procs(alive, timeout=0.05)
+    return alive
 
 
 def read_exit(path: str | os.PathLike) -> tuple[int | None, str | None]:
