@@ -130,3 +130,16 @@ def test_converter_fact_without_a_compiler(monkeypatch, tmp_path):
         native.reset()
     assert fact.ok is False and "pure Python" in fact.summary and "no-such-cc" in fact.summary
     assert "apt install gcc" in fact.hint
+
+
+def test_the_modules_stages_use_import_in_the_train_and_eval_environments(train_python, eval_python):
+    """pipeline.merge (train) and pipeline.evaluate (eval) reach backend.envs through
+    backend.model_folder; those environments lack the app's pydantic-settings and tomli-w."""
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    for py in (train_python, eval_python):
+        r = subprocess.run([str(py), "-c", "import backend.envs, backend.model_folder, pipeline.merge, pipeline.evaluate"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-800:]
