@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from backend.jobs import Job, JobRunner
 from backend.settings import Settings
+from backend.sqlite_tx import ensure_schema
 from pipeline.params import PARAMS, parse
 from pipeline.stage import STAGE_MODULES, StageError, stage_module
 
@@ -76,8 +77,7 @@ class Chain:
 
 def _runner(settings: Settings) -> JobRunner:
     runner = JobRunner(settings)
-    with runner.connection() as db:
-        db.executescript(_SCHEMA)
+    ensure_schema(settings.app_db, "chains", lambda db: db.executescript(_SCHEMA))
     return runner
 
 
@@ -201,7 +201,7 @@ def cancel_chain(settings: Settings, chain_id: int) -> Chain:
 def get_chain(settings: Settings, chain_id: int) -> Chain:
     runner = _runner(settings)
     with runner.connection() as db:
-        r = db.execute("SELECT * FROM chains WHERE id=?", (chain_id,)).fetchone()
+        r = next(db.query("SELECT * FROM chains WHERE id=?", (chain_id,)), None)
     if r is None:
         raise StageError(f"chain {chain_id} does not exist")
     return _chain(runner, r)
@@ -211,7 +211,7 @@ def list_chains(settings: Settings, limit: int = 20) -> list[Chain]:
     """Newest first."""
     runner = _runner(settings)
     with runner.connection() as db:
-        rows = db.execute("SELECT * FROM chains ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        rows = list(db.query("SELECT * FROM chains ORDER BY id DESC LIMIT ?", (limit,)))
     return [_chain(runner, r) for r in rows]
 
 

@@ -9,23 +9,20 @@ make a preference pair) or **reject** (never used).
 Every decision is a new row of ``feedback_reviews`` (an audit trail: who, from which client,
 when); the newest row of a message is its decision. A row keeps its own copy of the question,
 the answer, the correction, the rating and the comment, so deleting the conversation later
-loses nothing that training needs. Same SQLite habits as History: WAL, a busy timeout, one
-connection per thread, every write in ``BEGIN IMMEDIATE`` (backend.sqlite_tx).
+loses nothing that training needs. Connections and transactions as everywhere in app.db:
+backend.sqlite_tx.
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
 from backend.history import History
-from backend.sqlite_tx import schema_lock, thread_db, thread_write
+from backend.sqlite_tx import ensure_schema, thread_db, thread_write
 
 DECISIONS = ("accept", "correct", "reject")
 ADMIN = "admin"  # one admin password, so one admin; the client address tells sessions apart
 MAX_ANSWER_CHARS = 20_000
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
 
 # the question an answer replied to: the last user message before it in its conversation
 _QUESTION = ("(SELECT u.content FROM messages u WHERE u.conversation_id = m.conversation_id "
@@ -62,27 +59,13 @@ class FeedbackStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         History(self.path)  # conversations, messages and feedback exist first
-        with _ready_lock:
-            if str(self.path) not in _ready:
-                self._create_schema()
-                _ready.add(str(self.path))
+        ensure_schema(self.path, "feedback_reviews", _create_schema)
 
     def _db(self):
         return thread_db(self.path)
 
     def _write(self):
         return thread_write(self.path)
-
-    def _create_schema(self) -> None:
-        with schema_lock(self.path):  # the same turns as History's schema creation
-            with self._db() as db:
-                db["feedback_reviews"].create(
-                    {"id": int, "message_id": int, "decision": str, "question": str, "answer": str,
-                     "correction": str, "rating": int, "comment": str, "engine": str, "model": str,
-                     "conversation_id": str, "answered_at": float, "rated_at": float,
-                     "decided_by": str, "client": str, "decided_at": float},
-                    pk="id", if_not_exists=True)
-                db.execute("CREATE INDEX IF NOT EXISTS idx_feedback_reviews_message ON feedback_reviews(message_id, id)")
 
     # ---- listing ------------------------------------------------------------------------------
     def rated(self, rating: int | None = None, model: str | None = None, since: float | None = None,
@@ -169,6 +152,16 @@ class FeedbackStore:
                 [m["id"], decision, m["question"], m["content"], fixed, m["rating"], m["comment"] or "",
                  m["engine"], m["model"], m["conversation_id"], m["created_at"], m["rated_at"], who, client,
                  time.time()]).lastrowid
+
+
+def _create_schema(db) -> None:
+    db["feedback_reviews"].create(
+        {"id": int, "message_id": int, "decision": str, "question": str, "answer": str,
+         "correction": str, "rating": int, "comment": str, "engine": str, "model": str,
+         "conversation_id": str, "answered_at": float, "rated_at": float,
+         "decided_by": str, "client": str, "decided_at": float},
+        pk="id", if_not_exists=True)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_feedback_reviews_message ON feedback_reviews(message_id, id)")
 
 
 def training_examples(rows: list[dict]) -> tuple[list[dict], list[dict]]:

@@ -1,21 +1,19 @@
 """Chat history in SQLite (the workspace's app.db) through sqlite-utils: conversations, messages,
-feedback. WAL mode, a busy timeout, one connection per thread (so any thread may call), and every
-write in a ``BEGIN IMMEDIATE`` transaction, so concurrent writers queue instead of failing with
-"database is locked".
+feedback. Connections come from backend.sqlite_tx (WAL, a busy timeout, one connection per thread,
+so any thread may call), and every write is in a ``BEGIN IMMEDIATE`` transaction, so concurrent
+writers queue instead of failing with "database is locked".
 """
 from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import unicodedata
 import uuid
 from datetime import datetime
 from pathlib import Path
 
-
-from backend.sqlite_tx import schema_lock, thread_db, thread_write
+from backend.sqlite_tx import ensure_schema, thread_db, thread_write
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 30
@@ -25,8 +23,6 @@ _JSON_FIELDS = ("params", "sources")
 FINISH_STREAMING = "streaming"  # an answer being written (saved as it streams)
 FINISH_INTERRUPTED = "interrupted"  # a 'streaming' answer whose app process died: its text is what was shown
 INCOMPLETE = ("stopped", "error", FINISH_INTERRUPTED)
-_ready: set[str] = set()
-_ready_lock = threading.Lock()
 
 
 class HistoryError(ValueError):
@@ -52,11 +48,7 @@ def title_from(question: str) -> str:
 class History:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _ready_lock:
-            if str(self.path) not in _ready or not self.path.exists():
-                self._create_schema()
-                _ready.add(str(self.path))
+        ensure_schema(self.path, "history", _create_schema)
 
     # ---- connections ----------------------------------------------------------------------------
     def _db(self):
@@ -64,34 +56,6 @@ class History:
 
     def _write(self):
         return thread_write(self.path)
-
-    def _create_schema(self) -> None:
-        """Tables, indexes and the search index, created once. Processes opening a new app.db at
-        the same moment take turns on a lock file (WAL switching and sqlite-utils' scripts do not
-        wait on SQLite's busy timeout: 4 of 5 trials of 20 processes failed 'database is locked')."""
-        with schema_lock(self.path):
-            self._create_schema_locked()
-
-    def _create_schema_locked(self) -> None:
-        with self._db() as db:
-            db.enable_wal()
-            db["conversations"].create({"id": str, "title": str, "created_at": float, "updated_at": float},
-                                       pk="id", if_not_exists=True)
-            db["messages"].create({"id": int, "conversation_id": str, "role": str, "content": str, "engine": str,
-                                   "model": str, "params": str, "sources": str, "ttft_ms": float,
-                                   "duration_ms": float, "tokens_per_s": float, "prompt_tokens": int,
-                                   "completion_tokens": int, "finish_reason": str, "error": str,
-                                   "created_at": float}, pk="id", if_not_exists=True)
-            db["feedback"].create({"message_id": int, "rating": int, "comment": str, "created_at": float},
-                                  pk="message_id", if_not_exists=True)
-            db.execute("CREATE INDEX IF NOT EXISTS idx_messages_conversation ON messages(conversation_id, id)")
-            db.execute("CREATE INDEX IF NOT EXISTS idx_conversations_updated ON conversations(updated_at)")
-            if not db["messages_fts"].exists():
-                try:  # trigram: Chinese substrings of 3+ characters; shorter queries use LIKE
-                    db["messages"].enable_fts(["content"], create_triggers=True, tokenize="trigram")
-                except sqlite3.OperationalError as e:
-                    if "already exists" not in str(e):
-                        raise
 
     # ---- conversations --------------------------------------------------------------------------
     def create_conversation(self, title: str = "") -> str:
@@ -251,6 +215,29 @@ class History:
                 if meta:  # no empty <sub></sub> line for an answer without engine or model
                     out += [f"<sub>{meta}</sub>", ""]
         return "\n".join(out)
+
+
+def _create_schema(db) -> None:
+    """Tables, indexes and the search index (sqlite_tx.ensure_schema runs it once per process, in
+    turns across processes: 4 of 5 trials of 20 processes opening a new app.db at once failed
+    'database is locked' before they took turns)."""
+    db["conversations"].create({"id": str, "title": str, "created_at": float, "updated_at": float},
+                               pk="id", if_not_exists=True)
+    db["messages"].create({"id": int, "conversation_id": str, "role": str, "content": str, "engine": str,
+                           "model": str, "params": str, "sources": str, "ttft_ms": float,
+                           "duration_ms": float, "tokens_per_s": float, "prompt_tokens": int,
+                           "completion_tokens": int, "finish_reason": str, "error": str,
+                           "created_at": float}, pk="id", if_not_exists=True)
+    db["feedback"].create({"message_id": int, "rating": int, "comment": str, "created_at": float},
+                          pk="message_id", if_not_exists=True)
+    db.execute("CREATE INDEX IF NOT EXISTS idx_messages_conversation ON messages(conversation_id, id)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_conversations_updated ON conversations(updated_at)")
+    if not db["messages_fts"].exists():
+        try:  # trigram: Chinese substrings of 3+ characters; shorter queries use LIKE
+            db["messages"].enable_fts(["content"], create_triggers=True, tokenize="trigram")
+        except sqlite3.OperationalError as e:
+            if "already exists" not in str(e):
+                raise
 
 
 def _when(ts: float) -> str:

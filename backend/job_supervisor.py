@@ -9,7 +9,7 @@ by JobRunner.cancel) ends the stage's whole process tree: SIGTERM, then SIGKILL 
 period.
 
 ``--adopt`` (started by JobRunner.check_liveness when a job's supervisor vanished): the stage
-is not started but waited for by polling /proc (it is not our child), and its exit status is
+is not started but waited for by polling (psutil; it is not our child), and its exit status is
 read from the file the exit recorder wrote; the rest is the same.
 """
 from __future__ import annotations
@@ -23,6 +23,8 @@ import time
 import traceback
 from datetime import datetime
 from pathlib import Path
+
+import psutil
 
 from backend.fileio import remove_orphan_temps
 from backend.jobs import (CANCEL_GRACE_S, Job, JobRunner, _group_alive, descendants, kill_tree, process_alive,
@@ -106,17 +108,10 @@ def _describe_exit(rc: int, log_tail: str) -> str:
 def _find_recorder(exit_file: str) -> tuple[int | None, str | None]:
     """The exit recorder of a job whose stage pid was never recorded (its supervisor died at
     once): found by its argument list, which names the job's exit file."""
-    want = exit_file.encode()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = Path(f"/proc/{entry.name}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"-c" in args and want in args:
-            pid = int(entry.name)
-            return pid, process_start(pid)
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []
+        if "-c" in args and exit_file in args:
+            return proc.pid, process_start(proc.pid)
     return None, None
 
 

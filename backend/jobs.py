@@ -15,14 +15,14 @@ stage and writes its exit status to ``<log>.exit``, so the status survives the s
 
 A lost supervisor (kill -9, the OOM killer) is noticed by ``check_liveness()``: the Admin page
 calls it on every refresh, and ``dispatch()`` and ``reconcile()`` (app start) call it first. It
-compares each running job's supervisor pid and /proc start time with the live processes (no
-heartbeat: a few /proc reads, no write unless one is lost) and hands a lost job to a new
+compares each running job's supervisor pid and start time (psutil) with the live processes (no
+heartbeat: one look per running job, no write unless one is lost) and hands a lost job to a new
 supervisor (``--adopt``) that waits for the orphaned stage by polling, then records its real
 outcome from the exit recorder's file and the stage's verify(), advances the chain and starts
 the next queued job (the GPU slot is free once the job is no longer running).
 
 Cancel ends the whole tree: SIGTERM, then SIGKILL after a grace period, to the stage's process
-group and every descendant found in /proc (the supervisor is a child subreaper, so orphaned
+group and every descendant (psutil; the supervisor is a child subreaper, so orphaned
 grandchildren stay its descendants). One GPU job runs at a time; other GPU jobs wait in order.
 
 This module knows nothing about XTuner or OpenCompass: stage modules build the commands.
@@ -33,16 +33,18 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from backend.fileio import remove_orphan_temps
 from backend.settings import PROJECT_ROOT, Settings
-from backend.sqlite_tx import write_transaction
+from backend.sqlite_tx import ensure_schema, thread_db, thread_write
 from pipeline.stage import STAGE_MODULES, Progress, StageCommand, stage_module
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -60,7 +62,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     gpu INTEGER NOT NULL DEFAULT 0,
     status TEXT NOT NULL DEFAULT 'queued',
     pid INTEGER,                          -- the supervisor
-    pid_start TEXT,                       -- its /proc start time (guards against pid reuse)
+    pid_start TEXT,                       -- its start time (psutil create_time: guards against pid reuse)
     child_pid INTEGER,                    -- the stage process (leader of its process group)
     child_start TEXT,
     created_at REAL NOT NULL,
@@ -128,7 +130,7 @@ class Job:
                             gpu=self.gpu, outputs=dict(self.outputs), params=dict(self.params))
 
     @classmethod
-    def from_row(cls, r: sqlite3.Row) -> "Job":
+    def from_row(cls, r: Mapping) -> "Job":
         return cls(
             id=r["id"], kind=r["kind"], params=json.loads(r["args"]), argv=json.loads(r["argv"]), cwd=r["cwd"],
             env=json.loads(r["env"]), gpu=bool(r["gpu"]), status=r["status"], pid=r["pid"],
@@ -140,24 +142,27 @@ class Job:
         )
 
 
-# ---- processes (Linux /proc) -----------------------------------------------------------------
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, ...]."""
+# ---- processes (psutil) ----------------------------------------------------------------------
+_GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+
+
+def _live(proc: psutil.Process) -> bool:
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
-        return None
-    return raw[raw.rfind(")") + 2:].split()
+        return proc.status() not in _GONE
+    except psutil.Error:  # NoSuchProcess, AccessDenied
+        return False
 
 
 def process_start(pid: int | None) -> str | None:
-    """The start time of a live (non-zombie) process, or None when it is gone."""
+    """The start time of a live (non-zombie) process, or None when it is gone. Stored with a
+    job's pids: a pid reused by another process has another start time."""
     if not pid or pid <= 0:
         return None
-    f = _stat_fields(pid)
-    if f is None or f[0] in ("Z", "X"):
+    try:
+        proc = psutil.Process(pid)
+        return repr(proc.create_time()) if _live(proc) else None
+    except psutil.Error:
         return None
-    return f[19]  # field 22 of stat: starttime
 
 
 def process_alive(pid: int | None, start: str | None = None) -> bool:
@@ -166,68 +171,76 @@ def process_alive(pid: int | None, start: str | None = None) -> bool:
     return s is not None and (start is None or s == start)
 
 
+def _descendants(pid: int | None) -> list[psutil.Process]:
+    if not pid:
+        return []
+    try:
+        return [c for c in psutil.Process(pid).children(recursive=True) if _live(c)]
+    except psutil.Error:
+        return []
+
+
 def descendants(pid: int) -> list[int]:
-    """Live descendants of ``pid`` (children, grandchildren, ...), found through /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        f = _stat_fields(int(entry.name))
-        if f is None or f[0] in ("Z", "X"):
-            continue
-        children.setdefault(int(f[1]), []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
+    """Live descendants of ``pid`` (children, grandchildren, ...)."""
+    return [c.pid for c in _descendants(pid)]
 
 
-def _signal_all(pids, pgids, sig) -> None:
-    for g in pgids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(g, sig)
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, sig)
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """Live processes of the process group ``pgid``."""
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and _live(proc):
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return members
+
+
+def _group_alive(pgid: int) -> bool:
+    return bool(_group_members(pgid))
 
 
 def kill_tree(root: int | None = None, pgids=(), include_root: bool = True, grace: float = CANCEL_GRACE_S) -> None:
     """End ``root`` (unless include_root is False), its descendants and the process groups
     ``pgids``: SIGTERM, then SIGKILL to whatever still lives after ``grace`` seconds."""
 
-    def targets() -> list[int]:
-        found = descendants(root) if root else []
+    def targets() -> list[psutil.Process]:
+        found = _descendants(root)
         if root and include_root and process_alive(root):
-            found.append(root)
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(root))
+        for g in pgids:
+            found += _group_members(g)
         return found
 
-    _signal_all(targets(), pgids, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        if not targets() and not any(_group_alive(g) for g in pgids):
-            return
-        time.sleep(0.05)
+    def signal_all(procs: list[psutil.Process], sig: int) -> None:
+        for g in pgids:  # the group first: members started meanwhile get it too
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(g, sig)
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(sig)
+
+    procs = targets()
+    signal_all(procs, signal.SIGTERM)
+    alive = _wait_gone(procs, grace)
     for _ in range(3):  # new children may appear while we kill: repeat until none is left
-        _signal_all(targets(), pgids, signal.SIGKILL)
-        time.sleep(0.05)
-        if not targets() and not any(_group_alive(g) for g in pgids):
+        alive = [p for p in {*alive, *targets()} if _live(p)]
+        if not alive:
             return
+        signal_all(alive, signal.SIGKILL)
+        alive = _wait_gone(alive, 1.0)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    # killpg(…, 0) also succeeds for a group of zombies only: look for a live member
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            f = _stat_fields(int(entry.name))
-            if f and f[0] not in ("Z", "X") and int(f[2]) == pgid:
-                return True
-    return False
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` seconds for ``procs`` to end; returns those still live. Zombies count
+    as gone (psutil.wait_procs alone waits for a zombie whose parent does not reap it); our own
+    children among them are reaped."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in procs if _live(p)]) and time.monotonic() < deadline:
+        psutil.wait_procs(alive, timeout=0.05)
+    return alive
 
 
 def read_exit(path: str | os.PathLike) -> tuple[int | None, str | None]:
@@ -263,37 +276,26 @@ class JobRunner:
         self.python = str(python or sys.executable)  # runs the supervisor (needs backend + pipeline)
         settings.workspace.mkdir(parents=True, exist_ok=True)
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
-        with self.connection() as db:
-            db.executescript(_SCHEMA)
+        ensure_schema(settings.app_db, "jobs", lambda db: db.executescript(_SCHEMA))
 
-    # -- database --
-    @contextlib.contextmanager
+    # -- database (backend.sqlite_tx: this thread's connection to app.db) --
     def connection(self):
-        """A connection to the app database (autocommit; WAL; waits up to 30 s for writers)."""
-        db = sqlite3.connect(self.settings.app_db, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        finally:
-            db.close()
+        """This thread's connection to the app database (a sqlite_utils Database, autocommit)."""
+        return thread_db(self.settings.app_db)
 
-    @contextlib.contextmanager
     def transaction(self):
         """A write transaction taken at once (BEGIN IMMEDIATE): dispatchers in several
         processes claim queued jobs one at a time."""
-        with self.connection() as db, write_transaction(db):
-            yield db
+        return thread_write(self.settings.app_db)
 
     def get(self, job_id: int, wait_for_writers: bool = False) -> Job:
         """One job. wait_for_writers: read after any write transaction in progress commits
         (the supervisor's first read, while dispatch() may still be claiming its row)."""
         with (self.transaction() if wait_for_writers else self.connection()) as db:
-            r = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if r is None:
+            rows = list(db.query("SELECT * FROM jobs WHERE id=?", (job_id,)))
+        if not rows:
             raise JobError(f"job {job_id} does not exist")
-        return Job.from_row(r)
+        return Job.from_row(rows[0])
 
     def list(self, limit: int = 200, status: str | None = None, chain_id: int | None = None) -> list[Job]:
         """Newest first."""
@@ -310,7 +312,7 @@ class JobRunner:
         q += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
         with self.connection() as db:
-            return [Job.from_row(r) for r in db.execute(q, args)]
+            return [Job.from_row(r) for r in db.query(q, args)]
 
     # -- submit and start --
     def submit(self, cmd: StageCommand, chain_id: int | None = None, chain_step: int | None = None) -> int:
@@ -320,7 +322,7 @@ class JobRunner:
         self.dispatch()
         return job_id
 
-    def insert(self, db: sqlite3.Connection, cmd: StageCommand, chain_id: int | None = None,
+    def insert(self, db, cmd: StageCommand, chain_id: int | None = None,
                chain_step: int | None = None) -> int:
         """Add a queued job inside the caller's transaction (see transaction()); dispatch() starts it."""
         if not cmd.argv or not all(isinstance(a, str) for a in cmd.argv):
@@ -345,7 +347,7 @@ class JobRunner:
         started = []
         with self.transaction() as db:
             gpu_busy = db.execute("SELECT 1 FROM jobs WHERE status='running' AND gpu=1").fetchone() is not None
-            for r in db.execute("SELECT * FROM jobs WHERE status='queued' ORDER BY id").fetchall():
+            for r in list(db.query("SELECT * FROM jobs WHERE status='queued' ORDER BY id")):
                 if r["gpu"]:
                     if gpu_busy:
                         continue
@@ -354,7 +356,7 @@ class JobRunner:
                 started.append(r["id"])
         return started
 
-    def _start_supervisor(self, db: sqlite3.Connection, job: Job, adopt: bool = False) -> None:
+    def _start_supervisor(self, db, job: Job, adopt: bool = False) -> None:
         """Inside dispatch's (or check_liveness's) transaction: spawn the supervisor and mark the
         job running with it. The supervisor's first read waits for this transaction, so it sees
         its own row. adopt: the job's stage was started by a supervisor that is gone."""
@@ -385,18 +387,18 @@ class JobRunner:
     def check_liveness(self) -> list[int]:
         """Notice running jobs whose supervisor is gone (kill -9, the OOM killer) and hand each
         to a new supervisor that waits for the orphaned stage and records its real outcome.
-        Returns the ids handed over. Cheap when nothing is lost (one SELECT, one /proc read per
+        Returns the ids handed over. Cheap when nothing is lost (one SELECT, one process look-up per
         running job, no write): the Admin page calls it on every refresh."""
         _reap_spawned()  # supervisors this process started: a killed one is a zombie until reaped
         with self.connection() as db:
-            running = db.execute("SELECT id, pid, pid_start FROM jobs WHERE status='running'").fetchall()
+            running = list(db.query("SELECT id, pid, pid_start FROM jobs WHERE status='running'"))
         lost = [r["id"] for r in running if not process_alive(r["pid"], r["pid_start"])]
         if not lost:
             return []
         adopted = []
         with self.transaction() as db:  # one process adopts each job: the check is repeated under the lock
             for job_id in lost:
-                r = db.execute("SELECT * FROM jobs WHERE id=? AND status='running'", (job_id,)).fetchone()
+                r = next(db.query("SELECT * FROM jobs WHERE id=? AND status='running'", (job_id,)), None)
                 if r is None or process_alive(r["pid"], r["pid_start"]):
                     continue  # it recorded its end, or another process adopted it meanwhile
                 self._start_supervisor(db, Job.from_row(r), adopt=True)

@@ -1,31 +1,49 @@
-"""One way to reach the project's SQLite files from several threads and processes: a kept
-connection per thread (``thread_db``), writes in ``BEGIN IMMEDIATE`` transactions
-(``write_transaction``), schema creation in turns across processes (``schema_lock``)."""
+"""The one way to reach the project's SQLite files (app.db: history, feedback reviews, jobs,
+chains) from several threads and processes, in one style: sqlite-utils ``Database`` objects.
+
+- ``thread_db(path)``: this thread's connection, opened once and kept, set up here and only here:
+  WAL journal, a busy timeout of ``BUSY_TIMEOUT_S``, ``synchronous=NORMAL``, autocommit.
+- ``thread_write(path)``: the same connection inside ``BEGIN IMMEDIATE`` … ``COMMIT``.
+- ``ensure_schema(path, name, create)``: tables created once per process (again when the file
+  was removed), in turns across processes (``schema_lock``).
+"""
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
 
 BUSY_TIMEOUT_S = 60
 _local = threading.local()  # per-thread connections: {path: sqlite3.Connection}
+_ready: set[tuple[str, str]] = set()  # (path, schema name) created by this process
+_ready_lock = threading.Lock()
+
+
+def _connect(path: str | Path) -> sqlite3.Connection:
+    """A new connection with the project's settings (the only sqlite3.connect for app.db)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        with schema_lock(path):  # switching to WAL does not wait on the busy timeout: take turns
+            conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, no fsync per commit
+    return conn
 
 
 @contextlib.contextmanager
 def thread_db(path: str | Path):
     """This thread's connection to ``path`` as a sqlite_utils Database (opened once per thread
-    and kept: closing the last connection of a WAL database checkpoints it, ~15 ms a call)."""
+    and kept: closing the last connection of a WAL database checkpoints it, ~15 ms a call).
+    ``db.query(sql, params)`` gives rows as dicts; ``db.execute`` a sqlite3 cursor."""
     conns = _local.__dict__.setdefault("conns", {})
     conn = conns.get(str(path))
     if conn is None:
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-        conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at checkpoints, no fsync per commit
-        conns[str(path)] = conn
+        conn = conns[str(path)] = _connect(path)
     yield sqlite_utils.Database(conn)
 
 
@@ -34,6 +52,21 @@ def thread_write(path: str | Path):
     """This thread's connection to ``path`` inside a ``BEGIN IMMEDIATE`` transaction."""
     with thread_db(path) as db, write_transaction(db):
         yield db
+
+
+def ensure_schema(path: str | Path, name: str, create: Callable[[sqlite_utils.Database], None]) -> None:
+    """Run ``create(db)`` (idempotent: ``IF NOT EXISTS``) once per process for ``path`` and
+    ``name``, and again when the file was removed; processes doing it at the same moment take
+    turns on the schema lock."""
+    path = Path(path)
+    key = (str(path), name)
+    with _ready_lock:
+        if key in _ready and path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with thread_db(path) as db, schema_lock(path):  # connected first: _connect may take the lock
+            create(db)
+        _ready.add(key)
 
 
 @contextlib.contextmanager

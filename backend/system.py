@@ -5,15 +5,17 @@ Every check fails soft: it returns a Fact saying what is missing and what to do,
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from backend.envs import STAGE_ENVS, env_dir, env_installed, env_python, setup_hint
 from backend.model_folder import model_folder_problem
@@ -35,24 +37,48 @@ class Fact:
     hint: str = ""  # what to do when not ok
 
 
-def nvidia_gpus() -> list[str]:
-    """The NVIDIA GPUs nvidia-smi sees ("name, memory, driver" each); [] without one. The one GPU
-    test of the project (scripts/setup-env.sh asks nvidia-smi too, to pick the torch build).
-    Standard library only: stage modules run it inside the train and eval environments too."""
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return []
+def gpu_probe() -> tuple[list[str], str]:
+    """(the NVIDIA GPUs the driver reports through NVML, why none): each GPU as "name, memory MiB,
+    driver version" (nvidia-smi's CSV fields); ([], the reason) without one: no driver (NVMLError
+    on init), or nvidia-ml-py not installed in this environment (it is an app requirement; the
+    train and eval environments never ask)."""
     try:
-        r = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [line.strip() for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
+        import pynvml
+    except ImportError:
+        return [], "nvidia-ml-py (pynvml) is not installed in this environment"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        return [], f"no NVIDIA driver ({e})"
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            name = pynvml.nvmlDeviceGetName(handle)
+            mib = pynvml.nvmlDeviceGetMemoryInfo(handle).total // 2**20
+            gpus.append(f"{_text(name)}, {mib} MiB, {_text(driver)}")
+        return gpus, "" if gpus else "the NVIDIA driver reports no GPU"
+    except pynvml.NVMLError as e:
+        return [], f"the NVIDIA driver could not list the GPUs ({e})"
+    finally:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)  # bytes from older pynvml
+
+
+def nvidia_gpus() -> list[str]:
+    """The NVIDIA GPUs of this machine ("name, memory MiB, driver" each; see gpu_probe); [] without
+    one. pipeline.train.visible_gpus narrows them by CUDA_VISIBLE_DEVICES."""
+    return gpu_probe()[0]
 
 
 def gpu_fact() -> Fact:
-    """A CUDA GPU seen by nvidia-smi and by torch in this process."""
-    names = nvidia_gpus()
+    """A CUDA GPU reported by the NVIDIA driver (NVML) and usable by torch in this process."""
+    names, why_none = gpu_probe()
     torch_cuda, torch_note = False, ""
     try:
         import torch
@@ -64,9 +90,10 @@ def gpu_fact() -> Fact:
     if names and torch_cuda:
         return Fact("GPU", True, f"{'; '.join(names)} ({torch_note})")
     if names:
-        return Fact("GPU", False, f"nvidia-smi sees {'; '.join(names)}, but torch cannot use it ({torch_note})",
+        return Fact("GPU", False, f"the NVIDIA driver reports {'; '.join(names)}, but torch cannot use it "
+                    f"({torch_note})",
                     "install a CUDA build of torch in the app environment (scripts/setup-env.sh app on this machine)")
-    return Fact("GPU", False, f"no CUDA GPU ({torch_note}); chat uses the transformers engine on CPU, "
+    return Fact("GPU", False, f"no CUDA GPU: {why_none} ({torch_note}); chat uses the transformers engine on CPU, "
                 "training runs only tiny models", "run the app on a machine with an NVIDIA GPU for TurboMind and QLoRA")
 
 
@@ -183,19 +210,13 @@ def config_facts(settings: Settings) -> list[Fact]:
 
 
 def machine_fact(settings: Settings) -> Fact:
-    mem = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = f", {int(line.split()[1]) / 2**20:.0f} GiB memory"
-    except OSError:
-        pass
+    mem = f", {psutil.virtual_memory().total / 2**30:.0f} GiB memory"
     try:
         free = shutil.disk_usage(settings.workspace).free / 2**30
         disk = f", {free:.0f} GiB free in the workspace ({settings.workspace})"
     except OSError:
         disk = ""
-    return Fact("machine", None, f"{os.cpu_count()} CPU cores{mem}{disk}")
+    return Fact("machine", None, f"{psutil.cpu_count()} CPU cores{mem}{disk}")
 
 
 def api_server_fact(settings: Settings, timeout: float = 5.0) -> Fact | None:

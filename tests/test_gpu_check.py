@@ -1,8 +1,9 @@
 """`make gpu-check` (bench/gpu_check.py) on this CPU machine, with real subprocesses: without a GPU it
 says it skipped and exits 0; its machinery (a time limit that kills a hung path with its
 processes, a FAILED row with the error's last lines, tokens/s of a good path, the exit status)
-through the harness's test-only paths; and, with a stand-in nvidia-smi that reports a GPU, a
-real GPU path runs the app's TurboMind engine class on the InternLM2 tiny model it built."""
+through the harness's test-only paths; and, with a stand-in NVML library (pynvml, put first on
+PYTHONPATH) that reports a GPU, a real GPU path runs the app's TurboMind engine class on the
+InternLM2 tiny model it built."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -21,17 +23,52 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECK = [sys.executable, "-m", "bench.gpu_check"]
 
 
-def _env(path_dirs: list[str] | None = None, testing: bool = False) -> dict:
+def _env(path_dirs: list[str] | None = None, testing: bool = False, nvml: Path | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RECIPE_GPU_CHECK_TEST_PATHS"}
     if path_dirs is not None:
         env["PATH"] = os.pathsep.join(path_dirs)
     if testing:
         env["RECIPE_GPU_CHECK_TEST_PATHS"] = "1"
+    if nvml is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(nvml), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
 
 
 def _path_without_nvidia_smi() -> list[str]:
     return [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "nvidia-smi").exists()]
+
+
+def _stand_in_nvml(folder: Path, gpu: tuple[str, int, str] | None) -> Path:
+    """A folder holding a stand-in ``pynvml`` (what backend.system asks for the GPUs): one GPU
+    (name, MiB, driver), or with None a machine without the NVIDIA driver (NVMLError on init)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if gpu is None:
+        init = "    raise NVMLError('Driver Not Loaded (stand-in)')"
+        name, mib, driver = "", 0, ""
+    else:
+        init = "    pass"
+        name, mib, driver = gpu
+    (folder / "pynvml.py").write_text(textwrap.dedent(f"""\
+        class NVMLError(Exception):
+            pass
+        def nvmlInit():
+        {init}
+        def nvmlShutdown():
+            pass
+        def nvmlSystemGetDriverVersion():
+            return {driver!r}
+        def nvmlDeviceGetCount():
+            return 1
+        def nvmlDeviceGetHandleByIndex(i):
+            return i
+        def nvmlDeviceGetName(handle):
+            return {name!r}
+        class _Memory:
+            total = {mib} * 2**20
+        def nvmlDeviceGetMemoryInfo(handle):
+            return _Memory()
+    """))
+    return folder
 
 
 def _run(args, env, timeout=300):
@@ -59,7 +96,7 @@ def _rows(stdout: str) -> dict[str, dict]:
 
 def test_without_a_gpu_it_says_it_skipped_and_exits_0(tmp_path):
     assert shutil.which("nvidia-smi", path=os.pathsep.join(_path_without_nvidia_smi())) is None
-    r, _ = _run(["--work", str(tmp_path / "w")], _env(_path_without_nvidia_smi()))
+    r, _ = _run(["--work", str(tmp_path / "w")], _env(_path_without_nvidia_smi(), nvml=_stand_in_nvml(tmp_path / "nvml", None)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "gpu-check: skipped: no GPU is visible (nvidia-smi finds none); nothing that needs a GPU was run" in r.stdout
     assert "turbomind-qwen2" in r.stdout and "train" in r.stdout  # it names what it skipped
@@ -95,7 +132,8 @@ def test_list_and_only_name_the_paths_and_hide_the_test_paths():
 def test_machinery_timeout_error_lines_tokens_per_s_and_exit_status(tmp_path):
     work = tmp_path / "w"
     r, took = _run(["--only", "_cpu-smoke,_hang,_raise", "--time-limit", "_hang=3", "--work", str(work)],
-                   _env(_path_without_nvidia_smi(), testing=True), timeout=240)
+                   _env(_path_without_nvidia_smi(), testing=True, nvml=_stand_in_nvml(tmp_path / "nvml", None)),
+                   timeout=240)
     out = r.stdout
     assert r.returncode == 1, out + r.stderr
     rows = _rows(out)
@@ -119,23 +157,20 @@ def test_machinery_timeout_error_lines_tokens_per_s_and_exit_status(tmp_path):
     assert res["ok"] is True and res["tokens_per_s"] > 0
 
     # only good paths: exit 0
-    r, _ = _run(["--only", "_cpu-smoke", "--work", str(tmp_path / "w2")], _env(_path_without_nvidia_smi(), testing=True))
+    r, _ = _run(["--only", "_cpu-smoke", "--work", str(tmp_path / "w2")],
+                _env(_path_without_nvidia_smi(), testing=True, nvml=tmp_path / "nvml"))
     assert r.returncode == 0 and r.stdout.rstrip().endswith("gpu-check: all paths ok"), r.stdout + r.stderr
 
 
 def test_with_a_gpu_reported_the_turbomind_path_builds_the_models_and_runs_the_app_engine(tmp_path):
-    """A stand-in nvidia-smi reports a GPU: the check builds both tiny models in the train
+    """A stand-in NVML reports a GPU: the check builds both tiny models in the train
     environment, then the TurboMind path loads the InternLM2 one through the app's engine factory,
     which says why it cannot run here; the row is FAILED with that reason, exit 1."""
     require(env_installed("train"), setup_hint("train"))
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "nvidia-smi").write_text('#!/bin/sh\ncase "$*" in *name,memory.total*) echo "Stand-in GPU, 81920 MiB, 0.0";; '
-                                     'esac\nexit 0\n')
-    (fake / "nvidia-smi").chmod(0o755)
+    nvml = _stand_in_nvml(tmp_path / "nvml", ("Stand-in GPU", 81920, "0.0"))
     work = tmp_path / "w"
     r, _ = _run(["--only", "turbomind-internlm2", "--work", str(work)],
-                _env([str(fake), *_path_without_nvidia_smi()]), timeout=600)
+                _env(_path_without_nvidia_smi(), nvml=nvml), timeout=600)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "gpu-check: 1 GPU(s): Stand-in GPU, 81920 MiB, 0.0" in r.stdout
     rows = _rows(r.stdout)
@@ -153,12 +188,8 @@ def test_with_a_gpu_reported_the_turbomind_path_builds_the_models_and_runs_the_a
 def test_a_path_whose_prerequisite_failed_is_reported_not_run(tmp_path):
     """awq needs train, train needs build-models: with no train environment build-models fails
     and the others say they did not run (stand-in GPU; RECIPE_TRAIN_VENV pointed at nothing)."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "nvidia-smi").write_text('#!/bin/sh\ncase "$*" in *name,memory.total*) echo "Stand-in GPU, 1 MiB, 0";; '
-                                     'esac\nexit 0\n')
-    (fake / "nvidia-smi").chmod(0o755)
-    env = {**_env([str(fake), *_path_without_nvidia_smi()]), "RECIPE_TRAIN_VENV": str(tmp_path / "no-train-env")}
+    nvml = _stand_in_nvml(tmp_path / "nvml", ("Stand-in GPU", 1, "0"))
+    env = {**_env(_path_without_nvidia_smi(), nvml=nvml), "RECIPE_TRAIN_VENV": str(tmp_path / "no-train-env")}
     r, _ = _run(["--only", "awq", "--work", str(tmp_path / "w")], env, timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
     rows = _rows(r.stdout)

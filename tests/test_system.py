@@ -1,6 +1,8 @@
 """The System panel's facts, checked against this machine and against broken setups."""
 from __future__ import annotations
 
+import os
+import re
 import sys
 
 from backend import system
@@ -20,6 +22,27 @@ def test_gpu_fact_agrees_with_torch():
     assert torch.__version__ in f.summary
     if not f.ok:
         assert f.hint  # says what to do
+
+
+def test_nvml_and_torch_count_the_same_gpus():
+    """The GPUs NVML (nvidia-ml-py) reports are those torch sees; without the NVIDIA driver (this
+    CPU machine: NVMLError on init) none, with the reason, and no exception."""
+    import torch
+
+    gpus, why_none = system.gpu_probe()
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:  # torch counts only the visible ones
+        assert len(gpus) == torch.cuda.device_count()
+    assert system.nvidia_gpus() == gpus
+    if gpus:
+        assert why_none == "" and all(re.fullmatch(r".+, \d+ MiB, [\w.]+", g) for g in gpus), gpus
+    else:
+        assert why_none and why_none in system.gpu_fact().summary
+
+
+def test_machine_fact_counts_cpus_and_memory(settings):
+    f = system.machine_fact(settings)
+    assert f.summary.startswith(f"{os.cpu_count()} CPU cores, ") and " GiB memory" in f.summary
+    assert f"free in the workspace ({settings.workspace})" in f.summary
 
 
 def test_lmdeploy_fact_on_this_machine():
@@ -91,3 +114,16 @@ def test_system_facts_is_the_whole_panel(settings):
     assert topics[:3] == ["machine", "GPU", "LMDeploy / TurboMind"]
     assert {"environment: app", "environment: train", "environment: eval", "chat model", "corpus"} <= set(topics)
     assert "CPU cores" in facts[0].summary
+
+
+def test_the_modules_stages_use_import_in_the_train_and_eval_environments(train_python, eval_python):
+    """pipeline.merge (train) and pipeline.evaluate (eval) reach backend.envs through
+    backend.model_folder; those environments lack the app's pydantic-settings and tomli-w."""
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    for py in (train_python, eval_python):
+        r = subprocess.run([str(py), "-c", "import backend.envs, backend.model_folder, pipeline.merge, pipeline.evaluate"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-800:]
