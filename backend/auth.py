@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend.settings import Settings
+from core.settings import Settings
 
 PASSWORD_FILE = "admin_password"
 FREE_FAILURES = 3  # failures allowed before attempts are slowed down

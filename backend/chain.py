@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass
 
 from backend.jobs import Job, JobRunner
-from backend.settings import Settings
-from backend.sqlite_tx import ensure_schema
+from core.settings import Settings
+from core.sqlite_tx import ensure_schema
 from pipeline.params import PARAMS, parse
-from pipeline.stage import STAGE_MODULES, StageError, stage_module
+from pipeline.stage import StageError
+from backend.stages import STAGE_MODULES, stage_module
 
 RETRAIN_ORDER = ("feedback_export", "prepare", "train", "convert", "merge", "dpo", "quantize", "evaluate")
 RETRAIN_OPTIONAL = ("feedback_export", "dpo", "quantize")

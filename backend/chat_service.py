@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 from backend.engines.base import FINISH_ERROR, FINISH_STOP, FINISH_STOPPED, Engine, GenerationParams
 from backend.history import FINISH_STREAMING, History, HistoryError
-from backend.settings import Settings
+from core.recipe_library import library_count
 from core.recipe_format import SYSTEM_PROMPT, format_answer
 
 GROUNDING_LIMIT = 3
@@ -25,39 +25,6 @@ MAX_QUESTION_CHARS = 4000  # the chat input's limit (a recipe question fits many
 SAVE_EVERY_S = 0.5  # a streaming answer is written to the history at most this often (a crash keeps it)
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template, per message
 GROUNDING_HEADER = "以下是菜谱库中与用户问题相关的菜谱，回答时优先参考（用户问的不是这些菜时可忽略）："
-
-_libraries: dict[str, object] = {}
-_library_errors: dict[str, str] = {}
-_libraries_lock = threading.Lock()
-
-
-def open_library(settings: Settings):
-    """The workspace's recipe library (built from data/sample_recipes.jsonl when empty), shared
-    by the process; None when it cannot be opened (see library_error)."""
-    key = str(settings.library_db)
-    with _libraries_lock:
-        if key not in _libraries:
-            try:
-                from backend.library import ensure_library
-
-                _libraries[key] = ensure_library(settings)
-                _library_errors.pop(key, None)
-            except Exception as e:  # noqa: BLE001 - the chat keeps working without a library
-                _library_errors[key] = f"{type(e).__name__}: {e}"
-                return None
-        return _libraries[key]
-
-
-def library_error(settings: Settings) -> str | None:
-    return _library_errors.get(str(settings.library_db))
-
-
-def library_count(library) -> int:
-    try:
-        return library.count() if library is not None else 0
-    except Exception:  # noqa: BLE001
-        return 0
-
 
 GROUNDING_ABSENT = ("菜谱库里没有用户问的「{asked}」。以下菜谱是相近的菜，只能作为替代建议提及，"
                     "不要把它们当成「{asked}」的做法：")

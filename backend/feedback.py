@@ -10,7 +10,7 @@ Every decision is a new row of ``feedback_reviews`` (an audit trail: who, from w
 when); the newest row of a message is its decision. A row keeps its own copy of the question,
 the answer, the correction, the rating and the comment, so deleting the conversation later
 loses nothing that training needs. Connections and transactions as everywhere in app.db:
-backend.sqlite_tx.
+core.sqlite_tx.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from backend.history import History
-from backend.sqlite_tx import ensure_schema, thread_db, thread_write
+from core.sqlite_tx import ensure_schema, thread_db, thread_write
 
 DECISIONS = ("accept", "correct", "reject")
 ADMIN = "admin"  # one admin password, so one admin; the client address tells sessions apart

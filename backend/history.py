@@ -1,5 +1,5 @@
 """Chat history in SQLite (the workspace's app.db) through sqlite-utils: conversations, messages,
-feedback. Connections come from backend.sqlite_tx (WAL, a busy timeout, one connection per thread,
+feedback. Connections come from core.sqlite_tx (WAL, a busy timeout, one connection per thread,
 so any thread may call), and every write is in a ``BEGIN IMMEDIATE`` transaction, so concurrent
 writers queue instead of failing with "database is locked".
 """
@@ -13,7 +13,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from backend.sqlite_tx import ensure_schema, thread_db, thread_write
+from core.sqlite_tx import ensure_schema, thread_db, thread_write
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 30

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import psutil
 
-from backend.fileio import remove_orphan_temps
+from core.fileio import remove_orphan_temps
 from backend.jobs import (CANCEL_GRACE_S, Job, JobRunner, _group_alive, descendants, kill_tree, process_alive,
                           process_start, read_exit, read_log)
-from backend.settings import load_settings
-from pipeline.stage import STAGE_MODULES, stage_module
+from core.settings import load_settings
+from backend.stages import STAGE_MODULES, stage_module
 
 PR_SET_CHILD_SUBREAPER = 36
 

@@ -42,10 +42,11 @@ from pathlib import Path
 
 import psutil
 
-from backend.fileio import remove_orphan_temps
-from backend.settings import PROJECT_ROOT, Settings
-from backend.sqlite_tx import ensure_schema, thread_db, thread_write
-from pipeline.stage import STAGE_MODULES, Progress, StageCommand, stage_module
+from core.fileio import remove_orphan_temps
+from core.settings import PROJECT_ROOT, Settings
+from core.sqlite_tx import ensure_schema, thread_db, thread_write
+from pipeline.stage import Progress, StageCommand
+from backend.stages import STAGE_MODULES, stage_module
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -278,7 +279,7 @@ class JobRunner:
         settings.logs_dir.mkdir(parents=True, exist_ok=True)
         ensure_schema(settings.app_db, "jobs", lambda db: db.executescript(_SCHEMA))
 
-    # -- database (backend.sqlite_tx: this thread's connection to app.db) --
+    # -- database (core.sqlite_tx: this thread's connection to app.db) --
     def connection(self):
         """This thread's connection to the app database (a sqlite_utils Database, autocommit)."""
         return thread_db(self.settings.app_db)

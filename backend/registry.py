@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from backend.model_folder import model_folder_problem
+from core.model_folder import model_folder_problem
 from pipeline.artefacts import MANIFEST
-from backend.settings import Settings, SettingsError, save_settings
+from core.settings import Settings, SettingsError, save_settings
 
 
 
@@ -115,7 +115,7 @@ def read_model(settings: Settings, folder: Path) -> ModelEntry:
             if entry.data_stats is None:
                 entry.problem = f"data stats: {why}"
         reviewed = (entry.data_stats or {}).get("reviewed")
-        if isinstance(reviewed, dict):  # prepare_data --reviewed (pipeline.feedback_export)
+        if isinstance(reviewed, dict):  # prepare_data --reviewed (backend.feedback_export)
             entry.reviewed_examples = int(reviewed.get("examples") or 0)
             entry.reviewed_lines = int(reviewed.get("train_lines_added") or 0)
             entry.preference_pairs = int(reviewed.get("pairs") or 0)

@@ -9,7 +9,7 @@ import logging
 
 import streamlit as st
 
-from backend.settings import Settings
+from core.settings import Settings
 
 
 @st.cache_resource(show_spinner="Preparing the workspace…")
@@ -17,7 +17,7 @@ def _startup(workspace: str, _settings: Settings) -> None:
     """Cached per workspace; ``_settings`` (not hashed) are that workspace's settings."""
     from backend.auth import ensure_admin_password
     from backend.chain import reconcile
-    from backend.chat_service import open_library
+    from core.recipe_library import open_library
     from backend.history import History
 
     settings = _settings

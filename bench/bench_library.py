@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from backend.library import Library, LibraryBuilder
+from core.recipe_library import Library, LibraryBuilder
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"

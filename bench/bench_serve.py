@@ -89,11 +89,12 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     os.environ["RECIPE_WORKSPACE"] = str(tmp / "ws")
-    from backend.chat_service import ChatService, open_library
+    from backend.chat_service import ChatService
+    from core.recipe_library import open_library
     from backend.engines import GenerationParams
     from backend.engines.openai_engine import OpenAIEngine
     from backend.history import History
-    from backend.settings import api_key, load_settings
+    from core.settings import api_key, load_settings
 
     settings = load_settings()
     settings.ensure_dirs()

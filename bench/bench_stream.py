@@ -47,11 +47,12 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     os.environ["RECIPE_WORKSPACE"] = str(tmp / "ws")
-    from backend.chat_service import ChatService, open_library
+    from backend.chat_service import ChatService
+    from core.recipe_library import open_library
     from backend.engines import GenerationParams
     from backend.engines.transformers_engine import TransformersEngine
     from backend.history import History
-    from backend.settings import load_settings
+    from core.settings import load_settings
 
     import torch
 

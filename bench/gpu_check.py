@@ -99,7 +99,7 @@ class Ctx:
     def settings(self, **values):
         """The app's Settings for the check's workspace; ``values`` as environment variables
         (they win over the workspace's settings.toml, as for the app)."""
-        from backend.settings import ENV_VARS, load_settings
+        from core.settings import ENV_VARS, load_settings
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("RECIPE_") or k.endswith("_VENV")}
         env["RECIPE_WORKSPACE"] = str(self.ws)
@@ -293,7 +293,7 @@ def prepared_data(ctx: Ctx, settings) -> Path:
 @check_path("build-models", 900, "two tiny models (Qwen2; InternLM2 with remote code), head dim 128, "
             "saved by the train env's transformers 4.x", gpu=False)
 def build_models(ctx: Ctx) -> dict:
-    from backend.envs import env_installed, env_python, setup_hint
+    from core.envs import env_installed, env_python, setup_hint
 
     if not env_installed("train"):
         raise CheckFailed(f"the train environment is missing: {setup_hint('train')}")
@@ -310,7 +310,8 @@ def build_models(ctx: Ctx) -> dict:
 
 def _stream_path(ctx: Ctx, model: Path | str, engine_name: str, tokens: int, runs: int = 1) -> dict:
     """Load ``model`` through the app's engine factory, stream directly and through ChatService."""
-    from backend.chat_service import ChatService, open_library
+    from backend.chat_service import ChatService
+    from core.recipe_library import open_library
     from backend.engines.select import build
     from backend.history import History
 
@@ -363,7 +364,8 @@ def turbomind_model(ctx: Ctx) -> dict:
 @check_path("turbomind-stop", 600, "Stop mid-answer (ChatService answer.stop()), then the engine answers again",
             needs=("build-models",))
 def turbomind_stop(ctx: Ctx) -> dict:
-    from backend.chat_service import ChatService, open_library
+    from backend.chat_service import ChatService
+    from core.recipe_library import open_library
     from backend.engines.select import build
     from backend.history import History
 
@@ -452,11 +454,12 @@ def turbomind_concurrent(ctx: Ctx) -> dict:
 @check_path("hot-swap", 900, "Use for chat while a stream runs: the old stream ends, GPU memory is freed, "
             "the new model answers", needs=("build-models",))
 def hot_swap(ctx: Ctx) -> dict:
-    from backend.chat_service import ChatService, open_library
+    from backend.chat_service import ChatService
+    from core.recipe_library import open_library
     from backend.engines import get_engine, release_engine
     from backend.history import History
     from backend.registry import use_for_chat
-    from backend.settings import save_settings
+    from core.settings import save_settings
 
     base = ctx.settings()  # the model comes from settings.toml, as "Use for chat" writes it
     base = save_settings(base, engine="turbomind", cache_max_entry_count=0.2)
@@ -837,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
         a.model = str(Path(a.model).expanduser().resolve())
     chosen = selection(a.only, bool(a.model))
     limits = parse_limits(a.time_limit)
-    from backend.system import nvidia_gpus
+    from core.gpu import nvidia_gpus
 
     gpus = nvidia_gpus()
     if not gpus:

@@ -3,7 +3,7 @@
 ``check_line(raw)`` turns one raw line into a clean recipe or the reason it was rejected;
 ``open_corpus(path)`` opens .json/.jsonl, .gz or .zip inputs as a binary stream with a
 progress position, held to Limits (inflated size, inflation ratio); ``iter_blocks`` cuts it into
-blocks of whole lines in linear time, a line beyond the cap counted, not kept. Used by pipeline.prepare_data (in worker processes) and backend.library.
+blocks of whole lines in linear time, a line beyond the cap counted, not kept. Used by pipeline.prepare_data (in worker processes) and core.recipe_library.
 """
 from __future__ import annotations
 

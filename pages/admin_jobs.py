@@ -8,8 +8,8 @@ import streamlit as st
 from ui.admin_session import STATUS_ICON, fmt_duration, fmt_time, job_label, require_admin, show_flash
 from backend.jobs import FINISHED, Job, JobError, JobRunner
 from ui.page_settings import settings_or_stop
-from backend.settings import save_settings
-from pipeline.stage import stage_module
+from core.settings import save_settings
+from backend.stages import stage_module
 
 LOG_TAIL_BYTES = 64 * 1024
 LOG_LINES = 30  # shown live

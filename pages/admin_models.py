@@ -8,7 +8,7 @@ import streamlit as st
 from ui.admin_session import require_admin, show_flash, stage_available, submit_stage
 from ui.page_settings import settings_or_stop
 from backend.registry import list_models, use_for_chat
-from backend.settings import SettingsError
+from core.settings import SettingsError
 from pipeline.params import BaseModelParams
 
 settings = settings_or_stop()

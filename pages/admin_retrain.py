@@ -13,9 +13,10 @@ from ui.admin_session import STATUS_ICON, fmt_time, require_admin, show_flash, s
 from backend.chain import RETRAIN_ORDER, RETRAIN_REQUIRED, cancel_chain, list_chains, retrain_steps, start_chain
 from backend.jobs import JobError, JobRunner
 from ui.page_settings import settings_or_stop
-from backend.settings import SettingsError
+from core.settings import SettingsError
 from pipeline.params import DpoParams
-from pipeline.stage import StageError, stage_module
+from pipeline.stage import StageError
+from backend.stages import stage_module
 
 settings = settings_or_stop()
 st.title("🔁 Retrain · 重新训练")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from backend.chat_service import (MAX_QUESTION_CHARS, ChatService, answer_markdown, library_count, library_error,
-                                  open_library)
+from backend.chat_service import MAX_QUESTION_CHARS, ChatService, answer_markdown
+from core.recipe_library import library_count, library_error, open_library
 from backend.engines import GenerationParams, get_engine, is_loaded
 from backend.history import SEARCH_CHARS, History, HistoryError
 from ui.page_settings import settings_or_stop

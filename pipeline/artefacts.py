@@ -55,7 +55,7 @@ def load_run(settings, run_name: str) -> tuple[Path, dict]:
 
 def job_env() -> dict[str, str]:
     """Environment of the convert and merge jobs: the project importable, nothing downloaded."""
-    from backend.settings import PROJECT_ROOT
+    from core.settings import PROJECT_ROOT
 
     return {"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1"}

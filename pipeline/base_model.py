@@ -15,7 +15,7 @@ template, a tokenizer saved by transformers 4.x. Steps:
    transformers 4.48's GGUF tokenizer conversion gets eos and add_bos wrong and drops the digit
    split, and one saved by transformers 5 does not load in 4.x.
 3. load the result in the app, train and eval environments and compare config (rope_theta
-   100000), tokens and logits (backend.model_folder.check_across_envs); refuse it if they differ.
+   100000), tokens and logits (core.model_folder.check_across_envs); refuse it if they differ.
 4. write ``recipe_model.json`` (kind "base") and put the folder in place.
 
 As a stage (Admin → Models → Create base model): ``command(settings, name=...)`` writes into
@@ -218,8 +218,8 @@ def convert(gguf_path: str | Path, out: str | Path) -> dict:
 # ---- the whole job ------------------------------------------------------------------------
 def build(source: str, out: str | Path, gguf: str | None = None, check: bool = True, install: bool = True) -> dict:
     """Steps 1-4 of the module docstring; returns the manifest. Raises StageError."""
-    from backend.envs import env_installed, env_python, setup_hint
-    from backend.model_folder import check_across_envs
+    from core.envs import env_installed, env_python, setup_hint
+    from core.model_folder import check_across_envs
     from pipeline.artefacts import partial_dir, publish_dir
 
     if source not in SOURCES:
@@ -272,7 +272,7 @@ def build(source: str, out: str | Path, gguf: str | None = None, check: bool = T
 
 # ---- the stage interface ------------------------------------------------------------------
 def command(settings, source: str = "smollm2", name: str = "") -> StageCommand:
-    from backend.envs import env_installed, env_python, setup_hint
+    from core.envs import env_installed, env_python, setup_hint
 
     q = parse(BaseModelParams, dict(source=source, name=name))
     source, name = q.source, q.name

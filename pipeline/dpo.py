@@ -10,7 +10,7 @@ exactly as the train stage launches SFT (torch's distributed launcher, ``xtuner.
         -m xtuner.tools.train config.py --launcher pytorch --work-dir <run>/work_dir
 
 Inputs: ``model``, the model to improve: a merged SFT model (a folder under models/, the
-registry's) or the base model; ``pairs``, a feedback export folder (pipeline/feedback_export.py:
+registry's) or the base model; ``pairs``, a feedback export folder (backend/feedback_export.py:
 its ``pairs.jsonl``, ``{"prompt", "chosen", "rejected"}`` message lists, which XTuner's
 ``load_jsonl_dataset`` + ``build_preference_dataset(is_dpo=True)`` read and tokenise with the
 model's own chat template) or a pairs file; default the newest export that has pairs.
@@ -210,7 +210,7 @@ def _overrides(p: dict) -> str:
 
 # ---- the stage interface ------------------------------------------------------------------
 def command(settings, **params) -> StageCommand:
-    from backend.fileio import atomic_write_text
+    from core.fileio import atomic_write_text
 
     python = train.train_python()
     p = resolve_params(settings, params)

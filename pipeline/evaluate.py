@@ -24,7 +24,7 @@ import re
 import time
 from pathlib import Path
 
-from backend.model_folder import model_folder_problem
+from core.model_folder import model_folder_problem
 from pipeline import eval_results
 from pipeline.opencompass_cfg.models import MODEL_MODULES, hf_chat_model, model_abbr, turbomind_chat_model
 from pipeline.opencompass_cfg.testset import read_questions
@@ -91,8 +91,8 @@ def turbomind_ready() -> tuple[bool, str]:
     """(TurboMind usable from the eval environment, why not)."""
     if not cuda_available():
         return False, "no CUDA GPU (nvidia-smi); TurboMind needs one"
-    from backend.envs import env_python
-    from backend.system import lmdeploy_fact
+    from core.envs import env_python
+    from core.gpu import lmdeploy_fact
 
     fact = lmdeploy_fact(str(env_python("eval")))
     return bool(fact.ok), fact.summary
@@ -224,8 +224,8 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
     ceval_subjects; limit: questions per dataset; max_out_len: answer tokens (default
     settings.max_new_tokens); backend: auto (TurboMind on a GPU with LMDeploy, else transformers),
     hf or turbomind; run_name: folder under <workspace>/eval/ (default eval-<date>-<time>)."""
-    from backend.envs import env_bin, env_installed, setup_hint
-    from backend.fileio import atomic_write_text
+    from core.envs import env_bin, env_installed, setup_hint
+    from core.fileio import atomic_write_text
 
     q = parse(EvaluateParams, dict(models=models, model_dir=model_dir, model=model, base_model=base_model,
                                    test_file=test_file, data_dir=data_dir, ceval=ceval, ceval_subjects=ceval_subjects,
@@ -309,7 +309,7 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
     }
     atomic_write_text(rdir / eval_results.RUN_META, json.dumps(record, ensure_ascii=False, indent=2))
 
-    from backend.settings import PROJECT_ROOT
+    from core.settings import PROJECT_ROOT
 
     argv = [str(env_bin("eval", "opencompass")), CONFIG_FILE, "-w", ".", "--max-num-workers", "1"]
     env = {"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",

@@ -30,7 +30,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from backend.model_folder import model_folder_problem
+from core.model_folder import model_folder_problem
 from pipeline.params import MergeParams, parse
 from pipeline.artefacts import (ADAPTER_DIR, ADAPTER_MANIFEST, MANIFEST, MANIFEST_FORMAT, PARAMS_FILE, job_env, load_run,
                                 partial_dir, publish_dir, read_json, read_manifest)
@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[merge] (0/{STEPS}) merging {adapter} into {a.base} in {a.dtype} (XTuner's merge steps)", flush=True)
         merge_in(a.base, adapter, tmp, a.device, a.dtype)
     # the model the chat serves must be the one trained and evaluated: the same config, tokens and
-    # logits in the app, train and eval environments (backend.model_folder), or no model
-    from backend.model_folder import check_across_envs
+    # logits in the app, train and eval environments (core.model_folder), or no model
+    from core.model_folder import check_across_envs
 
     report = check_across_envs(tmp)
     if not report["ok"]:

@@ -274,7 +274,7 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
         repeat: int = 1, limits: Limits | None = None) -> dict:
     """Convert INPUT into OUT_DIR (see the module docstring); returns the stats. holdout None:
     2%, widened when it cannot hold the test and val recipes asked for. reviewed: an export of
-    pipeline.feedback_export (or its sft.jsonl) appended ``repeat`` times to train.jsonl after
+    backend.feedback_export (or its sft.jsonl) appended ``repeat`` times to train.jsonl after
     the conversion, never to val/test (stats.json "reviewed"). limits: the caps on a line and
     on inflating (default: core.corpus.Limits.from_env())."""
     if not 1 <= repeat <= MAX_REPEAT:
@@ -311,7 +311,7 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
         return stats
 
 
-# ---- reviewed feedback (pipeline.feedback_export) merged into training ---------------------------
+# ---- reviewed feedback (backend.feedback_export) merged into training ---------------------------
 MAX_REPEAT = PrepareParams.limits("repeat")["le"]
 
 
@@ -323,7 +323,7 @@ def read_reviewed(path: str | os.PathLike) -> dict:
     sft = path / "sft.jsonl" if path.is_dir() else path
     if not sft.is_file():
         raise ValueError(f"--reviewed {path}: no sft.jsonl there (export the reviewed feedback first: "
-                         "python -m pipeline.feedback_export --out DIR)")
+                         "python -m backend.feedback_export --out DIR)")
     lines, inputs = [], []
     with open(sft, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -357,7 +357,7 @@ def merge_reviewed(out_dir: Path, stats: dict, extra: dict, repeat: int) -> dict
     it in stats.json ("reviewed"); both files are replaced atomically, stats.json last."""
     import shutil
 
-    from backend.fileio import atomic_open, atomic_write_text
+    from core.fileio import atomic_open, atomic_write_text
 
     if not 1 <= repeat <= MAX_REPEAT:
         raise ValueError(f"--repeat must be between 1 and {MAX_REPEAT}")
@@ -411,7 +411,7 @@ def holdout_to_fit(keys: np.ndarray, test: int, val: int, start: float) -> float
 def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: float, *, sample, val, test, holdout,
                 seed, max_length, workers, block_size, progress_every, tty, limits: Limits, fit: bool = False,
                 widened: _Widen | None = None) -> dict:
-    from backend.fileio import atomic_open, atomic_write_text
+    from core.fileio import atomic_open, atomic_write_text
 
     stream = open_corpus(input_path, limits)
     if stream.skipped:
@@ -453,7 +453,7 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                 f_cand = stack.enter_context(tempfile.TemporaryFile(dir=out_dir, prefix=".train-candidates."))
             builder = None
             if lib_path is not None:
-                from backend.library import LibraryBuilder
+                from core.recipe_library import LibraryBuilder
 
                 builder = stack.enter_context(LibraryBuilder(lib_path))
             f_out = f_cand or f_train
@@ -647,9 +647,9 @@ def command(settings, **params) -> StageCommand:
     out (default data/prepared), sample, val, test, seed, max_length, holdout (a share in [0, 1);
     default: 2% widened to hold val and test), library (True: the app's library
     settings.library_db)."""
-    from backend.envs import env_python
-    from backend.library import SAMPLE_RECIPES
-    from backend.settings import PROJECT_ROOT
+    from core.envs import env_python
+    from core.recipe_library import SAMPLE_RECIPES
+    from core.settings import PROJECT_ROOT
 
     q = parse(PrepareParams, params)  # defaults, limits and messages: pipeline.params
     given = q.model_dump(exclude_unset=True)
@@ -774,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(~ tokens for Chinese) (default %(default)s)")
     ap.add_argument("--workers", type=int, help="parser processes (default: the CPU count, at most 8; 0 = "
                                                 "none)")
-    ap.add_argument("--reviewed", help="reviewed chat feedback to train on: a pipeline.feedback_export folder (its "
+    ap.add_argument("--reviewed", help="reviewed chat feedback to train on: a backend.feedback_export folder (its "
                                        "sft.jsonl) or a conversation .jsonl; appended to train.jsonl only")
     ap.add_argument("--repeat", type=int, default=1,
                     help=f"how many times the reviewed examples are added (weight; 1-{MAX_REPEAT}, default 1)")

@@ -111,7 +111,7 @@ def _convert_lines(lines: list) -> BlockResult:
     max_line = _opts.get("max_line", MAX_LINE_BYTES)
     row_of = None
     if want_rows:
-        from backend.library import recipe_row as row_of
+        from core.recipe_library import recipe_row as row_of
     counts: dict[str, int] = {}
     rejects, recipes, rel, digests = [], [], array("I"), []
     # pass 1: parse, check and fingerprint every line

@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from backend.model_folder import model_folder_problem
+from core.model_folder import model_folder_problem
 from pipeline import params
 from pipeline.params import QuantizeParams, parse
 from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
@@ -37,7 +37,7 @@ AWQ_GROUP_SIZES = params.AWQ_GROUP_SIZES  # TurboMind (LMDeploy 0.18) loads AWQ 
 
 
 def lmdeploy_installed() -> bool:
-    from backend.envs import env_dir, env_python
+    from core.envs import env_dir, env_python
 
     py = env_python("app")
     if Path(py) == Path(sys.executable):
@@ -73,8 +73,8 @@ def calib_files(manifest: dict | None) -> list[Path]:
 def command(settings, model: str = "", name: str = "", calib: str = "local", calib_samples: int = 128,
             calib_seqlen: int = 2048, w_group_size: int = 128, batch_size: int = 1,
             search_scale: bool = False) -> StageCommand:
-    from backend.envs import env_python
-    from backend.settings import PROJECT_ROOT
+    from core.envs import env_python
+    from core.settings import PROJECT_ROOT
     from pipeline.artefacts import read_manifest
     from pipeline.merge import model_name
     from pipeline.train import cuda_available

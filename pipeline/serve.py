@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from backend.model_folder import model_folder_problem
+from core.model_folder import model_folder_problem
 from pipeline.params import ServeParams, parse
 from pipeline.stage import Progress, StageCommand, StageError, user_path
 
@@ -25,7 +25,7 @@ def api_base(port: int) -> str:
 
 
 def command(settings, model: str = "", tp: int = 1, port: int = 23333, name: str = "") -> StageCommand:
-    from backend.envs import env_python
+    from core.envs import env_python
     from pipeline.quantize import lmdeploy_installed
     from pipeline.train import visible_gpus
 

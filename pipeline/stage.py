@@ -11,25 +11,10 @@ XTuner or OpenCompass.
 """
 from __future__ import annotations
 
-import importlib
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-# stage kind -> module implementing it, in Retrain chain order
-STAGE_MODULES = {
-    "feedback_export": "pipeline.feedback_export",  # reviewed chat feedback -> sft.jsonl / pairs.jsonl (Retrain's optional first step)
-    "prepare": "pipeline.prepare_data",
-    "train": "pipeline.train",
-    "convert": "pipeline.convert",
-    "merge": "pipeline.merge",
-    "dpo": "pipeline.dpo",  # optional: XTuner DPO (LoRA) of a merged model on feedback pairs, then convert -> merge again
-    "quantize": "pipeline.quantize",
-    "evaluate": "pipeline.evaluate",
-    "base_model": "pipeline.base_model",  # not a chain step: makes a base model folder (Admin → Models)
-    "serve": "pipeline.serve",  # not a chain step: an OpenAI-compatible server for the openai engine (GPU)
-}
 
 
 # names of runs and models (folders under runs/, models/, eval/): 1-64 characters, no leading . or -
@@ -70,7 +55,7 @@ class Progress:
 def user_path(settings, value, what: str, allowed: tuple = ()) -> Path:
     """A path typed by the operator: inside the workspace, or one of ``allowed`` (configured in
     settings or shipped with the project). StageError names the field otherwise."""
-    from backend.settings import SettingsError
+    from core.settings import SettingsError
 
     try:
         return settings.user_path(value, allowed)
@@ -78,7 +63,3 @@ def user_path(settings, value, what: str, allowed: tuple = ()) -> Path:
         raise StageError(f"{what}: {e}") from None
 
 
-def stage_module(kind: str):
-    if kind not in STAGE_MODULES:
-        raise StageError(f"unknown stage {kind!r}; known stages: {', '.join(STAGE_MODULES)}")
-    return importlib.import_module(STAGE_MODULES[kind])

@@ -67,7 +67,7 @@ DEFAULTS = {k: TrainParams.default(k) for k in TrainParams.model_fields if k not
 
 # ---- the training environment -------------------------------------------------------------
 def train_python() -> Path:
-    from backend.envs import env_installed, env_python, setup_hint
+    from core.envs import env_installed, env_python, setup_hint
 
     if not env_installed("train"):
         raise StageError(f"the training environment is missing: {setup_hint('train')}")
@@ -76,7 +76,7 @@ def train_python() -> Path:
 
 def xtuner_dir() -> Path:
     """The installed ``xtuner`` package of the train environment (found without running it)."""
-    from backend.envs import env_dir, setup_hint
+    from core.envs import env_dir, setup_hint
 
     found = sorted(env_dir("train").glob("lib/python3*/site-packages/xtuner/configs"))
     if not found:
@@ -107,9 +107,9 @@ def prompt_templates() -> list[str]:
 
 @lru_cache(maxsize=1)
 def visible_gpus() -> int:
-    """How many CUDA GPUs training may use: those nvidia-smi lists (backend.system.nvidia_gpus),
+    """How many CUDA GPUs training may use: those NVML lists (core.gpu.nvidia_gpus),
     narrowed by CUDA_VISIBLE_DEVICES when it is set (the job inherits the app's environment)."""
-    from backend.system import nvidia_gpus
+    from core.gpu import nvidia_gpus
 
     n = len(nvidia_gpus())
     mask = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -159,12 +159,12 @@ def _model_dir(settings, value: str) -> Path:
         raise StageError(f"base model folder {path} has no config.json; give a local Hugging Face model "
                          "folder (nothing is downloaded)")
     check_tokenizer(path)
-    from backend.model_folder import static_problem
+    from core.model_folder import static_problem
 
     why = static_problem(path)  # cheap: loading it in three environments is done where folders are made
     if why:
         raise StageError(f"base model: {why}; rebuild it (python -m pipeline.base_model) or check it with "
-                         "python -m backend.model_folder check <folder>")
+                         "python -m core.model_folder check <folder>")
     return path
 
 
@@ -514,7 +514,7 @@ def iteration_budget(p: dict) -> list[str]:
 
 
 def command(settings, **params) -> StageCommand:
-    from backend.fileio import atomic_write_text
+    from core.fileio import atomic_write_text
 
     python = train_python()
     p = resolve_params(settings, params)

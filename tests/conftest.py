@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.envs import env_installed, env_python, setup_hint
+from core.envs import env_installed, env_python, setup_hint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ def workspace(tmp_path, monkeypatch):
 
 @pytest.fixture
 def settings(workspace):
-    from backend.settings import load_settings
+    from core.settings import load_settings
 
     s = load_settings()
     s.ensure_dirs()
@@ -171,7 +171,7 @@ def no_leftover_jobs(settings):
 @pytest.fixture
 def library(settings):
     """The workspace's recipe library, built from data/sample_recipes.jsonl as the app does."""
-    from backend.chat_service import open_library
+    from core.recipe_library import open_library
 
     lib = open_library(settings)
     assert lib is not None and lib.count() > 0

@@ -14,7 +14,7 @@ from tests.conftest import ROOT, require
 
 
 def smollm2_model() -> Path:
-    from backend.envs import env_installed, setup_hint
+    from core.envs import env_installed, setup_hint
     from pipeline.base_model import cache_dir
 
     require(env_installed("train"), setup_hint("train"))

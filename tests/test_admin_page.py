@@ -11,7 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from backend.jobs import JobRunner
-from backend.settings import load_settings
+from core.settings import load_settings
 from tests.conftest import ROOT, wait_until
 
 APP = str(ROOT / "app.py")

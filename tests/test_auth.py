@@ -7,7 +7,7 @@ import stat
 
 from backend import auth
 from backend.auth import Throttle, check_password, ensure_admin_password, password_file, password_source
-from backend.settings import load_settings
+from core.settings import load_settings
 
 
 class FakeClock:

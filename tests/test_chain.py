@@ -13,7 +13,7 @@ from backend import chain
 from backend.chain import cancel_chain, get_chain, start_chain
 from backend.jobs import JobRunner, process_alive
 from backend.registry import list_models
-from backend.settings import load_settings
+from core.settings import load_settings
 from pipeline.stage import StageError
 from tests.conftest import wait_until
 

@@ -69,7 +69,7 @@ def test_the_library_search_reads_only_the_start_of_a_paste(library):
     t = time.perf_counter()
     found = library.search(PASTE, limit=3)
     took = time.perf_counter() - t
-    from backend.library import MAX_QUERY_CHARS
+    from core.recipe_library import MAX_QUERY_CHARS
 
     assert found == library.search(PASTE[:MAX_QUERY_CHARS], limit=3)  # the start is what is searched
     assert took < 2, f"searching a 100 KB paste took {took:.1f} s"  # a safety limit: it took 6-37 s

@@ -16,9 +16,10 @@ from backend.feedback import FeedbackStore
 from backend.history import History
 from pipeline import artefacts
 from pipeline import convert, dpo, merge
-from pipeline.feedback_export import export
+from backend.feedback_export import export
 from core.recipe_format import SYSTEM_PROMPT, format_answer
-from pipeline.stage import StageError, stage_module
+from pipeline.stage import StageError
+from backend.stages import stage_module
 from tests.test_admin_page import admin_env, login, open_page, page  # noqa: F401 - admin_env is a fixture
 from tests.test_feedback import chat
 from tests.conftest import SAMPLE_RECIPES, wait_until

@@ -12,7 +12,7 @@ from backend.engines.base import EngineUnavailable
 from backend.engines.library_engine import LibraryEngine
 from backend.engines.lmdeploy_common import model_format
 from backend.engines.select import auto_engine, select
-from backend.settings import load_settings, save_settings
+from core.settings import load_settings, save_settings
 from core.recipe_format import parse_answer
 
 ASK = [{"role": "system", "content": "你是厨师"}, {"role": "user", "content": "番茄炒蛋的做法"}]

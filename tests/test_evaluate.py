@@ -217,7 +217,7 @@ def test_missing_ceval_folder_is_a_clear_message_not_a_download(ws, tmp_path, mo
 
     # a configured folder without C-Eval in it
     monkeypatch.setenv("RECIPE_CEVAL_DATA", str(tmp_path / "opencompass-data"))
-    from backend.settings import load_settings
+    from core.settings import load_settings
 
     s = load_settings()
     with pytest.raises(StageError, match="C-Eval data not found in '.*opencompass-data'"):
@@ -256,7 +256,7 @@ def test_turbomind_config_uses_our_model_class_and_a_cache_share_below_one(ws, m
 def test_ceval_config_reads_the_local_folder(ws, tmp_path, monkeypatch, eval_python):
     """The config OpenCompass gets points C-Eval at the operator's folder, and OpenCompass accepts
     it (a dry run loads the config and partitions the tasks without running them)."""
-    from backend.settings import load_settings
+    from core.settings import load_settings
     from pipeline import evaluate
 
     # an unpacked OpenCompassData zip holds data/ceval/...: the parent folder works too

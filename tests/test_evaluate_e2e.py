@@ -90,7 +90,7 @@ def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path
     (broken / "model.safetensors").write_text("not a safetensors file", encoding="utf-8")
     write_ceval(tmp_path / "oc-data")
     monkeypatch.setenv("RECIPE_CEVAL_DATA", str(tmp_path / "oc-data"))
-    from backend.settings import load_settings
+    from core.settings import load_settings
 
     settings = load_settings()
 

@@ -1,4 +1,4 @@
-"""The export stage (pipeline/feedback_export.py): reviewed feedback -> sft.jsonl in the XTuner
+"""The export stage (backend/feedback_export.py): reviewed feedback -> sft.jsonl in the XTuner
 conversation format, pairs.jsonl read by XTuner 0.2.0's own preference-dataset code, stats.json
 with provenance; run as the real command line and as a job."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from backend.feedback import FeedbackStore
 from backend.history import History
 from backend.jobs import JobRunner
-from pipeline.feedback_export import command
+from backend.feedback_export import command
 from core.recipe_format import SYSTEM_PROMPT
 from tests.conftest import ROOT, wait_until
 from tests.test_feedback import BAD, FIXED, GOOD, chat
@@ -40,7 +40,7 @@ def test_cli_writes_sft_pairs_and_provenance(settings, tmp_path):
     out = tmp_path / "fb"
     (out).mkdir()
     (out / "sft.jsonl").write_text("old\n")
-    r = subprocess.run([sys.executable, "-m", "pipeline.feedback_export", "--out", str(out)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "backend.feedback_export", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert read_jsonl(out / "sft.jsonl") == [
@@ -59,7 +59,7 @@ def test_cli_writes_sft_pairs_and_provenance(settings, tmp_path):
     assert all(p["decision_id"] and p["decided_at"] for p in prov["sft"])
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
-    bad = subprocess.run([sys.executable, "-m", "pipeline.feedback_export", "--out", str(tmp_path / "x"),
+    bad = subprocess.run([sys.executable, "-m", "backend.feedback_export", "--out", str(tmp_path / "x"),
                           "--db", str(tmp_path / "missing.db")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "no app database" in bad.stderr
 
@@ -80,7 +80,7 @@ def test_xtuner_reads_the_pairs(settings, tmp_path, train_python, tiny_model):
     """XTuner 0.2.0's own loader and tokenize() of its DPO configs take pairs.jsonl: the chosen
     and rejected sequences share the prompt and differ after it."""
     reviewed_db(settings)
-    from pipeline.feedback_export import export
+    from backend.feedback_export import export
 
     export(settings.app_db, tmp_path / "fb")
     code = f"""

@@ -9,7 +9,7 @@ import shutil
 from backend.feedback import FeedbackStore
 from backend.history import History
 from pipeline import convert, merge, prepare_data, train
-from pipeline.feedback_export import export
+from backend.feedback_export import export
 from core.recipe_format import SYSTEM_PROMPT
 from tests.conftest import SAMPLE_RECIPES
 from tests.test_feedback import BAD, FIXED, chat

@@ -26,7 +26,7 @@ def _release():
 @pytest.fixture
 def admin(workspace, monkeypatch):
     monkeypatch.setenv("RECIPE_ADMIN_PASSWORD", PASSWORD)
-    from backend.settings import load_settings
+    from core.settings import load_settings
 
     s = load_settings()
     s.ensure_dirs()
@@ -56,7 +56,7 @@ def _chat_with_feedback(at: AppTest, question: str, rating: int, comment: str) -
 
 
 def _settings():
-    from backend.settings import load_settings
+    from core.settings import load_settings
 
     return load_settings()
 

@@ -12,7 +12,7 @@ import pytest
 from backend.chain import get_chain, start_chain
 from backend.registry import list_models
 from pipeline import prepare_data
-from pipeline.feedback_export import export
+from backend.feedback_export import export
 from pipeline.stage import StageError, StageCommand
 from tests.conftest import ROOT, SAMPLE_RECIPES, wait_until
 from tests.test_feedback import FIXED, GOOD

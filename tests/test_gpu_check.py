@@ -16,7 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from backend.envs import env_installed, setup_hint
+from core.envs import env_installed, setup_hint
 from tests.conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def _path_without_nvidia_smi() -> list[str]:
 
 
 def _stand_in_nvml(folder: Path, gpu: tuple[str, int, str] | None) -> Path:
-    """A folder holding a stand-in ``pynvml`` (what backend.system asks for the GPUs): one GPU
+    """A folder holding a stand-in ``pynvml`` (what core.gpu asks for the GPUs): one GPU
     (name, MiB, driver), or with None a machine without the NVIDIA driver (NVMLError on init)."""
     folder.mkdir(parents=True, exist_ok=True)
     if gpu is None:

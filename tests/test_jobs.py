@@ -67,7 +67,7 @@ def test_a_restarted_app_sees_the_job_still_running(settings, tmp_path):
     code = textwrap.dedent(f"""
         import sys
         from backend.jobs import JobRunner
-        from backend.settings import load_settings
+        from core.settings import load_settings
         from pipeline.stage import StageCommand
         cmd = StageCommand(kind="test", argv=[sys.executable, "-c", {textwrap.dedent(WAIT_FOR_FLAG)!r}, {str(flag)!r}], cwd={str(tmp_path)!r})
         print(JobRunner(load_settings()).submit(cmd))

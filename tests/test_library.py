@@ -1,4 +1,4 @@
-"""backend.library: the recipe library (real SQLite files, real processes)."""
+"""core.recipe_library: the recipe library (real SQLite files, real processes)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from backend.library import Library, LibraryBuilder, canon, ensure_library, query_terms
+from core.recipe_library import Library, LibraryBuilder, canon, ensure_library, query_terms
 from core.corpus import iter_recipes
 from tests.conftest import ROOT, SAMPLE_RECIPES
 
@@ -37,7 +37,7 @@ def test_ensure_library_from_two_processes_at_once(workspace):
     """Three app processes starting at once on an empty workspace fill the library once.
     (Real processes started with subprocess: multiprocessing's spawn would re-run whatever
     AppTest left in __main__.)"""
-    code = ("from backend.settings import load_settings; from backend.library import ensure_library; "
+    code = ("from core.settings import load_settings; from core.recipe_library import ensure_library; "
             "print(ensure_library(load_settings()).count())")
     env = {**os.environ, "RECIPE_WORKSPACE": str(workspace)}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -150,7 +150,7 @@ def test_count_follows_own_and_other_writers(tmp_path):
     lib.add_recipes(recipes[:3])
     assert lib.count() == 3
     other = subprocess.run(
-        [sys.executable, "-c", "import sys, json; from backend.library import Library; "
+        [sys.executable, "-c", "import sys, json; from core.recipe_library import Library; "
          "Library(sys.argv[1]).add_recipes(json.loads(l) for l in open(sys.argv[2], encoding='utf-8'))",
          str(path), str(SAMPLE_RECIPES)], cwd=ROOT, capture_output=True, text=True)
     assert other.returncode == 0, other.stderr
@@ -206,7 +206,7 @@ def test_name_index_built_in_the_background_find_answers_meanwhile(lib, monkeypa
     waits for the index; afterwards find() uses it. ensure_library warms big libraries only."""
     import threading
 
-    import backend.library as library
+    import core.recipe_library as library
 
     started, release = threading.Event(), threading.Event()
     real_build = library._Names.build
@@ -234,7 +234,7 @@ def test_name_index_built_in_the_background_find_answers_meanwhile(lib, monkeypa
 def test_pantry_question_waits_for_a_warming_index(lib, monkeypatch):
     import threading
 
-    import backend.library as library
+    import core.recipe_library as library
 
     release = threading.Event()
     real_build = library._Names.build
@@ -247,7 +247,7 @@ def test_pantry_question_waits_for_a_warming_index(lib, monkeypatch):
 
 
 def test_ensure_library_warms_the_name_index_of_big_libraries_only(settings, monkeypatch):
-    import backend.library as library
+    import core.recipe_library as library
 
     assert ensure_library(settings)._warming is None  # the sample library: built at the first question
     monkeypatch.setattr(library, "WARM_NAMES_MIN", 10)

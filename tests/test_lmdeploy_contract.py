@@ -43,7 +43,7 @@ from backend.engines.base import EngineError  # noqa: E402
 from backend.engines.lmdeploy_common import LMDeployEngine, generation_config  # noqa: E402
 from backend.engines.lmdeploy_pytorch import PytorchEngine  # noqa: E402
 from backend.engines.turbomind import TurboMindEngine  # noqa: E402
-from backend.settings import load_settings  # noqa: E402
+from core.settings import load_settings  # noqa: E402
 
 ASK = [{"role": "system", "content": "你是厨师"}, {"role": "user", "content": "番茄炒蛋的做法"}]
 PIPELINE_MODULE = importlib.import_module("lmdeploy.pipeline")

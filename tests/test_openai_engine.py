@@ -20,7 +20,7 @@ from backend.chat_service import ChatService
 from backend.engines import GenerationParams, get_engine, release_engine
 from backend.engines.base import EngineUnavailable
 from backend.engines.openai_engine import OpenAIEngine, problem
-from backend.settings import load_settings
+from core.settings import load_settings
 from tests.app_server import free_port
 from tests.conftest import require, wait_until
 

@@ -116,7 +116,7 @@ def test_parallel_workers_give_identical_outputs(tmp_path, synth_corpus):
     sa, sb = stats_of(a), stats_of(b)
     for k in ("lines", "kept", "duplicates", "rejected", "train", "val", "test"):
         assert sa[k] == sb[k]
-    from backend.library import Library
+    from core.recipe_library import Library
 
     assert Library(tmp_path / "a.db").count() == Library(tmp_path / "b.db").count() == sa["kept"]
     assert not [p.name for p in b.iterdir() if p.name.startswith(".") and p.name != ".prepare.lock"]
@@ -273,7 +273,7 @@ def test_kill_9_leaves_previous_outputs(howtocook, tmp_path):
     prepare(howtocook, out, "--library", str(lib))
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
     assert set(before) >= {"train.jsonl", "val.jsonl", "test.jsonl", "stats.json", "rejects.jsonl"}
-    from backend.library import Library
+    from core.recipe_library import Library
 
     n_lib = Library(lib).count()
     # a big input (distinct names so that nothing is a duplicate) and small blocks: a long run
@@ -318,7 +318,7 @@ def test_stage_command_runs_and_verifies(settings):
     prog = prepare_data.progress(log)
     assert prog.fraction == 1.0 and prog.done == stats_of(Path(cmd.outputs["dir"]))["lines"]
     assert "kept" in prog.message
-    from backend.library import Library
+    from core.recipe_library import Library
 
     assert Library(settings.library_db).search("红烧肉的做法")[0]["name"] == "红烧肉"
     # a broken stats.json is reported
@@ -391,7 +391,7 @@ def test_digest_set_matches_a_python_set_across_merges():
 
 def test_configured_corpus_outside_the_workspace_is_accepted(settings, tmp_path, monkeypatch):
     """RECIPE_CORPUS names the real corpus wherever the operator keeps it; other outside paths stay refused."""
-    from backend.settings import load_settings
+    from core.settings import load_settings
 
     corpus = tmp_path / "outside" / "recipe_corpus_full.jsonl"
     corpus.parent.mkdir()

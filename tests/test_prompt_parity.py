@@ -69,7 +69,7 @@ def _prepare(settings, n: int = 3) -> Path:
 
 
 def _train_side(settings, model: Path, data: Path, run: str) -> dict:
-    from backend.envs import env_python
+    from core.envs import env_python
     from pipeline import train
 
     cmd = train.command(settings, run_name=run, base_model=str(model), data=str(data), pack_to_max_length=False,
@@ -124,7 +124,7 @@ def _check(settings, model: Path, run: str) -> dict:
 
 @pytest.fixture
 def smollm2(settings):
-    from backend.settings import save_settings
+    from core.settings import save_settings
     from tests.smollm2 import smollm2_model
 
     model = smollm2_model()

@@ -8,7 +8,7 @@ import pytest
 
 from backend.registry import list_models, use_for_chat
 from pipeline.artefacts import MANIFEST, prepared_datasets, training_runs
-from backend.settings import SettingsError, load_settings
+from core.settings import SettingsError, load_settings
 
 
 def make_model(settings, name, tiny_model=None, manifest=None, created="2026-11-28T10:00:00"):
@@ -97,7 +97,7 @@ def test_use_for_chat_refuses_folders_outside_the_registry(settings, tmp_path):
 
 def test_model_folder_problem_is_the_one_check(tmp_path, tiny_model):
     """One definition of a model folder: the engines, registry, stages and System panel use it."""
-    from backend.model_folder import model_folder_problem
+    from core.model_folder import model_folder_problem
 
     assert model_folder_problem(tiny_model) is None
     assert "does not exist" in model_folder_problem(tmp_path / "nothing")

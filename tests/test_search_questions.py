@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from backend.library import Library, _same_ingredient, canon, ingredient_name, name_key
+from core.recipe_library import Library, _same_ingredient, canon, ingredient_name, name_key
 from core.corpus import iter_recipes
 from tests.conftest import SAMPLE_RECIPES
 from tests.search_questions import HOWTOCOOK, KINDS, SAMPLE

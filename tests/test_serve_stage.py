@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from pipeline import serve, train
-from pipeline.stage import StageError, stage_module
+from pipeline.stage import StageError
+from backend.stages import stage_module
 from tests.conftest import require
 
 

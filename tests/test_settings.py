@@ -3,7 +3,7 @@ import tomllib
 
 import pytest
 
-from backend.settings import ENGINES, SettingsError, load_settings, save_settings
+from core.settings import ENGINES, SettingsError, load_settings, save_settings
 
 
 def test_defaults(workspace):
@@ -134,7 +134,7 @@ def test_every_setting_is_documented_in_the_readme_with_its_default():
     the default load_settings() really uses."""
     from dataclasses import fields
 
-    from backend.settings import Settings, SettingValues
+    from core.settings import Settings, SettingValues
     from tests.conftest import ROOT
 
     rows = {line.split("|")[1].strip(" `"): line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()

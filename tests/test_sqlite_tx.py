@@ -1,4 +1,4 @@
-"""app.db is reached through one module (backend/sqlite_tx.py) in one style: every store (history,
+"""app.db is reached through one module (core/sqlite_tx.py) in one style: every store (history,
 feedback reviews, jobs, chains) gets this thread's sqlite-utils Database from it, with WAL, the
 busy timeout and synchronous=NORMAL set there once; schemas are created in turns across processes."""
 from __future__ import annotations
@@ -12,11 +12,11 @@ from backend import chain
 from backend.feedback import FeedbackStore
 from backend.history import History
 from backend.jobs import JobRunner
-from backend.sqlite_tx import BUSY_TIMEOUT_S, thread_db, thread_write
+from core.sqlite_tx import BUSY_TIMEOUT_S, thread_db, thread_write
 from tests.conftest import ROOT
 
-# library.db (backend/library.py) is the recipe library's own file, not app.db
-OWN_CONNECTIONS = {"backend/sqlite_tx.py", "backend/library.py"}
+# library.db (core/recipe_library.py) is the recipe library's own file, not app.db
+OWN_CONNECTIONS = {"core/sqlite_tx.py", "core/recipe_library.py"}
 
 
 def test_no_module_but_sqlite_tx_opens_a_connection_of_its_own():
@@ -24,7 +24,7 @@ def test_no_module_but_sqlite_tx_opens_a_connection_of_its_own():
     offenders = [str(p.relative_to(ROOT)) for folder in ("backend", "pipeline", "pages") for p in (ROOT / folder).rglob("*.py")
                  if str(p.relative_to(ROOT)) not in OWN_CONNECTIONS and opening.search(p.read_text(encoding="utf-8"))]
     assert (ROOT / "app.py").read_text(encoding="utf-8").count("sqlite3.connect(") == 0
-    assert offenders == [], f"these open app.db connections of their own instead of backend.sqlite_tx: {offenders}"
+    assert offenders == [], f"these open app.db connections of their own instead of core.sqlite_tx: {offenders}"
 
 
 def test_every_store_uses_this_threads_connection_with_the_settings_made_in_one_place(settings):
@@ -66,7 +66,7 @@ from backend.chain import list_chains
 from backend.feedback import FeedbackStore
 from backend.history import History
 from backend.jobs import JobRunner
-from backend.settings import load_settings
+from core.settings import load_settings
 from pipeline.stage import StageCommand
 settings = load_settings({"RECIPE_WORKSPACE": sys.argv[1]})
 runner = JobRunner(settings)

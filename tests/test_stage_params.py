@@ -11,7 +11,8 @@ import pytest
 
 from backend.chain import DPO_STEPS, RETRAIN_ORDER, RETRAIN_REQUIRED, retrain_steps
 from pipeline.params import PARAMS, DpoParams, PrepareParams, QuantizeParams, ServeParams, TrainParams, parse
-from pipeline.stage import STAGE_MODULES, StageError, stage_module
+from pipeline.stage import StageError
+from backend.stages import STAGE_MODULES, stage_module
 from tests.conftest import ROOT
 from tests.test_admin_page import admin_env, login, open_page, page  # noqa: F401 - admin_env is a fixture
 

@@ -6,7 +6,8 @@ import re
 import sys
 
 from backend import system
-from backend.settings import load_settings
+from core import gpu
+from core.settings import load_settings
 from tests.conftest import SAMPLE_RECIPES
 
 
@@ -17,7 +18,7 @@ def by_topic(facts):
 def test_gpu_fact_agrees_with_torch():
     import torch
 
-    f = system.gpu_fact()
+    f = gpu.gpu_fact()
     assert f.ok == torch.cuda.is_available()
     assert torch.__version__ in f.summary
     if not f.ok:
@@ -29,14 +30,14 @@ def test_nvml_and_torch_count_the_same_gpus():
     CPU machine: NVMLError on init) none, with the reason, and no exception."""
     import torch
 
-    gpus, why_none = system.gpu_probe()
+    gpus, why_none = gpu.gpu_probe()
     if "CUDA_VISIBLE_DEVICES" not in os.environ:  # torch counts only the visible ones
         assert len(gpus) == torch.cuda.device_count()
-    assert system.nvidia_gpus() == gpus
+    assert gpu.nvidia_gpus() == gpus
     if gpus:
         assert why_none == "" and all(re.fullmatch(r".+, \d+ MiB, [\w.]+", g) for g in gpus), gpus
     else:
-        assert why_none and why_none in system.gpu_fact().summary
+        assert why_none and why_none in gpu.gpu_fact().summary
 
 
 def test_machine_fact_counts_cpus_and_memory(settings):
@@ -50,7 +51,7 @@ def test_lmdeploy_fact_on_this_machine():
 
     import torch
 
-    f = system.lmdeploy_fact()
+    f = gpu.lmdeploy_fact()
     if importlib.util.find_spec("lmdeploy") is None:
         assert f.ok is False and "not installed" in f.summary and "requirements-gpu.txt" in f.hint
     else:
@@ -65,7 +66,7 @@ def test_lmdeploy_probe_survives_an_interpreter_that_exits(tmp_path):
     fake = tmp_path / "python"
     fake.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(1)\n")
     fake.chmod(0o755)
-    f = system.lmdeploy_fact(python=str(fake))
+    f = gpu.lmdeploy_fact(python=str(fake))
     assert f.ok is False and "could not check" in f.summary
 
 
@@ -117,13 +118,13 @@ def test_system_facts_is_the_whole_panel(settings):
 
 
 def test_the_modules_stages_use_import_in_the_train_and_eval_environments(train_python, eval_python):
-    """pipeline.merge (train) and pipeline.evaluate (eval) reach backend.envs through
-    backend.model_folder; those environments lack the app's pydantic-settings and tomli-w."""
+    """pipeline.merge (train) and pipeline.evaluate (eval) reach core.envs through
+    core.model_folder; those environments lack the app's pydantic-settings and tomli-w."""
     import subprocess
 
     from tests.conftest import ROOT
 
     for py in (train_python, eval_python):
-        r = subprocess.run([str(py), "-c", "import backend.envs, backend.model_folder, pipeline.merge, pipeline.evaluate"],
+        r = subprocess.run([str(py), "-c", "import core.envs, core.model_folder, pipeline.merge, pipeline.evaluate"],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-800:]

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from pipeline import artefacts, convert, merge, quantize, train, xtuner_log
-from pipeline.stage import StageError, stage_module
+from pipeline.stage import StageError
+from backend.stages import stage_module
 from tests.conftest import ROOT
 
 # Lines as XTuner 0.2.0 / MMEngine 0.10.6 print them (taken from a real CPU run, plus a GPU-style
@@ -268,7 +269,7 @@ def test_command_defaults_to_newest_prepared_data(ready):
 
 
 def test_configured_base_model_may_live_outside_the_workspace(ready, tmp_path):
-    from backend.settings import save_settings
+    from core.settings import save_settings
 
     outside = tmp_path / "models" / "internlm"
     outside.mkdir(parents=True)
@@ -351,9 +352,9 @@ def test_gpu_command_launches_one_process_per_visible_gpu(ready, monkeypatch):
     (["A100", "A100", "A100", "A100"], None, 4), (["A100"] * 4, "1,3", 2), (["A100"] * 2, "0,1,2,3", 2),
     (["A100"] * 4, "", 0), (["A100"] * 4, "2,-1,3", 1), ([], "0,1", 0)])
 def test_visible_gpus_counts_what_cuda_will_show(monkeypatch, listed, mask, visible):
-    import backend.system
+    import core.gpu
 
-    monkeypatch.setattr(backend.system, "nvidia_gpus", lambda: listed)
+    monkeypatch.setattr(core.gpu, "nvidia_gpus", lambda: listed)
     if mask is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:

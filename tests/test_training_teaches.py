@@ -87,7 +87,7 @@ def ask(model_dir, records, max_new_tokens: int) -> list[dict]:
 
 def test_training_teaches_the_trained_dishes(settings, monkeypatch, no_leftover_jobs, train_python, eval_python):
     from backend.jobs import JobRunner
-    from backend.settings import save_settings
+    from core.settings import save_settings
     from pipeline import convert, merge, prepare_data, train
     from tests.smollm2 import smollm2_model
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from backend.registry import list_models
 from pipeline.artefacts import feedback_exports, prepared_datasets, training_runs
-from backend.settings import Settings
+from core.settings import Settings
 from pipeline.params import (ConvertParams, DpoParams, EvaluateParams, MergeParams, PrepareParams, QuantizeParams,
                              ServeParams, StageParams, TrainParams)
 
@@ -44,7 +44,7 @@ def path_choice(label: str, options: list, key: str, help: str = "") -> str:
 
 
 def prepare_fields(settings: Settings, prefix: str) -> dict:
-    from backend.library import SAMPLE_RECIPES
+    from core.recipe_library import SAMPLE_RECIPES
 
     P = PrepareParams  # noqa: N806
     defaults = [p for p in (settings.corpus, str(SAMPLE_RECIPES) if SAMPLE_RECIPES.exists() else "") if p]

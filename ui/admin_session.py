@@ -7,8 +7,9 @@ from datetime import datetime
 import streamlit as st
 
 from backend.jobs import Job, JobError, JobRunner
-from backend.settings import Settings, SettingsError
-from pipeline.stage import STAGE_MODULES, StageError, stage_module
+from core.settings import Settings, SettingsError
+from pipeline.stage import StageError
+from backend.stages import STAGE_MODULES, stage_module
 
 LOGIN_KEY = "admin_for"  # st.session_state: the workspace this browser session is admin of
 JOBS_PAGE = "pages/admin_jobs.py"

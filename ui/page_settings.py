@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from backend.settings import Settings, SettingsError, load_settings
+from core.settings import Settings, SettingsError, load_settings
 
 
 def through_app() -> None:

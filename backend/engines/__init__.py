@@ -11,7 +11,7 @@ import threading
 from backend.engines.base import (FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
                                   EngineUnavailable, GenerationParams)
 from backend.engines.select import EngineChoice
-from backend.settings import Settings
+from core.settings import Settings
 
 __all__ = ["Delta", "Engine", "EngineChoice", "EngineUnavailable", "GenerationParams", "get_engine", "engine_key",
            "release_engine", "FINISH_STOP", "FINISH_LENGTH", "FINISH_STOPPED", "FINISH_ERROR"]
@@ -39,7 +39,7 @@ def get_engine(settings: Settings, library=None) -> EngineChoice:
             return _current[1]
         _close_current()
         if library is None:
-            from backend.chat_service import open_library
+            from core.recipe_library import open_library
             library = open_library(settings)
         from backend.engines.select import select
 

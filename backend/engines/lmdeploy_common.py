@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from backend.model_folder import model_folder_problem
+from core.model_folder import model_folder_problem
 from backend.engines.base import (FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
                                   EngineError, EngineUnavailable, GenerationParams)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.engines.base import Engine, EngineUnavailable
-from backend.settings import Settings
+from core.settings import Settings
 
 FALLBACK = {"turbomind": "transformers", "pytorch": "transformers", "openai": "transformers",
             "transformers": "library"}
@@ -65,7 +65,7 @@ def build(name: str, settings: Settings, library) -> Engine:
         return LibraryEngine(library)
     if name == "openai":
         from backend.engines.openai_engine import OpenAIEngine
-        from backend.settings import api_key
+        from core.settings import api_key
         return OpenAIEngine(settings.api_base, settings.api_model, api_key())
     path = model_path(settings)
     if path is None:

@@ -1,6 +1,6 @@
 """Export the reviewed chat feedback as training data (stage ``feedback_export``).
 
-    python -m pipeline.feedback_export --out DIR [--db WORKSPACE/app.db]
+    python -m backend.feedback_export --out DIR [--db WORKSPACE/app.db]
 
 Reads the current decisions of backend.feedback (their own copies: conversations deleted since
 still count) and writes into DIR:
@@ -21,7 +21,7 @@ still count) and writes into DIR:
 - ``stats.json`` (written last): counts and provenance: for each example and pair the message id,
   the decision id, who decided, from which client and when.
 
-All three are written to temporary files and renamed when complete (backend.fileio), so an
+All three are written to temporary files and renamed when complete (core.fileio), so an
 interrupted export leaves the previous outputs as they were.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _provenance(r: dict) -> dict:
 def export(db: str | Path, out_dir: str | Path) -> dict:
     """Write sft.jsonl, pairs.jsonl and stats.json into out_dir; returns the stats."""
     from backend.feedback import FeedbackStore, training_examples
-    from backend.fileio import atomic_open, atomic_write_text
+    from core.fileio import atomic_open, atomic_write_text
 
     db, out_dir = Path(db), Path(out_dir)
     if not db.is_file():
@@ -89,14 +89,14 @@ def export(db: str | Path, out_dir: str | Path) -> dict:
 # ---- the stage ----------------------------------------------------------------------------------
 def command(settings, out: str = "", **_ignored) -> StageCommand:
     """The export as a job: params out (default data/feedback-<time>)."""
-    from backend.envs import env_python
-    from backend.settings import PROJECT_ROOT
+    from core.envs import env_python
+    from core.settings import PROJECT_ROOT
 
     out = parse(FeedbackExportParams, {"out": out}).out
     target = user_path(settings, out or settings.data_dir / time.strftime("feedback-%Y%m%d-%H%M%S"), "out")
     if target.exists() and not target.is_dir():
         raise StageError(f"out {target} exists and is not a directory; choose another output folder")
-    argv = [str(env_python("app")), "-m", "pipeline.feedback_export", "--db", str(settings.app_db), "--out", str(target)]
+    argv = [str(env_python("app")), "-m", "backend.feedback_export", "--db", str(settings.app_db), "--out", str(target)]
     return StageCommand(kind="feedback_export", argv=argv, cwd=PROJECT_ROOT,
                         outputs={"dir": str(target), "sft": str(target / "sft.jsonl"),
                                  "pairs": str(target / "pairs.jsonl"), "stats": str(target / "stats.json")},
@@ -130,7 +130,7 @@ def verify(cmd: StageCommand, log_text: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.feedback_export",
+    ap = argparse.ArgumentParser(prog="python -m backend.feedback_export",
                                  description="Reviewed chat feedback -> sft.jsonl (XTuner conversations), "
                                              "pairs.jsonl (XTuner DPO pairs), stats.json.")
     ap.add_argument("--out", required=True, help="output folder")
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     db = args.db
     if not db:
-        from backend.settings import load_settings
+        from core.settings import load_settings
 
         db = load_settings().app_db
     try:

@@ -28,7 +28,7 @@ def model_folder_problem(path: str | os.PathLike) -> str | None:
 # saved by transformers 5 fails in 4.x with "Tokenizer class TokenizersBackend does not exist";
 # a config whose rope_theta only transformers 5 understands loads in 4.x with the default 10000)
 # trains one model and serves another. ``check_across_envs`` loads the folder in each installed
-# environment, in a subprocess (``python -m backend.model_folder probe``), and compares what each
+# environment, in a subprocess (``python -m core.model_folder probe``), and compares what each
 # saw: config facts, special tokens, the ids of probe texts and of a chat prompt, and (for
 # folders up to LOGITS_MAX_BYTES of weights) the logits of one forward pass on those ids.
 # ``static_problem`` is the cheap part (file reads only) for places that cannot afford loading.
@@ -189,7 +189,7 @@ def check_across_envs(path: str | os.PathLike, envs: tuple[str, ...] = ("app", "
     import subprocess
     import time
 
-    from backend.envs import env_installed, env_python
+    from core.envs import env_installed, env_python
 
     p = Path(path).expanduser().resolve()
     why = model_folder_problem(p)
@@ -212,7 +212,7 @@ def check_across_envs(path: str | os.PathLike, envs: tuple[str, ...] = ("app", "
         if not env_installed(name) or str(py) in seen:
             continue
         seen.add(str(py))
-        argv = [str(py), "-P", "-m", "backend.model_folder", "probe", str(p)] + ([] if with_logits else ["--no-logits"])
+        argv = [str(py), "-P", "-m", "core.model_folder", "probe", str(p)] + ([] if with_logits else ["--no-logits"])
         env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
         procs[name] = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -36,9 +36,9 @@ from pathlib import Path
 import orjson
 import sqlite_utils
 
-from backend.fileio import temp_beside
-from backend.sqlite_tx import write_transaction
-from backend.settings import PROJECT_ROOT
+from core.fileio import temp_beside
+from core.sqlite_tx import write_transaction
+from core.settings import PROJECT_ROOT
 from core.corpus import Recipe, fingerprint, iter_recipes
 from core.recipe_format import dish_name
 
@@ -915,3 +915,35 @@ def ensure_library(settings) -> Library:
     if lib.count() >= WARM_NAMES_MIN:  # seconds of work: not at the first question
         lib.warm_names()
     return lib
+
+
+# ---- the process's libraries (the chat, the engines, startup) -----------------------------------
+_libraries: dict[str, object] = {}
+_library_errors: dict[str, str] = {}
+_libraries_lock = threading.Lock()
+
+
+def open_library(settings):
+    """The workspace's recipe library (built from data/sample_recipes.jsonl when empty), shared
+    by the process; None when it cannot be opened (see library_error)."""
+    key = str(settings.library_db)
+    with _libraries_lock:
+        if key not in _libraries:
+            try:
+                _libraries[key] = ensure_library(settings)
+                _library_errors.pop(key, None)
+            except Exception as e:  # noqa: BLE001 - the chat keeps working without a library
+                _library_errors[key] = f"{type(e).__name__}: {e}"
+                return None
+        return _libraries[key]
+
+
+def library_error(settings) -> str | None:
+    return _library_errors.get(str(settings.library_db))
+
+
+def library_count(library) -> int:
+    try:
+        return library.count() if library is not None else 0
+    except Exception:  # noqa: BLE001
+        return 0

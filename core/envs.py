@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-# the project root as backend.settings has it; not imported from there: this module also runs in the train
+# the project root as core.settings has it; not imported from there: this module also runs in the train
 # and eval environments (pipeline.merge's checks), which lack the app's pydantic-settings and tomli-w
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

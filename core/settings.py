@@ -252,7 +252,7 @@ def save_settings(settings: Settings, **changes) -> Settings:
     """Write changed keys into <workspace>/settings.toml (tomli-w, atomically) and return new settings.
 
     Environment variables still win over the file, as on every load."""
-    from backend.fileio import atomic_write_text
+    from core.fileio import atomic_write_text
 
     file = settings.workspace / SETTINGS_FILE
     data = {}
