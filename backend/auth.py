@@ -7,6 +7,7 @@ start, stored in ``<workspace>/admin_password`` with 0600 permissions and printe
 console. Checks compare in constant time; repeated failures lock further attempts out for a
 growing time (per client address, per app process).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,8 +78,12 @@ def ensure_admin_password(settings: Settings, out=None) -> str:
         os.fsync(f.fileno())
     os.chmod(path, 0o600)  # whatever the umask
     out = out or sys.stderr
-    print(f"\n  Admin password (generated, shown once; stored in {path}):\n\n      {password}\n"
-          "  Set RECIPE_ADMIN_PASSWORD to choose your own.\n", file=out, flush=True)
+    print(
+        f"\n  Admin password (generated, shown once; stored in {path}):\n\n      {password}\n"
+        "  Set RECIPE_ADMIN_PASSWORD to choose your own.\n",
+        file=out,
+        flush=True,
+    )
     return password
 
 
@@ -117,7 +122,7 @@ class Throttle:
             self.failures += 1
             extra = self.failures - FREE_FAILURES
             if extra >= 0:
-                self.locked_until = self.clock() + min(MAX_LOCKOUT_S, 2.0 ** extra)
+                self.locked_until = self.clock() + min(MAX_LOCKOUT_S, 2.0**extra)
             return 0.0
 
     def succeeded(self) -> None:
@@ -148,8 +153,9 @@ def throttle_for(client: str) -> Throttle:
         return _throttles.setdefault(client, Throttle())
 
 
-def check_password(settings: Settings, attempt: str, throttle: Throttle | None = None,
-                   client: str | None = None) -> AuthResult:
+def check_password(
+    settings: Settings, attempt: str, throttle: Throttle | None = None, client: str | None = None
+) -> AuthResult:
     """Compare ``attempt`` with the admin password in constant time. While this client is
     locked out after repeated failures, the attempt is refused without being compared."""
     throttle = throttle or throttle_for(client or client_key())
@@ -158,8 +164,9 @@ def check_password(settings: Settings, attempt: str, throttle: Throttle | None =
         return AuthResult(False, wait, f"Too many wrong passwords: try again in {wait:.0f} s.")
     expected = ensure_admin_password(settings)
     # equal-length digests: the comparison time says nothing about the password, not even its length
-    ok = bool(expected) and hmac.compare_digest(hashlib.sha256((attempt or "").encode("utf-8")).digest(),
-                                                hashlib.sha256(expected.encode("utf-8")).digest())
+    ok = bool(expected) and hmac.compare_digest(
+        hashlib.sha256((attempt or "").encode("utf-8")).digest(), hashlib.sha256(expected.encode("utf-8")).digest()
+    )
     if ok:
         throttle.succeeded()
         return AuthResult(True)

@@ -8,6 +8,7 @@ supervisor, so a chain proceeds with the app closed). LINKS fills a step's param
 outputs of earlier steps (e.g. prepare's data folder becomes train's ``data``). A failed,
 cancelled or unbuildable step stops the chain, which records which step failed and why.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,11 +17,11 @@ import time
 from dataclasses import dataclass
 
 from backend.jobs import Job, JobRunner
+from backend.stages import STAGE_MODULES, stage_module
 from core.settings import Settings
 from core.sqlite_tx import ensure_schema
 from pipeline.params import PARAMS, parse
 from pipeline.stage import StageError
-from backend.stages import STAGE_MODULES, stage_module
 
 RETRAIN_ORDER = ("feedback_export", "prepare", "train", "convert", "merge", "dpo", "quantize", "evaluate")
 RETRAIN_OPTIONAL = ("feedback_export", "dpo", "quantize")
@@ -123,9 +124,14 @@ def start_chain(settings: Settings, steps: list[tuple[str, dict]], name: str = "
     runner = _runner(settings)
     cmd = _build(settings, steps[0][0], dict(steps[0][1]))
     with runner.transaction() as db:
-        cur = db.execute("INSERT INTO chains (name, steps, created_at) VALUES (?,?,?)",
-                         (name, json.dumps([{"kind": k, "params": p} for k, p in steps], ensure_ascii=False,
-                                           default=str), time.time()))
+        cur = db.execute(
+            "INSERT INTO chains (name, steps, created_at) VALUES (?,?,?)",
+            (
+                name,
+                json.dumps([{"kind": k, "params": p} for k, p in steps], ensure_ascii=False, default=str),
+                time.time(),
+            ),
+        )
         chain_id = cur.lastrowid
         runner.insert(db, cmd, chain_id=chain_id, chain_step=0)
     runner.dispatch()
@@ -175,8 +181,9 @@ def advance(settings: Settings, job_id: int) -> None:
         _end(runner, chain.id, "failed", f"{chain.step_label(nxt)} could not start: {e}")
         return
     with runner.transaction() as db:
-        cur = db.execute("UPDATE chains SET current=? WHERE id=? AND current=? AND status='running'",
-                         (nxt, chain.id, i))
+        cur = db.execute(
+            "UPDATE chains SET current=? WHERE id=? AND current=? AND status='running'", (nxt, chain.id, i)
+        )
         if cur.rowcount != 1:
             return  # someone else advanced it already
         runner.insert(db, cmd, chain_id=chain.id, chain_step=nxt)
@@ -185,8 +192,10 @@ def advance(settings: Settings, job_id: int) -> None:
 
 def _end(runner: JobRunner, chain_id: int, status: str, error: str | None) -> None:
     with runner.transaction() as db:
-        db.execute("UPDATE chains SET status=?, error=?, ended_at=? WHERE id=? AND status='running'",
-                   (status, error, time.time(), chain_id))
+        db.execute(
+            "UPDATE chains SET status=?, error=?, ended_at=? WHERE id=? AND status='running'",
+            (status, error, time.time(), chain_id),
+        )
 
 
 def cancel_chain(settings: Settings, chain_id: int) -> Chain:
@@ -218,8 +227,17 @@ def list_chains(settings: Settings, limit: int = 20) -> list[Chain]:
 
 def _chain(runner: JobRunner, r) -> Chain:
     jobs = sorted(runner.list(limit=1000, chain_id=r["id"]), key=lambda j: (j.chain_step, j.id))
-    return Chain(id=r["id"], name=r["name"], steps=json.loads(r["steps"]), current=r["current"], status=r["status"],
-                 error=r["error"], created_at=r["created_at"], ended_at=r["ended_at"], jobs=jobs)
+    return Chain(
+        id=r["id"],
+        name=r["name"],
+        steps=json.loads(r["steps"]),
+        current=r["current"],
+        status=r["status"],
+        error=r["error"],
+        created_at=r["created_at"],
+        ended_at=r["ended_at"],
+        jobs=jobs,
+    )
 
 
 def reconcile_chains(settings: Settings) -> None:
@@ -232,8 +250,12 @@ def reconcile_chains(settings: Settings) -> None:
             with contextlib.suppress(Exception):
                 advance(settings, current[-1].id)
         elif not current:
-            _end(_runner(settings), chain.id, "failed",
-                 f"{chain.step_label(chain.current)} was never queued; start the chain again")
+            _end(
+                _runner(settings),
+                chain.id,
+                "failed",
+                f"{chain.step_label(chain.current)} was never queued; start the chain again",
+            )
 
 
 def reconcile(settings: Settings) -> None:

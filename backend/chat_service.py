@@ -9,6 +9,7 @@ trimmed to the context -> engine stream -> answer recorded with its timings and 
 Closing the answer early (the page's Stop button interrupts the script) stops the engine and
 keeps the partial answer, marked 'stopped'; an engine error keeps it marked 'error'.
 """
+
 from __future__ import annotations
 
 import threading
@@ -17,8 +18,8 @@ from collections.abc import Callable, Iterator
 
 from backend.engines.base import FINISH_ERROR, FINISH_STOP, FINISH_STOPPED, Engine, GenerationParams
 from backend.history import FINISH_STREAMING, History, HistoryError
-from core.recipe_library import library_count
 from core.recipe_format import SYSTEM_PROMPT, format_answer
+from core.recipe_library import library_count
 
 GROUNDING_LIMIT = 3
 MAX_QUESTION_CHARS = 4000  # the chat input's limit (a recipe question fits many times over)
@@ -26,8 +27,9 @@ SAVE_EVERY_S = 0.5  # a streaming answer is written to the history at most this 
 MESSAGE_OVERHEAD_TOKENS = 8  # role markers and separators of a chat template, per message
 GROUNDING_HEADER = "以下是菜谱库中与用户问题相关的菜谱，回答时优先参考（用户问的不是这些菜时可忽略）："
 
-GROUNDING_ABSENT = ("菜谱库里没有用户问的「{asked}」。以下菜谱是相近的菜，只能作为替代建议提及，"
-                    "不要把它们当成「{asked}」的做法：")
+GROUNDING_ABSENT = (
+    "菜谱库里没有用户问的「{asked}」。以下菜谱是相近的菜，只能作为替代建议提及，不要把它们当成「{asked}」的做法："
+)
 GROUNDING_PANTRY = "用户现有的食材：{have}。以下是菜谱库中能用上这些食材的菜（已标出还缺的食材，常用调料不计）："
 
 
@@ -51,16 +53,26 @@ def grounding_text(sources: list[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def build_messages(turns: list[dict], question: str, system_prompt: str, sources: list[dict], budget: int,
-                   count_tokens: Callable[[str], int]) -> tuple[list[dict], list[dict]]:
+def build_messages(
+    turns: list[dict],
+    question: str,
+    system_prompt: str,
+    sources: list[dict],
+    budget: int,
+    count_tokens: Callable[[str], int],
+) -> tuple[list[dict], list[dict]]:
     """Prompt messages for ``question`` after the earlier ``turns`` ({role, content}), fitted into
     ``budget`` tokens: the oldest turns go first, then grounding recipes, last to first. The system
     prompt and the question always stay. Returns (messages, the sources kept)."""
+
     def size(m: dict) -> int:
         return count_tokens(m["content"]) + MESSAGE_OVERHEAD_TOKENS
 
-    turns = [{"role": t["role"], "content": t["content"]} for t in turns
-             if t["role"] in ("user", "assistant") and t["content"]]
+    turns = [
+        {"role": t["role"], "content": t["content"]}
+        for t in turns
+        if t["role"] in ("user", "assistant") and t["content"]
+    ]
     sources = list(sources)
 
     def system() -> list[dict]:
@@ -106,8 +118,16 @@ def _cut_to(text: str, tokens: int, count_tokens: Callable[[str], int]) -> str:
 class Answer:
     """A streamed answer: iterate for the text deltas; afterwards its figures are set."""
 
-    def __init__(self, service: "ChatService", conversation_id: str, messages: list[dict],
-                 params: GenerationParams, sources: list[dict], meta: dict, started: float):
+    def __init__(
+        self,
+        service: "ChatService",
+        conversation_id: str,
+        messages: list[dict],
+        params: GenerationParams,
+        sources: list[dict],
+        meta: dict,
+        started: float,
+    ):
         self.conversation_id = conversation_id
         self.messages = messages
         self.params = params
@@ -198,8 +218,15 @@ class Answer:
         (app start marks rows left so by a crash 'interrupted')."""
         try:
             self.message_id = self._service.history.add_message(
-                self.conversation_id, "assistant", "", engine=engine.name, model=engine.model, params=self._meta,
-                sources=self.sources or None, finish_reason=FINISH_STREAMING)
+                self.conversation_id,
+                "assistant",
+                "",
+                engine=engine.name,
+                model=engine.model,
+                params=self._meta,
+                sources=self.sources or None,
+                finish_reason=FINISH_STREAMING,
+            )
         except HistoryError:
             self.message_id = None  # the conversation is gone: _record says so at the end
 
@@ -211,14 +238,24 @@ class Answer:
                 pass
 
     def _record(self, engine: Engine) -> None:
-        fields = dict(engine=engine.name, model=engine.model, params=self._meta, sources=self.sources or None,
-                      ttft_ms=self.ttft_ms, duration_ms=self.duration_ms, tokens_per_s=self.tokens_per_s,
-                      prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
-                      finish_reason=self.finish_reason, error=self.error)
+        fields = dict(
+            engine=engine.name,
+            model=engine.model,
+            params=self._meta,
+            sources=self.sources or None,
+            ttft_ms=self.ttft_ms,
+            duration_ms=self.duration_ms,
+            tokens_per_s=self.tokens_per_s,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            finish_reason=self.finish_reason,
+            error=self.error,
+        )
         try:
             if self.message_id is None:
-                self.message_id = self._service.history.add_message(self.conversation_id, "assistant", self.text,
-                                                                    **fields)
+                self.message_id = self._service.history.add_message(
+                    self.conversation_id, "assistant", self.text, **fields
+                )
             else:
                 self._service.history.update_message(self.message_id, content=self.text, **fields)
         finally:
@@ -242,43 +279,68 @@ class ChatService:
         found = self.library.find(question, limit=limit)
         keys = ("id", "name", "ingredients", "steps", "score")
         if found.kind == "none":
-            return [{**{k: r.get(k) for k in keys}, "alternative": True, "asked": found.asked}
-                    for r in found.alternatives]
+            return [
+                {**{k: r.get(k) for k in keys}, "alternative": True, "asked": found.asked} for r in found.alternatives
+            ]
         if found.kind == "pantry":
-            return [{**{k: r.get(k) for k in keys}, "pantry": found.have, "have": r.get("have"),
-                     "missing": r.get("missing")} for r in found.recipes]
+            return [
+                {
+                    **{k: r.get(k) for k in keys},
+                    "pantry": found.have,
+                    "have": r.get("have"),
+                    "missing": r.get("missing"),
+                }
+                for r in found.recipes
+            ]
         return [{k: r.get(k) for k in keys} for r in found.recipes]
 
-    def prepare(self, conversation_id: str, question: str, params: GenerationParams,
-                system_prompt: str = SYSTEM_PROMPT, grounding: bool = True) -> tuple[list[dict], list[dict]]:
+    def prepare(
+        self,
+        conversation_id: str,
+        question: str,
+        params: GenerationParams,
+        system_prompt: str = SYSTEM_PROMPT,
+        grounding: bool = True,
+    ) -> tuple[list[dict], list[dict]]:
         """The prompt messages for ``question`` in a conversation (the question itself not yet stored)."""
         return self._prompt(self.history.messages(conversation_id), question, params, system_prompt, grounding)
 
-    def _prompt(self, turns: list[dict], question: str, params: GenerationParams, system_prompt: str,
-                grounding: bool) -> tuple[list[dict], list[dict]]:
+    def _prompt(
+        self, turns: list[dict], question: str, params: GenerationParams, system_prompt: str, grounding: bool
+    ) -> tuple[list[dict], list[dict]]:
         """(messages, sources kept) for ``question`` after ``turns``, fitted into the context
         left after the answer's max_new_tokens."""
         sources = self.find_sources(question) if grounding else []
         budget = max(self.session_len - params.max_new_tokens, 1)
         return build_messages(turns, question, system_prompt, sources, budget, self.engine.count_tokens)
 
-    def ask(self, conversation_id: str, question: str, params: GenerationParams,
-            system_prompt: str = SYSTEM_PROMPT, grounding: bool = True) -> Answer:
+    def ask(
+        self,
+        conversation_id: str,
+        question: str,
+        params: GenerationParams,
+        system_prompt: str = SYSTEM_PROMPT,
+        grounding: bool = True,
+    ) -> Answer:
         """Store the question and return its streaming answer."""
         started = time.perf_counter()
         question = question.strip()
         if not question:
             raise HistoryError("the question is empty / 问题不能为空")
         if len(question) > MAX_QUESTION_CHARS:
-            raise HistoryError(f"问题太长（{len(question)} 字），最多 {MAX_QUESTION_CHARS} 字：请只问菜名或做法。 / "
-                               f"The question is too long ({len(question)} characters; at most {MAX_QUESTION_CHARS}).")
+            raise HistoryError(
+                f"问题太长（{len(question)} 字），最多 {MAX_QUESTION_CHARS} 字：请只问菜名或做法。 / "
+                f"The question is too long ({len(question)} characters; at most {MAX_QUESTION_CHARS})."
+            )
         messages, sources = self.prepare(conversation_id, question, params, system_prompt, grounding)
         self.history.add_message(conversation_id, "user", question)
-        return Answer(self, conversation_id, messages, params, sources,
-                      self._meta(params, system_prompt, grounding), started)
+        return Answer(
+            self, conversation_id, messages, params, sources, self._meta(params, system_prompt, grounding), started
+        )
 
-    def regenerate(self, conversation_id: str, params: GenerationParams, system_prompt: str = SYSTEM_PROMPT,
-                   grounding: bool = True) -> Answer:
+    def regenerate(
+        self, conversation_id: str, params: GenerationParams, system_prompt: str = SYSTEM_PROMPT, grounding: bool = True
+    ) -> Answer:
         """Answer the last question again, replacing the last answer."""
         started = time.perf_counter()
         msgs = self.history.messages(conversation_id)
@@ -288,8 +350,9 @@ class ChatService:
         if not msgs or msgs[-1]["role"] != "user":
             raise HistoryError("there is no question to answer again")
         messages, sources = self._prompt(msgs[:-1], msgs[-1]["content"], params, system_prompt, grounding)
-        return Answer(self, conversation_id, messages, params, sources,
-                      self._meta(params, system_prompt, grounding), started)
+        return Answer(
+            self, conversation_id, messages, params, sources, self._meta(params, system_prompt, grounding), started
+        )
 
     @staticmethod
     def _meta(params: GenerationParams, system_prompt: str, grounding: bool) -> dict:
@@ -308,6 +371,11 @@ def answer_markdown(text: str) -> str:
     ingredients, steps = parse_answer(text)
     if not sep or not ingredients or not steps:
         return text
-    out = [head.strip(), f"**{INGREDIENTS_HEADER}**", "\n".join(f"- {i}" for i in ingredients),
-           f"**{STEPS_HEADER}**", "\n".join(f"{n}. {s}" for n, s in enumerate(steps, 1))]
+    out = [
+        head.strip(),
+        f"**{INGREDIENTS_HEADER}**",
+        "\n".join(f"- {i}" for i in ingredients),
+        f"**{STEPS_HEADER}**",
+        "\n".join(f"{n}. {s}" for n, s in enumerate(steps, 1)),
+    ]
     return "\n\n".join(x for x in out if x)

@@ -12,6 +12,7 @@ the answer, the correction, the rating and the comment, so deleting the conversa
 loses nothing that training needs. Connections and transactions as everywhere in app.db:
 core.sqlite_tx.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,11 +26,15 @@ ADMIN = "admin"  # one admin password, so one admin; the client address tells se
 MAX_ANSWER_CHARS = 20_000
 
 # the question an answer replied to: the last user message before it in its conversation
-_QUESTION = ("(SELECT u.content FROM messages u WHERE u.conversation_id = m.conversation_id "
-             "AND u.id < m.id AND u.role = 'user' ORDER BY u.id DESC LIMIT 1)")
+_QUESTION = (
+    "(SELECT u.content FROM messages u WHERE u.conversation_id = m.conversation_id "
+    "AND u.id < m.id AND u.role = 'user' ORDER BY u.id DESC LIMIT 1)"
+)
 # the newest decision of each message
-_LATEST = ("SELECT r.* FROM feedback_reviews r JOIN (SELECT message_id, MAX(id) AS id FROM feedback_reviews "
-           "GROUP BY message_id) l ON l.id = r.id")
+_LATEST = (
+    "SELECT r.* FROM feedback_reviews r JOIN (SELECT message_id, MAX(id) AS id FROM feedback_reviews "
+    "GROUP BY message_id) l ON l.id = r.id"
+)
 
 
 class FeedbackError(ValueError):
@@ -49,9 +54,11 @@ def normalise_answer(text: str) -> str:
         raise FeedbackError(f"the corrected answer is longer than {MAX_ANSWER_CHARS} characters")
     ingredients, steps = parse_answer(text)
     if not ingredients or not steps:
-        raise FeedbackError(f"the corrected answer needs the trained format: a line '{INGREDIENTS_HEADER}' with "
-                            f"'- ' ingredients, then '{STEPS_HEADER}' with numbered steps "
-                            f"(found {len(ingredients)} ingredients, {len(steps)} steps)")
+        raise FeedbackError(
+            f"the corrected answer needs the trained format: a line '{INGREDIENTS_HEADER}' with "
+            f"'- ' ingredients, then '{STEPS_HEADER}' with numbered steps "
+            f"(found {len(ingredients)} ingredients, {len(steps)} steps)"
+        )
     return format_answer(ingredients, steps)
 
 
@@ -68,8 +75,15 @@ class FeedbackStore:
         return thread_write(self.path)
 
     # ---- listing ------------------------------------------------------------------------------
-    def rated(self, rating: int | None = None, model: str | None = None, since: float | None = None,
-              until: float | None = None, decision: str | None = None, limit: int = 500) -> list[dict]:
+    def rated(
+        self,
+        rating: int | None = None,
+        model: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        decision: str | None = None,
+        limit: int = 500,
+    ) -> list[dict]:
         """Answers with feedback (a rating or a comment), newest first: message_id, question,
         answer, comment, rating, engine, model, answered_at, rated_at, conversation_id, and the
         current decision (decision, correction, decision_id, decided_by, client, decided_at;
@@ -93,21 +107,25 @@ class FeedbackStore:
         elif decision:
             where.append("r.decision = ?")
             args.append(decision)
-        sql = (f"SELECT m.id AS message_id, {_QUESTION} AS question, m.content AS answer, f.comment AS comment, "
-               "f.rating AS rating, m.engine AS engine, m.model AS model, m.created_at AS answered_at, "
-               "f.created_at AS rated_at, m.conversation_id AS conversation_id, r.decision AS decision, "
-               "r.correction AS correction, r.id AS decision_id, r.decided_by AS decided_by, r.client AS client, "
-               f"r.decided_at AS decided_at FROM feedback f JOIN messages m ON m.id = f.message_id "
-               f"LEFT JOIN ({_LATEST}) r ON r.message_id = m.id WHERE {' AND '.join(where)} "
-               "ORDER BY m.created_at DESC, m.id DESC LIMIT ?")
+        sql = (
+            f"SELECT m.id AS message_id, {_QUESTION} AS question, m.content AS answer, f.comment AS comment, "
+            "f.rating AS rating, m.engine AS engine, m.model AS model, m.created_at AS answered_at, "
+            "f.created_at AS rated_at, m.conversation_id AS conversation_id, r.decision AS decision, "
+            "r.correction AS correction, r.id AS decision_id, r.decided_by AS decided_by, r.client AS client, "
+            f"r.decided_at AS decided_at FROM feedback f JOIN messages m ON m.id = f.message_id "
+            f"LEFT JOIN ({_LATEST}) r ON r.message_id = m.id WHERE {' AND '.join(where)} "
+            "ORDER BY m.created_at DESC, m.id DESC LIMIT ?"
+        )
         with self._db() as db:
             return list(db.query(sql, [*args, int(limit)]))
 
     def models(self) -> list[str]:
         """The models (else engines) that wrote rated answers: the choices of the model filter."""
         with self._db() as db:
-            rows = db.execute("SELECT DISTINCT COALESCE(NULLIF(m.model, ''), m.engine) FROM feedback f "
-                              "JOIN messages m ON m.id = f.message_id WHERE m.role = 'assistant'").fetchall()
+            rows = db.execute(
+                "SELECT DISTINCT COALESCE(NULLIF(m.model, ''), m.engine) FROM feedback f "
+                "JOIN messages m ON m.id = f.message_id WHERE m.role = 'assistant'"
+            ).fetchall()
         return sorted(r[0] for r in rows if r[0])
 
     def reviewed(self, decisions: tuple[str, ...] = DECISIONS) -> list[dict]:
@@ -115,8 +133,7 @@ class FeedbackStore:
         (also for conversations deleted since), oldest decision first."""
         marks = ", ".join("?" * len(decisions))
         with self._db() as db:
-            return list(db.query(f"SELECT * FROM ({_LATEST}) WHERE decision IN ({marks}) ORDER BY id",
-                                 list(decisions)))
+            return list(db.query(f"SELECT * FROM ({_LATEST}) WHERE decision IN ({marks}) ORDER BY id", list(decisions)))
 
     def history(self, message_id: int) -> list[dict]:
         """Every decision taken on an answer, oldest first (the audit trail)."""
@@ -124,18 +141,23 @@ class FeedbackStore:
             return list(db["feedback_reviews"].rows_where("message_id = ?", [message_id], order_by="id"))
 
     # ---- deciding -----------------------------------------------------------------------------
-    def decide(self, message_id: int, decision: str, correction: str | None = None, who: str = ADMIN,
-               client: str = "") -> int:
+    def decide(
+        self, message_id: int, decision: str, correction: str | None = None, who: str = ADMIN, client: str = ""
+    ) -> int:
         """Record a decision on a rated answer; returns its id. ``correct`` needs the corrected
         answer (normalised to the trained format; FeedbackError when it is not in it)."""
         if decision not in DECISIONS:
             raise FeedbackError(f"decision must be one of {DECISIONS}, got {decision!r}")
         fixed = normalise_answer(correction) if decision == "correct" else None
         with self._write() as db:
-            rows = list(db.query(
-                f"SELECT m.id, m.role, m.content, m.engine, m.model, m.created_at, m.conversation_id, "
-                f"{_QUESTION} AS question, f.rating, f.comment, f.created_at AS rated_at FROM messages m "
-                "LEFT JOIN feedback f ON f.message_id = m.id WHERE m.id = ?", [int(message_id)]))
+            rows = list(
+                db.query(
+                    f"SELECT m.id, m.role, m.content, m.engine, m.model, m.created_at, m.conversation_id, "
+                    f"{_QUESTION} AS question, f.rating, f.comment, f.created_at AS rated_at FROM messages m "
+                    "LEFT JOIN feedback f ON f.message_id = m.id WHERE m.id = ?",
+                    [int(message_id)],
+                )
+            )
             if not rows:
                 raise FeedbackError(f"no answer {message_id} (the conversation may have been deleted)")
             m = rows[0]
@@ -149,18 +171,49 @@ class FeedbackStore:
                 "INSERT INTO feedback_reviews (message_id, decision, question, answer, correction, rating, comment, "
                 "engine, model, conversation_id, answered_at, rated_at, decided_by, client, decided_at) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [m["id"], decision, m["question"], m["content"], fixed, m["rating"], m["comment"] or "",
-                 m["engine"], m["model"], m["conversation_id"], m["created_at"], m["rated_at"], who, client,
-                 time.time()]).lastrowid
+                [
+                    m["id"],
+                    decision,
+                    m["question"],
+                    m["content"],
+                    fixed,
+                    m["rating"],
+                    m["comment"] or "",
+                    m["engine"],
+                    m["model"],
+                    m["conversation_id"],
+                    m["created_at"],
+                    m["rated_at"],
+                    who,
+                    client,
+                    time.time(),
+                ],
+            ).lastrowid
 
 
 def _create_schema(db) -> None:
     db["feedback_reviews"].create(
-        {"id": int, "message_id": int, "decision": str, "question": str, "answer": str,
-         "correction": str, "rating": int, "comment": str, "engine": str, "model": str,
-         "conversation_id": str, "answered_at": float, "rated_at": float,
-         "decided_by": str, "client": str, "decided_at": float},
-        pk="id", if_not_exists=True)
+        {
+            "id": int,
+            "message_id": int,
+            "decision": str,
+            "question": str,
+            "answer": str,
+            "correction": str,
+            "rating": int,
+            "comment": str,
+            "engine": str,
+            "model": str,
+            "conversation_id": str,
+            "answered_at": float,
+            "rated_at": float,
+            "decided_by": str,
+            "client": str,
+            "decided_at": float,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
     db.execute("CREATE INDEX IF NOT EXISTS idx_feedback_reviews_message ON feedback_reviews(message_id, id)")
 
 
@@ -175,6 +228,7 @@ def training_examples(rows: list[dict]) -> tuple[list[dict], list[dict]]:
         elif r["decision"] == "correct" and r.get("correction"):
             sft.append({"question": r["question"], "answer": r["correction"], "review": r})
             if r.get("rating") == -1 and r["correction"].strip() != (r["answer"] or "").strip():
-                pairs.append({"question": r["question"], "chosen": r["correction"], "rejected": r["answer"],
-                              "review": r})
+                pairs.append(
+                    {"question": r["question"], "chosen": r["correction"], "rejected": r["answer"], "review": r}
+                )
     return sft, pairs

@@ -24,6 +24,7 @@ still count) and writes into DIR:
 All three are written to temporary files and renamed when complete (core.fileio), so an
 interrupted export leaves the previous outputs as they were.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,15 +47,24 @@ def sft_line(question: str, answer: str) -> dict:
 
 
 def pair_line(question: str, chosen: str, rejected: str) -> dict:
-    return {"prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
-            "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+    return {
+        "prompt": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
 
 
 def _provenance(r: dict) -> dict:
-    return {"message_id": r["message_id"], "decision_id": r["id"], "decision": r["decision"], "rating": r["rating"],
-            "decided_by": r["decided_by"], "client": r["client"], "decided_at": r["decided_at"],
-            "model": r["model"] or r["engine"] or ""}
+    return {
+        "message_id": r["message_id"],
+        "decision_id": r["id"],
+        "decision": r["decision"],
+        "rating": r["rating"],
+        "decided_by": r["decided_by"],
+        "client": r["client"],
+        "decided_at": r["decided_at"],
+        "model": r["model"] or r["engine"] or "",
+    }
 
 
 def export(db: str | Path, out_dir: str | Path) -> dict:
@@ -76,12 +86,21 @@ def export(db: str | Path, out_dir: str | Path) -> dict:
         for p in pairs:
             f_pairs.write(json.dumps(pair_line(p["question"], p["chosen"], p["rejected"]), ensure_ascii=False) + "\n")
     decided = {d: sum(r["decision"] == d for r in rows) for d in ("accept", "correct", "reject")}
-    stats = {"format": FORMAT, "created": timestamp(), "db": str(db),
-             "sft": len(sft), "pairs": len(pairs), "decisions": decided,
-             "sft_file": str(out_dir / "sft.jsonl"), "pairs_file": str(out_dir / "pairs.jsonl"),
-             "provenance": {"sft": [_provenance(e["review"]) for e in sft],
-                            "pairs": [_provenance(p["review"]) for p in pairs],
-                            "rejected": [_provenance(r) for r in rows if r["decision"] == "reject"]}}
+    stats = {
+        "format": FORMAT,
+        "created": timestamp(),
+        "db": str(db),
+        "sft": len(sft),
+        "pairs": len(pairs),
+        "decisions": decided,
+        "sft_file": str(out_dir / "sft.jsonl"),
+        "pairs_file": str(out_dir / "pairs.jsonl"),
+        "provenance": {
+            "sft": [_provenance(e["review"]) for e in sft],
+            "pairs": [_provenance(p["review"]) for p in pairs],
+            "rejected": [_provenance(r) for r in rows if r["decision"] == "reject"],
+        },
+    }
     atomic_write_text(out_dir / "stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
     return stats
 
@@ -97,10 +116,18 @@ def command(settings, out: str = "", **_ignored) -> StageCommand:
     if target.exists() and not target.is_dir():
         raise StageError(f"out {target} exists and is not a directory; choose another output folder")
     argv = [str(env_python("app")), "-m", "backend.feedback_export", "--db", str(settings.app_db), "--out", str(target)]
-    return StageCommand(kind="feedback_export", argv=argv, cwd=PROJECT_ROOT,
-                        outputs={"dir": str(target), "sft": str(target / "sft.jsonl"),
-                                 "pairs": str(target / "pairs.jsonl"), "stats": str(target / "stats.json")},
-                        params={"out": str(target)})
+    return StageCommand(
+        kind="feedback_export",
+        argv=argv,
+        cwd=PROJECT_ROOT,
+        outputs={
+            "dir": str(target),
+            "sft": str(target / "sft.jsonl"),
+            "pairs": str(target / "pairs.jsonl"),
+            "stats": str(target / "stats.json"),
+        },
+        params={"out": str(target)},
+    )
 
 
 def progress(log_text: str) -> Progress:
@@ -108,8 +135,9 @@ def progress(log_text: str) -> Progress:
         if line.startswith("done "):
             with contextlib.suppress(ValueError, KeyError):
                 s = json.loads(line[5:])
-                return Progress(fraction=1.0, message=f"done: {s['sft']} training examples, {s['pairs']} "
-                                                      "preference pairs")
+                return Progress(
+                    fraction=1.0, message=f"done: {s['sft']} training examples, {s['pairs']} preference pairs"
+                )
     return Progress(message="exporting the reviewed feedback")
 
 
@@ -130,9 +158,11 @@ def verify(cmd: StageCommand, log_text: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backend.feedback_export",
-                                 description="Reviewed chat feedback -> sft.jsonl (XTuner conversations), "
-                                             "pairs.jsonl (XTuner DPO pairs), stats.json.")
+    ap = argparse.ArgumentParser(
+        prog="python -m backend.feedback_export",
+        description="Reviewed chat feedback -> sft.jsonl (XTuner conversations), "
+        "pairs.jsonl (XTuner DPO pairs), stats.json.",
+    )
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--db", help="the app database (default: the workspace's app.db)")
     args = ap.parse_args(argv)
@@ -146,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{stats['sft']} training examples, {stats['pairs']} preference pairs "
-          f"(decisions: {stats['decisions']}). Outputs in {args.out}", file=sys.stderr)
+    print(
+        f"{stats['sft']} training examples, {stats['pairs']} preference pairs "
+        f"(decisions: {stats['decisions']}). Outputs in {args.out}",
+        file=sys.stderr,
+    )
     print("done " + json.dumps({k: stats[k] for k in ("sft", "pairs", "decisions")}), flush=True)
     return 0
 

@@ -3,6 +3,7 @@ feedback. Connections come from core.sqlite_tx (WAL, a busy timeout, one connect
 so any thread may call), and every write is in a ``BEGIN IMMEDIATE`` transaction, so concurrent
 writers queue instead of failing with "database is locked".
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,19 @@ from core.sqlite_tx import ensure_schema, thread_db, thread_write
 
 ROLES = ("system", "user", "assistant")
 TITLE_CHARS = 30
-MESSAGE_FIELDS = ("engine", "model", "params", "sources", "ttft_ms", "duration_ms", "tokens_per_s",
-                  "prompt_tokens", "completion_tokens", "finish_reason", "error")
+MESSAGE_FIELDS = (
+    "engine",
+    "model",
+    "params",
+    "sources",
+    "ttft_ms",
+    "duration_ms",
+    "tokens_per_s",
+    "prompt_tokens",
+    "completion_tokens",
+    "finish_reason",
+    "error",
+)
 _JSON_FIELDS = ("params", "sources")
 FINISH_STREAMING = "streaming"  # an answer being written (saved as it streams)
 FINISH_INTERRUPTED = "interrupted"  # a 'streaming' answer whose app process died: its text is what was shown
@@ -42,7 +54,7 @@ def clean_title(text: str) -> str:
 
 def title_from(question: str) -> str:
     t = clean_title(question)
-    return t if len(t) <= TITLE_CHARS else t[:TITLE_CHARS - 1] + "…"
+    return t if len(t) <= TITLE_CHARS else t[: TITLE_CHARS - 1] + "…"
 
 
 class History:
@@ -62,8 +74,10 @@ class History:
         cid = uuid.uuid4().hex[:12]
         now = time.time()
         with self._write() as db:
-            db.execute("INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                       [cid, clean_title(title)[:100], now, now])
+            db.execute(
+                "INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                [cid, clean_title(title)[:100], now, now],
+            )
         return cid
 
     def get_conversation(self, cid: str) -> dict | None:
@@ -93,8 +107,9 @@ class History:
 
     def delete_conversation(self, cid: str) -> bool:
         with self._write() as db:
-            db.execute("DELETE FROM feedback WHERE message_id IN (SELECT id FROM messages WHERE conversation_id = ?)",
-                       [cid])
+            db.execute(
+                "DELETE FROM feedback WHERE message_id IN (SELECT id FROM messages WHERE conversation_id = ?)", [cid]
+            )
             db.execute("DELETE FROM messages WHERE conversation_id = ?", [cid])
             return db.execute("DELETE FROM conversations WHERE id = ?", [cid]).rowcount > 0
 
@@ -106,15 +121,15 @@ class History:
         unknown = set(meta) - set(MESSAGE_FIELDS)
         if unknown:
             raise HistoryError(f"unknown message fields {sorted(unknown)}")
-        row = {"conversation_id": cid, "role": role, "content": content, "created_at": time.time(),
-               **_encode(meta)}
+        row = {"conversation_id": cid, "role": role, "content": content, "created_at": time.time(), **_encode(meta)}
         cols = ", ".join(row)
         with self._write() as db:
             conv = db.execute("SELECT title FROM conversations WHERE id = ?", [cid]).fetchone()
             if conv is None:
                 raise HistoryError(f"no conversation {cid}")
-            mid = db.execute(f"INSERT INTO messages ({cols}) VALUES ({', '.join('?' * len(row))})",
-                             list(row.values())).lastrowid
+            mid = db.execute(
+                f"INSERT INTO messages ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+            ).lastrowid
             if role == "user" and not conv[0]:
                 db.execute("UPDATE conversations SET title = ? WHERE id = ?", [title_from(content), cid])
             db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", [row["created_at"], cid])
@@ -128,15 +143,15 @@ class History:
             return
         enc = _encode(fields)
         with self._write() as db:
-            db.execute(f"UPDATE messages SET {', '.join(f'{k} = ?' for k in enc)} WHERE id = ?",
-                       [*enc.values(), mid])
+            db.execute(f"UPDATE messages SET {', '.join(f'{k} = ?' for k in enc)} WHERE id = ?", [*enc.values(), mid])
 
     def mark_interrupted(self) -> int:
         """Answers left 'streaming' by an app process that died (kill -9, OOM, power) are
         'interrupted': run at app start, before this process streams anything."""
         with self._write() as db:
-            return db.execute("UPDATE messages SET finish_reason = ? WHERE finish_reason = ?",
-                              [FINISH_INTERRUPTED, FINISH_STREAMING]).rowcount
+            return db.execute(
+                "UPDATE messages SET finish_reason = ? WHERE finish_reason = ?", [FINISH_INTERRUPTED, FINISH_STREAMING]
+            ).rowcount
 
     def delete_message(self, mid: int) -> None:
         with self._write() as db:
@@ -145,9 +160,13 @@ class History:
 
     def messages(self, cid: str) -> list[dict]:
         with self._db() as db:
-            rows = list(db.query(
-                "SELECT m.*, f.rating AS feedback_rating, f.comment AS feedback_comment FROM messages m "
-                "LEFT JOIN feedback f ON f.message_id = m.id WHERE m.conversation_id = ? ORDER BY m.id", [cid]))
+            rows = list(
+                db.query(
+                    "SELECT m.*, f.rating AS feedback_rating, f.comment AS feedback_comment FROM messages m "
+                    "LEFT JOIN feedback f ON f.message_id = m.id WHERE m.conversation_id = ? ORDER BY m.id",
+                    [cid],
+                )
+            )
         return [_decode(r) for r in rows]
 
     def message(self, mid: int) -> dict | None:
@@ -165,10 +184,12 @@ class History:
             if rating is None and not comment:
                 db.execute("DELETE FROM feedback WHERE message_id = ?", [mid])
             else:
-                db.execute("INSERT INTO feedback (message_id, rating, comment, created_at) VALUES (?, ?, ?, ?) "
-                           "ON CONFLICT(message_id) DO UPDATE SET rating = excluded.rating, "
-                           "comment = excluded.comment, created_at = excluded.created_at",
-                           [mid, rating, comment, time.time()])
+                db.execute(
+                    "INSERT INTO feedback (message_id, rating, comment, created_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(message_id) DO UPDATE SET rating = excluded.rating, "
+                    "comment = excluded.comment, created_at = excluded.created_at",
+                    [mid, rating, comment, time.time()],
+                )
 
     def feedback(self, mid: int) -> dict | None:
         with self._db() as db:
@@ -185,14 +206,18 @@ class History:
         like = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         if len(q) >= 3:
             phrase = '"' + q.replace('"', '""') + '"'
-            in_messages = ("SELECT conversation_id FROM messages WHERE id IN "
-                           "(SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)")
+            in_messages = (
+                "SELECT conversation_id FROM messages WHERE id IN "
+                "(SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)"
+            )
             args = [like, phrase]
         else:
             in_messages = "SELECT conversation_id FROM messages WHERE content LIKE ? ESCAPE '\\'"
             args = [like, like]
-        sql = (f"SELECT * FROM conversations WHERE title LIKE ? ESCAPE '\\' OR id IN ({in_messages}) "
-               "ORDER BY updated_at DESC, rowid DESC LIMIT ?")
+        sql = (
+            f"SELECT * FROM conversations WHERE title LIKE ? ESCAPE '\\' OR id IN ({in_messages}) "
+            "ORDER BY updated_at DESC, rowid DESC LIMIT ?"
+        )
         with self._db() as db:
             return list(db.query(sql, [*args, limit]))
 
@@ -221,15 +246,34 @@ def _create_schema(db) -> None:
     """Tables, indexes and the search index (sqlite_tx.ensure_schema runs it once per process, in
     turns across processes: 4 of 5 trials of 20 processes opening a new app.db at once failed
     'database is locked' before they took turns)."""
-    db["conversations"].create({"id": str, "title": str, "created_at": float, "updated_at": float},
-                               pk="id", if_not_exists=True)
-    db["messages"].create({"id": int, "conversation_id": str, "role": str, "content": str, "engine": str,
-                           "model": str, "params": str, "sources": str, "ttft_ms": float,
-                           "duration_ms": float, "tokens_per_s": float, "prompt_tokens": int,
-                           "completion_tokens": int, "finish_reason": str, "error": str,
-                           "created_at": float}, pk="id", if_not_exists=True)
-    db["feedback"].create({"message_id": int, "rating": int, "comment": str, "created_at": float},
-                          pk="message_id", if_not_exists=True)
+    db["conversations"].create(
+        {"id": str, "title": str, "created_at": float, "updated_at": float}, pk="id", if_not_exists=True
+    )
+    db["messages"].create(
+        {
+            "id": int,
+            "conversation_id": str,
+            "role": str,
+            "content": str,
+            "engine": str,
+            "model": str,
+            "params": str,
+            "sources": str,
+            "ttft_ms": float,
+            "duration_ms": float,
+            "tokens_per_s": float,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "finish_reason": str,
+            "error": str,
+            "created_at": float,
+        },
+        pk="id",
+        if_not_exists=True,
+    )
+    db["feedback"].create(
+        {"message_id": int, "rating": int, "comment": str, "created_at": float}, pk="message_id", if_not_exists=True
+    )
     db.execute("CREATE INDEX IF NOT EXISTS idx_messages_conversation ON messages(conversation_id, id)")
     db.execute("CREATE INDEX IF NOT EXISTS idx_conversations_updated ON conversations(updated_at)")
     if not db["messages_fts"].exists():
@@ -245,8 +289,9 @@ def _when(ts: float) -> str:
 
 
 def _encode(fields: dict) -> dict:
-    return {k: (json.dumps(v, ensure_ascii=False) if k in _JSON_FIELDS and v is not None else v)
-            for k, v in fields.items()}
+    return {
+        k: (json.dumps(v, ensure_ascii=False) if k in _JSON_FIELDS and v is not None else v) for k, v in fields.items()
+    }
 
 
 def _decode(row: dict) -> dict:

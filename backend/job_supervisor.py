@@ -12,6 +12,7 @@ period.
 is not started but waited for by polling (psutil; it is not our child), and its exit status is
 read from the file the exit recorder wrote; the rest is the same.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -26,11 +27,21 @@ from pathlib import Path
 
 import psutil
 
-from core.fileio import remove_orphan_temps
-from backend.jobs import (CANCEL_GRACE_S, Job, JobRunner, _group_alive, descendants, kill_tree, process_alive,
-                          process_start, read_exit, read_log)
-from core.settings import load_settings
+from backend.jobs import (
+    CANCEL_GRACE_S,
+    Job,
+    JobRunner,
+    _group_alive,
+    descendants,
+    kill_tree,
+    process_alive,
+    process_start,
+    read_exit,
+    read_log,
+)
 from backend.stages import STAGE_MODULES, stage_module
+from core.fileio import remove_orphan_temps
+from core.settings import load_settings
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -191,8 +202,10 @@ def thread_env(env: dict, job: Job) -> str:
         if k not in operator:
             env[k] = value
     said = ", ".join(f"{k}={env[k]}" + (" (set by the operator)" if k in operator else "") for k in THREAD_VARS)
-    return (f"threads: {said}; {cpus} usable CPU{'s' if cpus > 1 else ''} ({how}), {RESERVED_CPUS} left to the "
-            f"app and other jobs, {procs} process{'es' if procs > 1 else ''}")
+    return (
+        f"threads: {said}; {cpus} usable CPU{'s' if cpus > 1 else ''} ({how}), {RESERVED_CPUS} left to the "
+        f"app and other jobs, {procs} process{'es' if procs > 1 else ''}"
+    )
 
 
 _term = {"received": False}  # SIGTERM (JobRunner.cancel) received
@@ -244,9 +257,16 @@ def run(job_id: int, adopt: bool = False) -> int:
         _log(thread_env(env, job))
         exit_file.unlink(missing_ok=True)
         try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", STAGE_SHIM, str(exit_file), *job.argv],
-                                    cwd=job.cwd, env=env, stdin=subprocess.DEVNULL, stdout=sys.stdout,
-                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", STAGE_SHIM, str(exit_file), *job.argv],
+                cwd=job.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stdout,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
         except OSError as e:  # e.g. the working folder is gone
             _log(f"could not start: {e}")
             runner.finish(job_id, "failed", None, f"could not start {job.argv[0]}: {e}")
@@ -274,8 +294,10 @@ def run(job_id: int, adopt: bool = False) -> int:
         child, child_start = job.child_pid, job.child_start
         if child is None:
             child, child_start = _find_recorder(str(exit_file))
-        _log(f"job {job_id} ({job.kind}): its supervisor (pid {job.pid}) vanished; this process takes over"
-             + (f", waiting for the stage (pid {child})" if child and process_alive(child, child_start) else ""))
+        _log(
+            f"job {job_id} ({job.kind}): its supervisor (pid {job.pid}) vanished; this process takes over"
+            + (f", waiting for the stage (pid {child})" if child and process_alive(child, child_start) else "")
+        )
         if child and child != job.child_pid:
             runner.record_child(job_id, child)
 
@@ -309,9 +331,13 @@ def run(job_id: int, adopt: bool = False) -> int:
     elif start_error is not None:
         status, error = "failed", f"could not start {job.argv[0]}: {start_error}"
     elif rc is None:
-        status, error = "failed", (
-            f"its supervisor process (pid {job.pid}) vanished and the stage's exit status was not recorded "
-            "(machine restart, or its processes were killed too). Start it again from the Admin page")
+        status, error = (
+            "failed",
+            (
+                f"its supervisor process (pid {job.pid}) vanished and the stage's exit status was not recorded "
+                "(machine restart, or its processes were killed too). Start it again from the Admin page"
+            ),
+        )
     elif rc != 0:
         status, error = "failed", _describe_exit(rc, read_log(job.log_path, tail_bytes=8192))
     else:
@@ -340,8 +366,9 @@ def main(argv: list[str]) -> int:
     except Exception:
         _log("supervisor error:\n" + traceback.format_exc())
         try:
-            JobRunner(load_settings()).finish(job_id, "failed", None,
-                                              "the job supervisor failed: " + traceback.format_exc().strip().splitlines()[-1])
+            JobRunner(load_settings()).finish(
+                job_id, "failed", None, "the job supervisor failed: " + traceback.format_exc().strip().splitlines()[-1]
+            )
         except Exception:
             pass
     # what comes next: the Retrain chain's next step, then any queued job

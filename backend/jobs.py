@@ -27,6 +27,7 @@ grandchildren stay its descendants). One GPU job runs at a time; other GPU jobs 
 
 This module knows nothing about XTuner or OpenCompass: stage modules build the commands.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,11 +43,11 @@ from pathlib import Path
 
 import psutil
 
+from backend.stages import STAGE_MODULES, stage_module
 from core.fileio import remove_orphan_temps
 from core.settings import PROJECT_ROOT, Settings
 from core.sqlite_tx import ensure_schema, thread_db, thread_write
 from pipeline.stage import Progress, StageCommand
-from backend.stages import STAGE_MODULES, stage_module
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -127,18 +128,40 @@ class Job:
 
     def command(self) -> StageCommand:
         """The StageCommand this job runs (for the stage module's verify())."""
-        return StageCommand(kind=self.kind, argv=list(self.argv), cwd=Path(self.cwd), env=dict(self.env),
-                            gpu=self.gpu, outputs=dict(self.outputs), params=dict(self.params))
+        return StageCommand(
+            kind=self.kind,
+            argv=list(self.argv),
+            cwd=Path(self.cwd),
+            env=dict(self.env),
+            gpu=self.gpu,
+            outputs=dict(self.outputs),
+            params=dict(self.params),
+        )
 
     @classmethod
     def from_row(cls, r: Mapping) -> "Job":
         return cls(
-            id=r["id"], kind=r["kind"], params=json.loads(r["args"]), argv=json.loads(r["argv"]), cwd=r["cwd"],
-            env=json.loads(r["env"]), gpu=bool(r["gpu"]), status=r["status"], pid=r["pid"],
-            pid_start=r["pid_start"], child_pid=r["child_pid"], child_start=r["child_start"],
-            created_at=r["created_at"], started_at=r["started_at"], ended_at=r["ended_at"],
-            return_code=r["return_code"], log_path=r["log_path"], outputs=json.loads(r["outputs"]),
-            error=r["error"], cancel_requested=bool(r["cancel_requested"]), chain_id=r["chain_id"],
+            id=r["id"],
+            kind=r["kind"],
+            params=json.loads(r["args"]),
+            argv=json.loads(r["argv"]),
+            cwd=r["cwd"],
+            env=json.loads(r["env"]),
+            gpu=bool(r["gpu"]),
+            status=r["status"],
+            pid=r["pid"],
+            pid_start=r["pid_start"],
+            child_pid=r["child_pid"],
+            child_start=r["child_start"],
+            created_at=r["created_at"],
+            started_at=r["started_at"],
+            ended_at=r["ended_at"],
+            return_code=r["return_code"],
+            log_path=r["log_path"],
+            outputs=json.loads(r["outputs"]),
+            error=r["error"],
+            cancel_requested=bool(r["cancel_requested"]),
+            chain_id=r["chain_id"],
             chain_step=r["chain_step"],
         )
 
@@ -292,7 +315,7 @@ class JobRunner:
     def get(self, job_id: int, wait_for_writers: bool = False) -> Job:
         """One job. wait_for_writers: read after any write transaction in progress commits
         (the supervisor's first read, while dispatch() may still be claiming its row)."""
-        with (self.transaction() if wait_for_writers else self.connection()) as db:
+        with self.transaction() if wait_for_writers else self.connection() as db:
             rows = list(db.query("SELECT * FROM jobs WHERE id=?", (job_id,)))
         if not rows:
             raise JobError(f"job {job_id} does not exist")
@@ -323,17 +346,25 @@ class JobRunner:
         self.dispatch()
         return job_id
 
-    def insert(self, db, cmd: StageCommand, chain_id: int | None = None,
-               chain_step: int | None = None) -> int:
+    def insert(self, db, cmd: StageCommand, chain_id: int | None = None, chain_step: int | None = None) -> int:
         """Add a queued job inside the caller's transaction (see transaction()); dispatch() starts it."""
         if not cmd.argv or not all(isinstance(a, str) for a in cmd.argv):
             raise JobError("a job needs a non-empty argument list of strings")
         cur = db.execute(
             "INSERT INTO jobs (kind, args, argv, cwd, env, gpu, status, created_at, outputs, chain_id, chain_step)"
             " VALUES (?,?,?,?,?,?, 'queued', ?,?,?,?)",
-            (cmd.kind, json.dumps(cmd.params, ensure_ascii=False, default=str), json.dumps(cmd.argv),
-             str(cmd.cwd), json.dumps(cmd.env), int(cmd.gpu), time.time(),
-             json.dumps(cmd.outputs, ensure_ascii=False), chain_id, chain_step),
+            (
+                cmd.kind,
+                json.dumps(cmd.params, ensure_ascii=False, default=str),
+                json.dumps(cmd.argv),
+                str(cmd.cwd),
+                json.dumps(cmd.env),
+                int(cmd.gpu),
+                time.time(),
+                json.dumps(cmd.outputs, ensure_ascii=False),
+                chain_id,
+                chain_step,
+            ),
         )
         job_id = cur.lastrowid
         log = self.settings.logs_dir / f"job-{job_id:05d}-{cmd.kind}.log"
@@ -368,21 +399,30 @@ class JobRunner:
             with open(log, "ab") as out:
                 p = subprocess.Popen(
                     [self.python, "-m", "backend.job_supervisor", *(["--adopt"] if adopt else []), str(job.id)],
-                    cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, close_fds=True,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
                 )
         except OSError as e:
             if adopt:  # nobody can watch the stage: stop what is left of it
                 self._kill_job_tree(job, CANCEL_GRACE_S)
-            db.execute("UPDATE jobs SET status='failed', ended_at=?, error=? WHERE id=?",
-                       (time.time(), f"could not start the job supervisor: {e}", job.id))
+            db.execute(
+                "UPDATE jobs SET status='failed', ended_at=?, error=? WHERE id=?",
+                (time.time(), f"could not start the job supervisor: {e}", job.id),
+            )
             return
         _spawned.append(p)
         if adopt:  # the job keeps its start time
             db.execute("UPDATE jobs SET pid=?, pid_start=? WHERE id=?", (p.pid, process_start(p.pid), job.id))
         else:
-            db.execute("UPDATE jobs SET status='running', pid=?, pid_start=?, started_at=? WHERE id=?",
-                       (p.pid, process_start(p.pid), time.time(), job.id))
+            db.execute(
+                "UPDATE jobs SET status='running', pid=?, pid_start=?, started_at=? WHERE id=?",
+                (p.pid, process_start(p.pid), time.time(), job.id),
+            )
 
     # -- liveness --
     def check_liveness(self) -> list[int]:
@@ -409,8 +449,9 @@ class JobRunner:
     # -- used by the supervisor --
     def record_child(self, job_id: int, child_pid: int) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE jobs SET child_pid=?, child_start=? WHERE id=?",
-                       (child_pid, process_start(child_pid), job_id))
+            db.execute(
+                "UPDATE jobs SET child_pid=?, child_start=? WHERE id=?", (child_pid, process_start(child_pid), job_id)
+            )
 
     def finish(self, job_id: int, status: str, return_code: int | None, error: str | None = None) -> bool:
         """Record the end of a running job (once: later calls change nothing). True if recorded."""
@@ -428,8 +469,11 @@ class JobRunner:
         """Cancel a queued job, or end a running one with its whole process tree. Returns the
         job as recorded afterwards."""
         with self.transaction() as db:
-            db.execute("UPDATE jobs SET status='cancelled', ended_at=?, error='cancelled before it started' "
-                       "WHERE id=? AND status='queued'", (time.time(), job_id))
+            db.execute(
+                "UPDATE jobs SET status='cancelled', ended_at=?, error='cancelled before it started' "
+                "WHERE id=? AND status='queued'",
+                (time.time(), job_id),
+            )
             db.execute("UPDATE jobs SET cancel_requested=1 WHERE id=? AND status='running'", (job_id,))
         job = self.get(job_id)
         if job.status != "running":

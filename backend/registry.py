@@ -8,6 +8,7 @@ Evaluation scores come from ``pipeline.eval_results.scores_for_model(settings, m
 when that module exists. "Use for chat" saves the model in settings.toml; the chat page
 reloads settings on every run, so the switch needs no restart.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from core.model_folder import model_folder_problem
-from pipeline.artefacts import MANIFEST
 from core.settings import Settings, SettingsError, save_settings
-
+from pipeline.artefacts import MANIFEST
 
 
 @dataclass
@@ -153,5 +153,3 @@ def use_for_chat(settings: Settings, model_path: str | os.PathLike) -> Settings:
 
 
 # ---- what earlier stages left in the workspace (choices for the Admin page's forms) ---------------
-
-

@@ -1,6 +1,7 @@
 """The stages the job runner can run: kind -> the module implementing it (the pipeline/stage.py
 interface: command, progress, verify), in Retrain chain order. Pipeline stages live in pipeline/;
 feedback_export lives here because it reads the app's own database (backend.feedback)."""
+
 from __future__ import annotations
 
 import importlib

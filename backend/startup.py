@@ -3,6 +3,7 @@ workspace folders, the recipe library (built from data/sample_recipes.jsonl on a
 workspace; its word splitter warmed up), the admin password (generated and printed once when
 none is configured), answers a crashed process left 'streaming' marked 'interrupted', and the jobs table reconciled with the processes that survived an app
 restart."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,8 @@ def _startup(workspace: str, _settings: Settings) -> None:
     """Cached per workspace; ``_settings`` (not hashed) are that workspace's settings."""
     from backend.auth import ensure_admin_password
     from backend.chain import reconcile
-    from core.recipe_library import open_library
     from backend.history import History
+    from core.recipe_library import open_library
 
     settings = _settings
     _log_to_stderr()

@@ -3,6 +3,7 @@ project's environments, and whether the model, base model, corpus and C-Eval dat
 
 Every check fails soft: it returns a Fact saying what is missing and what to do, never raises.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -13,9 +14,9 @@ from pathlib import Path
 import psutil
 
 from core.envs import STAGE_ENVS, env_dir, env_installed, env_python, setup_hint
+from core.gpu import Fact, gpu_fact, lmdeploy_fact
 from core.model_folder import model_folder_problem
 from core.settings import Settings
-from core.gpu import Fact, gpu_fact, lmdeploy_fact
 
 # key packages to report per environment
 ENV_PACKAGES = {
@@ -57,8 +58,14 @@ def env_facts() -> list[Fact]:
         listed = ", ".join(f"{k} {v}" for k, v in sorted(pkgs.items())) or "no key packages found"
         main = {"train": "xtuner", "eval": "opencompass"}.get(name)
         ok = main is None or main in pkgs
-        out.append(Fact(f"environment: {name}", ok, f"{env_python(name)}: {listed}",
-                        "" if ok else f"{main} is missing: {setup_hint(name)}"))
+        out.append(
+            Fact(
+                f"environment: {name}",
+                ok,
+                f"{env_python(name)}: {listed}",
+                "" if ok else f"{main} is missing: {setup_hint(name)}",
+            )
+        )
     return out
 
 
@@ -78,14 +85,24 @@ def _path_fact(topic: str, value: str, var: str, what: str, need: str = "", mode
 
 def config_facts(settings: Settings) -> list[Fact]:
     return [
-        _path_fact("chat model", settings.model, "RECIPE_MODEL",
-                   "a model folder (or choose one under Models: Use for chat); without one, chat answers from the recipe library",
-                   model=True),
-        _path_fact("base model", settings.base_model, "RECIPE_BASE_MODEL", "the base model folder for training",
-                   model=True),
+        _path_fact(
+            "chat model",
+            settings.model,
+            "RECIPE_MODEL",
+            "a model folder (or choose one under Models: Use for chat); without one, chat answers from the recipe library",
+            model=True,
+        ),
+        _path_fact(
+            "base model", settings.base_model, "RECIPE_BASE_MODEL", "the base model folder for training", model=True
+        ),
         _path_fact("corpus", settings.corpus, "RECIPE_CORPUS", "the XiaChuFang corpus file"),
-        _path_fact("C-Eval data", settings.ceval_data, "RECIPE_CEVAL_DATA", "a folder holding ceval/formal_ceval",
-                   "ceval/formal_ceval"),
+        _path_fact(
+            "C-Eval data",
+            settings.ceval_data,
+            "RECIPE_CEVAL_DATA",
+            "a folder holding ceval/formal_ceval",
+            "ceval/formal_ceval",
+        ),
     ]
 
 
@@ -111,18 +128,26 @@ def api_server_fact(settings: Settings, timeout: float = 5.0) -> Fact | None:
         from backend.engines.openai_engine import problem
         from core.settings import api_key
 
-        client = openai.OpenAI(base_url=settings.api_base, api_key=api_key() or "EMPTY", max_retries=0,
-                               timeout=timeout)
+        client = openai.OpenAI(base_url=settings.api_base, api_key=api_key() or "EMPTY", max_retries=0, timeout=timeout)
         served = [m.id for m in client.models.list()]
     except Exception as e:  # noqa: BLE001 - an unreachable server is a fact to show
-        why = problem(e, settings.api_base, settings.api_model or "?") if "openai" in type(e).__module__ else \
-            f"{type(e).__name__}: {e}"
-        return Fact(topic, False, why, "start the server (Admin ▸ Run a stage ▸ serve, or see the README's "
-                                       "scale-out section) or fix RECIPE_API_BASE")
+        why = (
+            problem(e, settings.api_base, settings.api_model or "?")
+            if "openai" in type(e).__module__
+            else f"{type(e).__name__}: {e}"
+        )
+        return Fact(
+            topic,
+            False,
+            why,
+            "start the server (Admin ▸ Run a stage ▸ serve, or see the README's "
+            "scale-out section) or fix RECIPE_API_BASE",
+        )
     wanted = settings.api_model
     if wanted and wanted not in served:
-        return Fact(topic, False, f"{settings.api_base} serves {', '.join(served[:10])}, not {wanted!r}",
-                    "fix RECIPE_API_MODEL")
+        return Fact(
+            topic, False, f"{settings.api_base} serves {', '.join(served[:10])}, not {wanted!r}", "fix RECIPE_API_MODEL"
+        )
     return Fact(topic, True, f"{settings.api_base} is up and serves {', '.join(served[:10]) or 'no model'}")
 
 

@@ -2,6 +2,7 @@
 
 Each benchmark measures the product and its baseline side by side in one run and prints ratios.
 """
+
 import subprocess
 import sys
 from pathlib import Path

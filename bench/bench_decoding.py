@@ -14,6 +14,7 @@ template, as the transformers engine feeds it), and prints per setting:
 Sampled settings use a fixed seed per question. The winner (fewest loops, then most ended, then
 recall) is the default of GenerationParams (chat) and of the evaluation stage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,9 @@ SETTINGS: dict[str, dict] = {
     "greedy rp1.1": dict(do_sample=False, repetition_penalty=1.1),
     "greedy rp1.2": dict(do_sample=False, repetition_penalty=1.2),
     "greedy no-repeat-6gram": dict(do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=6),
-    "t0.7 p0.8 rp1.005 (old chat default)": dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=40,
-                                                 repetition_penalty=1.005),
+    "t0.7 p0.8 rp1.005 (old chat default)": dict(
+        do_sample=True, temperature=0.7, top_p=0.8, top_k=40, repetition_penalty=1.005
+    ),
     "t0.3 p0.8 rp1.05": dict(do_sample=True, temperature=0.3, top_p=0.8, top_k=40, repetition_penalty=1.05),
     "t0.7 p0.8 rp1.1": dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=40, repetition_penalty=1.1),
 }
@@ -62,7 +64,7 @@ def recall(answer: str, reference: str) -> float | None:
 
 
 def rep4(text: str) -> float:
-    grams = [text[i:i + 4] for i in range(len(text) - 3)]
+    grams = [text[i : i + 4] for i in range(len(text) - 3)]
     if not grams:
         return 0.0
     counts = Counter(grams)
@@ -74,7 +76,7 @@ def loops(text: str, cut: bool) -> bool:
     if lines and lines.most_common(1)[0][1] >= 3:
         return True
     tail = text[-200:]
-    return cut and any(tail.count(tail[i:i + 10]) >= 3 for i in range(0, max(len(tail) - 10, 0), 5))
+    return cut and any(tail.count(tail[i : i + 10]) >= 3 for i in range(0, max(len(tail) - 10, 0), 5))
 
 
 def main(argv=None) -> int:
@@ -104,8 +106,9 @@ def main(argv=None) -> int:
     if split is None:
         print(f"no val.jsonl or test.jsonl in {data}: prepare the data with a validation split", file=sys.stderr)
         return 2
-    turns = [json.loads(line)["conversation"][0] for line in split.read_text(encoding="utf-8").splitlines()
-             if line.strip()][:args.n]
+    turns = [
+        json.loads(line)["conversation"][0] for line in split.read_text(encoding="utf-8").splitlines() if line.strip()
+    ][: args.n]
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     stops = stop_token_ids(tok, model)
@@ -123,9 +126,14 @@ def main(argv=None) -> int:
         for i, (t, inputs) in enumerate(zip(turns, prompts)):
             torch.manual_seed(i)
             with torch.inference_mode():
-                out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, eos_token_id=stops,
-                                     pad_token_id=tok.pad_token_id or stops[0], **SETTINGS[name])
-            new = out[0, inputs["input_ids"].shape[1]:]
+                out = model.generate(
+                    **inputs,
+                    max_new_tokens=args.max_new_tokens,
+                    eos_token_id=stops,
+                    pad_token_id=tok.pad_token_id or stops[0],
+                    **SETTINGS[name],
+                )
+            new = out[0, inputs["input_ids"].shape[1] :]
             text = tok.decode(new, skip_special_tokens=True)
             cut = not (len(new) and int(new[-1]) in stops)
             ended += not cut
@@ -136,12 +144,21 @@ def main(argv=None) -> int:
             if r is not None:
                 recalls.append(r)
         n = len(turns)
-        row = {"setting": name, "ended": ended / n, "loops": looped / n, "rep4": sum(reps) / n,
-               "recall": sum(recalls) / len(recalls) if recalls else 0.0, "steps": steps / n,
-               "seconds": round(time.perf_counter() - t0)}
+        row = {
+            "setting": name,
+            "ended": ended / n,
+            "loops": looped / n,
+            "rep4": sum(reps) / n,
+            "recall": sum(recalls) / len(recalls) if recalls else 0.0,
+            "steps": steps / n,
+            "seconds": round(time.perf_counter() - t0),
+        }
         rows.append(row)
-        print(f"{name:<38} ended {row['ended']:5.0%}  loops {row['loops']:5.0%}  rep4 {row['rep4']:.3f}  "
-              f"recall {row['recall']:5.1%}  steps {row['steps']:5.0%}  ({row['seconds']} s)", flush=True)
+        print(
+            f"{name:<38} ended {row['ended']:5.0%}  loops {row['loops']:5.0%}  rep4 {row['rep4']:.3f}  "
+            f"recall {row['recall']:5.1%}  steps {row['steps']:5.0%}  ({row['seconds']} s)",
+            flush=True,
+        )
     best = min(rows, key=lambda r: (r["loops"], -r["ended"], -r["recall"]))
     print(f"\nbest: {best['setting']}")
     if args.json:

@@ -15,6 +15,7 @@ are timed as well, for information.
 --only find times only find() (and the name-index build); --repeat runs the timed part that many
 times and prints the median of each figure across runs (timings on a busy machine are noisy).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,18 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 SEEDS = [ROOT.parent / "shared" / "data" / "howtocook" / "recipes.jsonl", ROOT / "data" / "sample_recipes.jsonl"]
 PREFIXES = ["", "", "", "家常", "简易", "秘制", "懒人版", "下饭", "香辣", "正宗", "妈妈的", "快手", "零失败", "超简单"]
-SUFFIXES = ["", "", "", "（电饭煲版）", "（空气炸锅）", "（少油版）", "（宝宝辅食）", "（减脂）", "（一人食）", "（详细步骤）"]
+SUFFIXES = [
+    "",
+    "",
+    "",
+    "（电饭煲版）",
+    "（空气炸锅）",
+    "（少油版）",
+    "（宝宝辅食）",
+    "（减脂）",
+    "（一人食）",
+    "（详细步骤）",
+]
 FORMS = ["{}的做法", "{}怎么做？", "请告诉我{}的做法", "我想做{}，需要准备什么，怎么做？", "教我做{}", "{}"]
 SYNONYM_QUERIES = ["番茄炒蛋", "洋芋丝", "马铃薯炖牛肉", "番茄鸡蛋汤", "番茄牛腩", "土豆丝"]
 
@@ -55,8 +67,12 @@ def build(path: Path, n: int, base: list[dict]) -> None:
                 name += str(i)  # a long tail of distinct names
             ings = list(r["recipeIngredient"])
             rng.shuffle(ings)
-            yield {"name": name, "ingredients": ings[: max(2, len(ings) - rng.randrange(3))],
-                   "steps": r["recipeInstructions"], "description": r.get("description", "")}
+            yield {
+                "name": name,
+                "ingredients": ings[: max(2, len(ings) - rng.randrange(3))],
+                "steps": r["recipeInstructions"],
+                "description": r.get("description", ""),
+            }
 
     tmp = path.with_suffix(".partial")
     tmp.unlink(missing_ok=True)
@@ -70,12 +86,38 @@ def build(path: Path, n: int, base: list[dict]) -> None:
     print(f"built {n:,} recipes into {path} in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-TYPOS = ["宫爆鸡丁怎么做", "麻婆豆府", "鱼香肉系的做法", "红少肉", "地三先", "蚂蚁上数", "黄闷鸡", "炸酱棉", "凉披怎么做",
-         "热干棉"]
-PANTRY = ["冰箱里有鸡蛋、西红柿和一根葱，能做什么菜？", "我有土豆和牛肉，可以做什么", "家里只有茄子和青椒能做啥",
-          "排骨 玉米", "豆腐 猪肉", "鸡蛋 西红柿"]
-ABSENT = ["佛跳墙要炖多久", "北京烤鸭的酱怎么调", "东坡肉", "红烧狮子头怎么做", "剁椒鱼头", "夫妻肺片", "毛血旺",
-          "香辣蟹", "鱼香鸡丝", "红烧鸭"]
+TYPOS = [
+    "宫爆鸡丁怎么做",
+    "麻婆豆府",
+    "鱼香肉系的做法",
+    "红少肉",
+    "地三先",
+    "蚂蚁上数",
+    "黄闷鸡",
+    "炸酱棉",
+    "凉披怎么做",
+    "热干棉",
+]
+PANTRY = [
+    "冰箱里有鸡蛋、西红柿和一根葱，能做什么菜？",
+    "我有土豆和牛肉，可以做什么",
+    "家里只有茄子和青椒能做啥",
+    "排骨 玉米",
+    "豆腐 猪肉",
+    "鸡蛋 西红柿",
+]
+ABSENT = [
+    "佛跳墙要炖多久",
+    "北京烤鸭的酱怎么调",
+    "东坡肉",
+    "红烧狮子头怎么做",
+    "剁椒鱼头",
+    "夫妻肺片",
+    "毛血旺",
+    "香辣蟹",
+    "鱼香鸡丝",
+    "红烧鸭",
+]
 QUALIFIERS = ["要蒸几分钟", "怎么做才嫩", "不起泡的窍门", "要炖多久", "用什么锅"]
 
 
@@ -122,8 +164,10 @@ def main() -> int:
         else:
             name = rng.choice(base)["name"]
         dish_q.append(rng.choice(FORMS).format(name))
-    ing_q = [" ".join(rng.sample(["鸡蛋", "西红柿", "土豆", "猪肉", "青椒", "豆腐", "牛肉", "大蒜", "洋葱", "胡萝卜"], 2))
-             for _ in range(args.queries // 4)]
+    ing_q = [
+        " ".join(rng.sample(["鸡蛋", "西红柿", "土豆", "猪肉", "青椒", "豆腐", "牛肉", "大蒜", "洋葱", "胡萝卜"], 2))
+        for _ in range(args.queries // 4)
+    ]
     timed(lib, dish_q[:50] + ing_q[:10])  # warm the page cache (and load jieba once)
     fresh = Library(path)  # as the app opens it (ensure_library): the name index built in the background
     t = time.perf_counter()
@@ -132,19 +176,24 @@ def main() -> int:
     fresh.find(dish_q[0])
     first_ms = (time.perf_counter() - t_first) * 1000
     warming.join()
-    print(f"find(): name index built in {time.perf_counter() - t:.1f} s in the background (once per library"
-          f" content); a question meanwhile: {first_ms:.1f} ms", flush=True)
+    print(
+        f"find(): name index built in {time.perf_counter() - t:.1f} s in the background (once per library"
+        f" content); a question meanwhile: {first_ms:.1f} ms",
+        flush=True,
+    )
     fresh.close()
     lib.names()
     qual_q = [rng.choice(base)["name"] + rng.choice(QUALIFIERS) for _ in range(args.queries // 4)]
     timed(lib, dish_q[:50] + PANTRY + ABSENT, "find")
-    kinds = [("search: dish names / questions (top-5)", dish_q, "search"),
-             ("search: ingredients '鸡蛋 西红柿'", ing_q, "search"),
-             ("find: dish names / questions", dish_q, "find"),
-             ("find: dish + qualifier '…要炖多久'", qual_q, "find"),
-             ("find: typos '宫爆鸡丁'", TYPOS * 5, "find"),
-             ("find: pantry '冰箱里有…'", PANTRY * 5, "find"),
-             ("find: absent dishes (not found)", ABSENT * 5, "find")]
+    kinds = [
+        ("search: dish names / questions (top-5)", dish_q, "search"),
+        ("search: ingredients '鸡蛋 西红柿'", ing_q, "search"),
+        ("find: dish names / questions", dish_q, "find"),
+        ("find: dish + qualifier '…要炖多久'", qual_q, "find"),
+        ("find: typos '宫爆鸡丁'", TYPOS * 5, "find"),
+        ("find: pantry '冰箱里有…'", PANTRY * 5, "find"),
+        ("find: absent dishes (not found)", ABSENT * 5, "find"),
+    ]
     if args.only:
         kinds = [k for k in kinds if k[2] == args.only]
     runs: dict[str, list[tuple]] = {}
@@ -156,8 +205,9 @@ def main() -> int:
             times, empty = timed(lib, qs, how)
             row = (statistics.median(times), pct(times, 95), pct(times, 99), max(times), empty)
             runs.setdefault(label, []).append(row)
-            print(f"{label:<40}{len(qs):>6}{row[0]:>9.2f}{row[1]:>9.2f}{row[2]:>9.2f}{row[3]:>9.2f}{empty:>7}",
-                  flush=True)
+            print(
+                f"{label:<40}{len(qs):>6}{row[0]:>9.2f}{row[1]:>9.2f}{row[2]:>9.2f}{row[3]:>9.2f}{empty:>7}", flush=True
+            )
     if args.repeat > 1:
         print(f"-- median of {args.repeat} runs")
         print(f"{'queries':<40}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'empty':>7}")

@@ -13,6 +13,7 @@ for both converters.
 
     python -m bench.bench_prepare [--records 200000] [--big 1000000] [--workers N] [--repeat 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,22 @@ def corpus(records: int, seed: int = 7) -> Path:
     path = OUT / f"corpus_{records}_{seed}.jsonl"
     if not path.exists():
         if not SYNTH.exists():
-            print(f"skipped: {SYNTH} is missing (a user's clone); this benchmark needs "
-                  "../shared/tools/synth_corpus.py to write its corpora", flush=True)
+            print(
+                f"skipped: {SYNTH} is missing (a user's clone); this benchmark needs "
+                "../shared/tools/synth_corpus.py to write its corpora",
+                flush=True,
+            )
             sys.exit(0)
         OUT.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".partial")
         print(f"writing {records:,} records to {path} ...", flush=True)
         with open(tmp, "wb") as f:
-            subprocess.run([sys.executable, str(SYNTH), "--records", str(records), "--seed", str(seed)],
-                           stdout=f, stderr=subprocess.DEVNULL, check=True)
+            subprocess.run(
+                [sys.executable, str(SYNTH), "--records", str(records), "--seed", str(seed)],
+                stdout=f,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
         tmp.rename(path)
     return path
 
@@ -118,8 +126,11 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     extra = ["--workers", str(args.workers)] if args.workers is not None else []
-    print(f"corpus: {src.name} ({src.stat().st_size / 1e6:,.0f} MB, {args.records:,} records); "
-          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"corpus: {src.name} ({src.stat().st_size / 1e6:,.0f} MB, {args.records:,} records); "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
     tut_argv = [py, "-m", "bench.tutorial_converter", str(src), str(work / "tutorial")]
     new_argv = [py, "-m", "pipeline.prepare_data", str(src), "--out", str(work / "new"), *extra]
@@ -139,22 +150,29 @@ def main() -> int:
         stats = json.loads((work / "new" / "stats.json").read_text())
     (t_tut, c_tut, m_tut), (t_new, c_new, m_new) = (
         (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v), max(r[2] for r in v))
-        for v in runs.values())
+        for v in runs.values()
+    )
     rate_tut, rate_new = args.records / t_tut, args.records / t_new
     print(f"{'median: tutorial':<34}{t_tut:>9.2f}{rate_tut:>12,.0f}{c_tut:>8.2f}{m_tut:>9.0f}")
     print(f"{'median: pipeline.prepare_data':<34}{t_new:>9.2f}{rate_new:>12,.0f}{c_new:>8.2f}{m_new:>9.0f}")
-    print(f"throughput ratio: {rate_new / rate_tut:.2f}x (target >= 2x); peak memory {m_new:.0f} MB vs "
-          f"{m_tut:.0f} MB ({m_new / m_tut:.2f}, target <= 0.25); CPU time ratio {c_tut / c_new:.2f}x; "
-          f"load average now {os.getloadavg()[0]:.1f}; prepare_data kept {stats['kept']:,}, duplicates "
-          f"{stats['duplicates']:,}, rejected {sum(stats['rejected'].values()):,}; train/val/test "
-          f"{stats['train']:,}/{stats['val']:,}/{stats['test']:,}", flush=True)
+    print(
+        f"throughput ratio: {rate_new / rate_tut:.2f}x (target >= 2x); peak memory {m_new:.0f} MB vs "
+        f"{m_tut:.0f} MB ({m_new / m_tut:.2f}, target <= 0.25); CPU time ratio {c_tut / c_new:.2f}x; "
+        f"load average now {os.getloadavg()[0]:.1f}; prepare_data kept {stats['kept']:,}, duplicates "
+        f"{stats['duplicates']:,}, rejected {sum(stats['rejected'].values()):,}; train/val/test "
+        f"{stats['train']:,}/{stats['val']:,}/{stats['test']:,}",
+        flush=True,
+    )
     shutil.rmtree(work, ignore_errors=True)
     if args.big:
         big = corpus(args.big)
         t_big, c_big, m_big = measure([py, "-m", "pipeline.prepare_data", str(big), "--out", str(work / "big"), *extra])
-        print(f"prepare_data peak memory: {m_new:.0f} MB at {args.records:,} records, {m_big:.0f} MB at "
-              f"{args.big:,} ({m_big / m_new:.2f}x; target <= 1.2x, flat); {args.big / t_big:,.0f} records/s, "
-              f"{c_big / args.big * 1e6:.1f} us CPU a record", flush=True)
+        print(
+            f"prepare_data peak memory: {m_new:.0f} MB at {args.records:,} records, {m_big:.0f} MB at "
+            f"{args.big:,} ({m_big / m_new:.2f}x; target <= 1.2x, flat); {args.big / t_big:,.0f} records/s, "
+            f"{c_big / args.big * 1e6:.1f} us CPU a record",
+            flush=True,
+        )
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

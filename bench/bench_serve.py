@@ -8,6 +8,7 @@ Without --base-url it starts `transformers serve` on a tiny model built now (CPU
 first token and tokens/s of both, the tokens/s ratio and the time added to the first token.
 Targets: ratio >= 0.95 and < 30 ms added.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,8 @@ def measure(stream) -> tuple[float, float, int]:
 @contextlib.contextmanager
 def local_server(tmp: Path):
     """transformers serve on a tiny model (sampling: greedy random weights repeat one token)."""
-    from tests.app_server import free_port
     from pipeline.tiny_model import build_tiny_model
+    from tests.app_server import free_port
 
     model = build_tiny_model(tmp / "tiny", hidden_size=256, layers=4)
     cfg = json.loads((model / "generation_config.json").read_text())
@@ -58,9 +59,22 @@ def local_server(tmp: Path):
     (model / "generation_config.json").write_text(json.dumps(cfg))
     port = free_port()
     log = open(tmp / "serve.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "transformers"), "serve", str(model), "--host",
-                             "127.0.0.1", "--port", str(port), "--device", "cpu"], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "transformers"),
+            "serve",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -90,10 +104,10 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     os.environ["RECIPE_WORKSPACE"] = str(tmp / "ws")
     from backend.chat_service import ChatService
-    from core.recipe_library import open_library
     from backend.engines import GenerationParams
     from backend.engines.openai_engine import OpenAIEngine
     from backend.history import History
+    from core.recipe_library import open_library
     from core.settings import api_key, load_settings
 
     settings = load_settings()
@@ -114,8 +128,14 @@ def main(argv=None) -> int:
 
         def direct(counts):
             stream = engine.client.chat.completions.create(
-                model=engine.model, messages=messages, stream=True, stream_options={"include_usage": True},
-                max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p)
+                model=engine.model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                max_tokens=params.max_new_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+            )
             for chunk in stream:
                 if chunk.usage:
                     counts["tokens"] = chunk.usage.completion_tokens

@@ -6,6 +6,7 @@ calling the engine directly, same tiny model, same prompt, greedy decoding, one 
 Prints time to first token and tokens/s of both, the tokens/s ratio and the time added to the
 first token. Target: ratio >= 0.95 and < 30 ms added.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,14 +48,14 @@ def main(argv=None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_stream_"))
     os.environ["RECIPE_WORKSPACE"] = str(tmp / "ws")
+    import torch
+
     from backend.chat_service import ChatService
-    from core.recipe_library import open_library
     from backend.engines import GenerationParams
     from backend.engines.transformers_engine import TransformersEngine
     from backend.history import History
+    from core.recipe_library import open_library
     from core.settings import load_settings
-
-    import torch
 
     torch.set_num_threads(a.threads)
     settings = load_settings()
@@ -94,8 +95,10 @@ def main(argv=None) -> int:
     a_ttft, a_tps, a_n = med(app, 0) * 1000, med(app, 1), med(app, 2)
     ratio = a_tps / e_tps
     added = a_ttft - e_ttft
-    print(f"model: {model} (cpu), {a.tokens} new tokens max, greedy, median of {a.runs} runs, "
-          f"{library.count() if library else 0} recipes for grounding")
+    print(
+        f"model: {model} (cpu), {a.tokens} new tokens max, greedy, median of {a.runs} runs, "
+        f"{library.count() if library else 0} recipes for grounding"
+    )
     print(f"{'':14}{'TTFT ms':>10}{'tokens/s':>12}{'deltas':>8}")
     print(f"{'engine direct':14}{e_ttft:10.1f}{e_tps:12.1f}{e_n:8.0f}")
     print(f"{'app path':14}{a_ttft:10.1f}{a_tps:12.1f}{a_n:8.0f}")

@@ -22,6 +22,7 @@ Without a GPU (nvidia-smi sees none) it says so, runs nothing that needs one and
 merged model) through TurboMind, the engine directly and through the app's chat path, and
 reports its time to first token and tokens/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,6 +74,7 @@ def check_path(name: str, limit_s: float, doc: str, **kw):
     def register(func):
         PATHS[name] = CheckPath(name, func, limit_s, doc, hidden=name.startswith("_"), **kw)
         return func
+
     return register
 
 
@@ -134,10 +136,18 @@ def stream_once(engine, msgs, params, stop_after: int | None = None, stop_event=
     if last is None:
         raise CheckFailed("the engine yielded nothing")
     tokens = last.completion_tokens or len(parts)
-    return {"ttft_ms": (first - t0) * 1000 if first else None, "tokens": tokens, "prompt_tokens": last.prompt_tokens,
-            "tokens_per_s": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else None,
-            "finish_reason": last.finish_reason, "text": "".join(parts), "start": t0, "first": first, "end": end,
-            "stop_latency_s": end - stopped_at if stopped_at else None}
+    return {
+        "ttft_ms": (first - t0) * 1000 if first else None,
+        "tokens": tokens,
+        "prompt_tokens": last.prompt_tokens,
+        "tokens_per_s": (tokens - 1) / (end - first) if first and tokens > 1 and end > first else None,
+        "finish_reason": last.finish_reason,
+        "text": "".join(parts),
+        "start": t0,
+        "first": first,
+        "end": end,
+        "stop_latency_s": end - stopped_at if stopped_at else None,
+    }
 
 
 def greedy(max_new_tokens: int):
@@ -162,8 +172,10 @@ def check_prompt(model: Path | str, msgs: list[dict], prompt_tokens: int | None)
     most). LMDeploy's 'base' fallback template (no <|im_start|> markers) gives far fewer tokens."""
     want = template_tokens(model, msgs)
     if not prompt_tokens or abs(prompt_tokens - want) > 1:
-        raise CheckFailed(f"the engine's prompt has {prompt_tokens} tokens, the model's chat template gives {want}: "
-                          "the engine is not using the model's own chat template (trust_remote_code?)")
+        raise CheckFailed(
+            f"the engine's prompt has {prompt_tokens} tokens, the model's chat template gives {want}: "
+            "the engine is not using the model's own chat template (trust_remote_code?)"
+        )
 
 
 def require_engine(engine, name: str) -> None:
@@ -265,8 +277,14 @@ def run_stage(ctx: Ctx, mod, cmd, label: str) -> tuple[str, float]:
     print(f"[{label}] {' '.join(cmd.argv)}  (log: {log})", flush=True)
     t = time.monotonic()
     with open(log, "wb") as f:
-        rc = subprocess.run(cmd.argv, cwd=cmd.cwd, env={**os.environ, **cmd.env}, stdin=subprocess.DEVNULL,
-                            stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            cmd.argv,
+            cwd=cmd.cwd,
+            env={**os.environ, **cmd.env},
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        ).returncode
     took = time.monotonic() - t
     text = log.read_text(encoding="utf-8", errors="replace")
     tail = "\n".join(text.replace("\r", "\n").rstrip().splitlines()[-20:])
@@ -290,8 +308,12 @@ def prepared_data(ctx: Ctx, settings) -> Path:
 
 
 # ---- the GPU paths --------------------------------------------------------------------------
-@check_path("build-models", 900, "two tiny models (Qwen2; InternLM2 with remote code), head dim 128, "
-            "saved by the train env's transformers 4.x", gpu=False)
+@check_path(
+    "build-models",
+    900,
+    "two tiny models (Qwen2; InternLM2 with remote code), head dim 128, saved by the train env's transformers 4.x",
+    gpu=False,
+)
 def build_models(ctx: Ctx) -> dict:
     from core.envs import env_installed, env_python, setup_hint
 
@@ -302,8 +324,22 @@ def build_models(ctx: Ctx) -> dict:
         out = ctx.tiny(arch)
         shutil.rmtree(out, ignore_errors=True)
         t = time.monotonic()
-        subprocess.run([str(env_python("train")), "-m", "pipeline.tiny_model", str(out), "--arch", arch,
-                        "--hidden-size", "512", "--layers", "4"], cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                str(env_python("train")),
+                "-m",
+                "pipeline.tiny_model",
+                str(out),
+                "--arch",
+                arch,
+                "--hidden-size",
+                "512",
+                "--layers",
+                "4",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
         notes.append(f"{arch} {time.monotonic() - t:.0f} s")
     return {"note": ", ".join(notes)}
 
@@ -311,9 +347,9 @@ def build_models(ctx: Ctx) -> dict:
 def _stream_path(ctx: Ctx, model: Path | str, engine_name: str, tokens: int, runs: int = 1) -> dict:
     """Load ``model`` through the app's engine factory, stream directly and through ChatService."""
     from backend.chat_service import ChatService
-    from core.recipe_library import open_library
     from backend.engines.select import build
     from backend.history import History
+    from core.recipe_library import open_library
 
     settings = ctx.settings(model=model, engine=engine_name)
     t = time.monotonic()
@@ -332,42 +368,56 @@ def _stream_path(ctx: Ctx, model: Path | str, engine_name: str, tokens: int, run
         answer = service.ask(service.history.create_conversation(), QUESTION, greedy(tokens))
         text = "".join(answer)
         if answer.error or answer.finish_reason not in ("stop", "length") or not text:
-            raise CheckFailed(f"the app's chat path: finish {answer.finish_reason!r}, error {answer.error!r}, "
-                              f"{len(text)} characters")
+            raise CheckFailed(
+                f"the app's chat path: finish {answer.finish_reason!r}, error {answer.error!r}, {len(text)} characters"
+            )
     finally:
         engine.close()
     best = max((x["tokens_per_s"] or 0 for x in direct), default=0) or None
-    return {"tokens_per_s": best,
-            "note": f"load {load_s:.1f} s; TTFT {fmt(r['ttft_ms'], '.1f')} ms, {r['tokens']} tokens, prompt "
-                    f"{r['prompt_tokens']} = chat template; app path {fmt(answer.tokens_per_s)} tok/s, TTFT "
-                    f"{fmt(answer.ttft_ms, '.1f')} ms"}
+    return {
+        "tokens_per_s": best,
+        "note": f"load {load_s:.1f} s; TTFT {fmt(r['ttft_ms'], '.1f')} ms, {r['tokens']} tokens, prompt "
+        f"{r['prompt_tokens']} = chat template; app path {fmt(answer.tokens_per_s)} tok/s, TTFT "
+        f"{fmt(answer.ttft_ms, '.1f')} ms",
+    }
 
 
-@check_path("turbomind-qwen2", 600, "TurboMind stream, tiny Qwen2 (engine directly and through ChatService)",
-            needs=("build-models",))
+@check_path(
+    "turbomind-qwen2",
+    600,
+    "TurboMind stream, tiny Qwen2 (engine directly and through ChatService)",
+    needs=("build-models",),
+)
 def turbomind_qwen2(ctx: Ctx) -> dict:
     return _stream_path(ctx, ctx.tiny("qwen2"), "turbomind", ctx.tokens)
 
 
-@check_path("turbomind-internlm2", 600, "TurboMind stream, tiny InternLM2 (remote code, its chat template)",
-            needs=("build-models",))
+@check_path(
+    "turbomind-internlm2",
+    600,
+    "TurboMind stream, tiny InternLM2 (remote code, its chat template)",
+    needs=("build-models",),
+)
 def turbomind_internlm2(ctx: Ctx) -> dict:
     return _stream_path(ctx, ctx.tiny("internlm2"), "turbomind", ctx.tokens)
 
 
-@check_path("turbomind-model", 900, "TurboMind stream of --model FOLDER (TTFT, tokens/s; 3 runs)",
-            only_with_model=True)
+@check_path("turbomind-model", 900, "TurboMind stream of --model FOLDER (TTFT, tokens/s; 3 runs)", only_with_model=True)
 def turbomind_model(ctx: Ctx) -> dict:
     return _stream_path(ctx, ctx.model, "turbomind", ctx.tokens, runs=3)
 
 
-@check_path("turbomind-stop", 600, "Stop mid-answer (ChatService answer.stop()), then the engine answers again",
-            needs=("build-models",))
+@check_path(
+    "turbomind-stop",
+    600,
+    "Stop mid-answer (ChatService answer.stop()), then the engine answers again",
+    needs=("build-models",),
+)
 def turbomind_stop(ctx: Ctx) -> dict:
     from backend.chat_service import ChatService
-    from core.recipe_library import open_library
     from backend.engines.select import build
     from backend.history import History
+    from core.recipe_library import open_library
 
     model = ctx.tiny("internlm2")
     settings = ctx.settings(model=model, engine="turbomind")
@@ -385,11 +435,14 @@ def turbomind_stop(ctx: Ctx) -> dict:
                 answer.stop()
         end = time.perf_counter()
         if stopped_at is None:
-            raise CheckFailed(f"the answer ended by itself after {pieces} pieces ({answer.finish_reason}) before it "
-                              "could be stopped")
+            raise CheckFailed(
+                f"the answer ended by itself after {pieces} pieces ({answer.finish_reason}) before it could be stopped"
+            )
         if answer.finish_reason != "stopped":
-            raise CheckFailed(f"stopped after 5 pieces, the answer ended with {answer.finish_reason!r} "
-                              f"({answer.completion_tokens} tokens, error {answer.error!r})")
+            raise CheckFailed(
+                f"stopped after 5 pieces, the answer ended with {answer.finish_reason!r} "
+                f"({answer.completion_tokens} tokens, error {answer.error!r})"
+            )
         latency = end - stopped_at
         if latency > 5:
             raise CheckFailed(f"the stream took {latency:.1f} s to end after Stop")
@@ -400,9 +453,11 @@ def turbomind_stop(ctx: Ctx) -> dict:
             raise CheckFailed(f"the next answer after Stop ended with {again['finish_reason']!r}")
     finally:
         engine.close()
-    return {"tokens_per_s": again["tokens_per_s"],
-            "note": f"stopped after {answer.completion_tokens} of {long.max_new_tokens} tokens; stream ended "
-                    f"{latency * 1000:.0f} ms after Stop; next answer {again['tokens']} tokens"}
+    return {
+        "tokens_per_s": again["tokens_per_s"],
+        "note": f"stopped after {answer.completion_tokens} of {long.max_new_tokens} tokens; stream ended "
+        f"{latency * 1000:.0f} ms after Stop; next answer {again['tokens']} tokens",
+    }
 
 
 @check_path("turbomind-concurrent", 600, "4 streams at once on one TurboMind engine", needs=("build-models",))
@@ -436,8 +491,11 @@ def turbomind_concurrent(ctx: Ctx) -> dict:
     errors = [f"stream {i}: {type(r).__name__}: {r}" for i, r in enumerate(results) if isinstance(r, BaseException)]
     if errors:
         raise CheckFailed("; ".join(errors))
-    bad = [f"stream {i}: {r['finish_reason']} after {r['tokens']} tokens" for i, r in enumerate(results)
-           if r["finish_reason"] not in ("stop", "length") or r["tokens"] < 1]
+    bad = [
+        f"stream {i}: {r['finish_reason']} after {r['tokens']} tokens"
+        for i, r in enumerate(results)
+        if r["finish_reason"] not in ("stop", "length") or r["tokens"] < 1
+    ]
     if bad:
         raise CheckFailed("; ".join(bad))
     ordered = sorted(results, key=lambda r: r["start"])
@@ -446,19 +504,26 @@ def turbomind_concurrent(ctx: Ctx) -> dict:
         raise CheckFailed("the 4 streams ran one after another, not at once")
     span = max(r["end"] for r in results) - min(r["start"] for r in results)
     total = sum(r["tokens"] for r in results)
-    return {"tokens_per_s": total / span if span > 0 else None,
-            "note": f"{n} streams, {total} tokens in {span:.2f} s (all streams together); per stream "
-                    + "/".join(fmt(r["tokens_per_s"]) for r in results) + " tok/s"}
+    return {
+        "tokens_per_s": total / span if span > 0 else None,
+        "note": f"{n} streams, {total} tokens in {span:.2f} s (all streams together); per stream "
+        + "/".join(fmt(r["tokens_per_s"]) for r in results)
+        + " tok/s",
+    }
 
 
-@check_path("hot-swap", 900, "Use for chat while a stream runs: the old stream ends, GPU memory is freed, "
-            "the new model answers", needs=("build-models",))
+@check_path(
+    "hot-swap",
+    900,
+    "Use for chat while a stream runs: the old stream ends, GPU memory is freed, the new model answers",
+    needs=("build-models",),
+)
 def hot_swap(ctx: Ctx) -> dict:
     from backend.chat_service import ChatService
-    from core.recipe_library import open_library
     from backend.engines import get_engine, release_engine
     from backend.history import History
     from backend.registry import use_for_chat
+    from core.recipe_library import open_library
     from core.settings import save_settings
 
     base = ctx.settings()  # the model comes from settings.toml, as "Use for chat" writes it
@@ -514,9 +579,11 @@ def hot_swap(ctx: Ctx) -> dict:
     if None not in (mem_a, after, before) and after > before + (mem_a - before) * 0.25 + 1024:
         raise CheckFailed(f"closing the engine did not free its GPU memory: {mem}")
     ended = outcome["ended"] - t
-    return {"tokens_per_s": r["tokens_per_s"],
-            "note": f"swap {swap_s:.1f} s; old stream ended {ended:.1f} s after the swap began "
-                    f"({answer.finish_reason}{', ' + outcome['exception'] if 'exception' in outcome else ''}); {mem}"}
+    return {
+        "tokens_per_s": r["tokens_per_s"],
+        "note": f"swap {swap_s:.1f} s; old stream ended {ended:.1f} s after the swap began "
+        f"({answer.finish_reason}{', ' + outcome['exception'] if 'exception' in outcome else ''}); {mem}",
+    }
 
 
 @check_path("pytorch-internlm2", 900, "LMDeploy PyTorch engine stream, tiny InternLM2", needs=("build-models",))
@@ -534,9 +601,24 @@ def _train_chain(ctx: Ctx, gpus: int, tag: str) -> dict:
     settings = ctx.settings()
     data = prepared_data(ctx, settings)
     run = f"gpu-check-{tag}"
-    params = dict(run_name=run, base_model=str(ctx.tiny("internlm2")), data=str(data), max_iters=10, max_length=256,
-                  lr=1e-4, lora_r=8, lora_alpha=16, qlora=True, deepspeed=True, log_interval=1, evaluation_freq=5,
-                  eval_max_new_tokens=16, save_steps=5, save_total_limit=2, seed=0)
+    params = dict(
+        run_name=run,
+        base_model=str(ctx.tiny("internlm2")),
+        data=str(data),
+        max_iters=10,
+        max_length=256,
+        lr=1e-4,
+        lora_r=8,
+        lora_alpha=16,
+        qlora=True,
+        deepspeed=True,
+        log_interval=1,
+        evaluation_freq=5,
+        eval_max_new_tokens=16,
+        save_steps=5,
+        save_total_limit=2,
+        seed=0,
+    )
     if "gpus" in train.DEFAULTS:
         params["gpus"] = gpus
     elif gpus != 1:
@@ -544,9 +626,11 @@ def _train_chain(ctx: Ctx, gpus: int, tag: str) -> dict:
     cmd = train.command(settings, **params)
     rec = cmd.params
     if not (rec.get("qlora") and rec.get("deepspeed") and rec.get("device") == "cuda"):
-        raise CheckFailed(f"the train stage did not keep QLoRA + DeepSpeed on CUDA: qlora={rec.get('qlora')}, "
-                          f"deepspeed={rec.get('deepspeed')}, device={rec.get('device')}, "
-                          f"adaptations={rec.get('cpu_adaptations')}")
+        raise CheckFailed(
+            f"the train stage did not keep QLoRA + DeepSpeed on CUDA: qlora={rec.get('qlora')}, "
+            f"deepspeed={rec.get('deepspeed')}, device={rec.get('device')}, "
+            f"adaptations={rec.get('cpu_adaptations')}"
+        )
     log, train_s = run_stage(ctx, train, cmd, f"train-{tag}")
     p = train.progress(log)
     if (p.done, p.total) != (10, 10):
@@ -568,19 +652,26 @@ def _train_chain(ctx: Ctx, gpus: int, tag: str) -> dict:
         check_prompt(out, messages(), r["prompt_tokens"])
     finally:
         choice.engine.close()
-    return {"tokens_per_s": r["tokens_per_s"],
-            "note": f"train {train_s:.0f} s on {gpus} GPU(s), loss {losses[0]:.3f} -> {losses[-1]:.3f}; convert "
-                    f"{convert_s:.0f} s; merge {merge_s:.0f} s; chat on {choice.engine.name}"}
+    return {
+        "tokens_per_s": r["tokens_per_s"],
+        "note": f"train {train_s:.0f} s on {gpus} GPU(s), loss {losses[0]:.3f} -> {losses[-1]:.3f}; convert "
+        f"{convert_s:.0f} s; merge {merge_s:.0f} s; chat on {choice.engine.name}",
+    }
 
 
-@check_path("train", 2400, "QLoRA 4-bit + DeepSpeed ZeRO-2, 10 iterations on 1 GPU -> pth_to_hf -> merge -> chat",
-            needs=("build-models",))
+@check_path(
+    "train",
+    2400,
+    "QLoRA 4-bit + DeepSpeed ZeRO-2, 10 iterations on 1 GPU -> pth_to_hf -> merge -> chat",
+    needs=("build-models",),
+)
 def train_1gpu(ctx: Ctx) -> dict:
     return _train_chain(ctx, 1, "1gpu")
 
 
-@check_path("train-2gpu", 2400, "the same on 2 GPUs (torch.distributed.run, one node)", needs=("build-models",),
-            min_gpus=2)
+@check_path(
+    "train-2gpu", 2400, "the same on 2 GPUs (torch.distributed.run, one node)", needs=("build-models",), min_gpus=2
+)
 def train_2gpu(ctx: Ctx) -> dict:
     return _train_chain(ctx, 2, "2gpu")
 
@@ -592,8 +683,9 @@ def awq(ctx: Ctx) -> dict:
 
     settings = ctx.settings()
     src = "gpu-check-1gpu-merged"
-    cmd = quantize.command(settings, model=src, name=f"{src}-w4a16", calib="local", calib_samples=32,
-                           calib_seqlen=256, w_group_size=128)
+    cmd = quantize.command(
+        settings, model=src, name=f"{src}-w4a16", calib="local", calib_samples=32, calib_seqlen=256, w_group_size=128
+    )
     _, q_s = run_stage(ctx, quantize, cmd, "quantize")
     out = Path(cmd.outputs["model"])
     engine = build("turbomind", ctx.settings(model=out, engine="turbomind"), None)
@@ -605,25 +697,38 @@ def awq(ctx: Ctx) -> dict:
         check_prompt(out, messages(), r["prompt_tokens"])
     finally:
         engine.close()
-    return {"tokens_per_s": r["tokens_per_s"], "note": f"quantise {q_s:.0f} s; TurboMind (awq) TTFT "
-                                                       f"{fmt(r['ttft_ms'], '.1f')} ms, {r['tokens']} tokens"}
+    return {
+        "tokens_per_s": r["tokens_per_s"],
+        "note": f"quantise {q_s:.0f} s; TurboMind (awq) TTFT {fmt(r['ttft_ms'], '.1f')} ms, {r['tokens']} tokens",
+    }
 
 
-@check_path("opencompass", 1800, "OpenCompass recipe benchmark through TurboMind (eval env), tiny InternLM2",
-            needs=("build-models",))
+@check_path(
+    "opencompass",
+    1800,
+    "OpenCompass recipe benchmark through TurboMind (eval env), tiny InternLM2",
+    needs=("build-models",),
+)
 def opencompass(ctx: Ctx) -> dict:
     from pipeline import eval_results, evaluate
 
     settings = ctx.settings()
     data = prepared_data(ctx, settings)
-    cmd = evaluate.command(settings, model=str(ctx.tiny("internlm2")), base_model="",
-                           test_file=str(data / "test.jsonl"), limit=8, max_out_len=64, batch_size=8,
-                           backend="turbomind", run_name="gpu-check")
+    cmd = evaluate.command(
+        settings,
+        model=str(ctx.tiny("internlm2")),
+        base_model="",
+        test_file=str(data / "test.jsonl"),
+        limit=8,
+        max_out_len=64,
+        batch_size=8,
+        backend="turbomind",
+        run_name="gpu-check",
+    )
     _, took = run_stage(ctx, evaluate, cmd, "opencompass")
     folder = evaluate.latest_result(cmd.outputs["eval_run"])
     run = eval_results.load_run(folder, settings.eval_dir)
-    scores = ", ".join(f"{r.dataset}/{r.metric} {v:.3g}" for r in run.rows for v in r.scores.values()
-                       if v is not None)
+    scores = ", ".join(f"{r.dataset}/{r.metric} {v:.3g}" for r in run.rows for v in r.scores.values() if v is not None)
     return {"note": f"{took:.0f} s; {scores}"}
 
 
@@ -661,8 +766,7 @@ def fail(ctx: Ctx) -> dict:
 # ---- one path in its own process ------------------------------------------------------------
 def child_main(name: str, ctx: Ctx, result_file: Path) -> int:
     os.environ["RECIPE_WORKSPACE"] = str(ctx.ws)
-    for k in [k for k in os.environ if k.startswith("RECIPE_") and k != "RECIPE_WORKSPACE"
-              and not k.endswith("_VENV")]:
+    for k in [k for k in os.environ if k.startswith("RECIPE_") and k != "RECIPE_WORKSPACE" and not k.endswith("_VENV")]:
         del os.environ[k]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -716,15 +820,33 @@ def run_path(p: CheckPath, ctx: Ctx, limit: float, gpu: bool) -> Row:
     log = ctx.logs / f"{p.name}.log"
     result = ctx.work / "results" / f"{p.name}.json"
     result.unlink(missing_ok=True)
-    argv = [sys.executable, "-m", "bench.gpu_check", "--run-path", p.name, "--work", str(ctx.work),
-            "--tokens", str(ctx.tokens), "--result", str(result)]
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.gpu_check",
+        "--run-path",
+        p.name,
+        "--work",
+        str(ctx.work),
+        "--tokens",
+        str(ctx.tokens),
+        "--result",
+        str(result),
+    ]
     if ctx.model:
         argv += ["--model", ctx.model]
     print(f"[gpu-check] {p.name}: {p.doc} (limit {limit:.0f} s, log {log})", flush=True)
     t = time.monotonic()
     with open(log, "wb") as f:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     sampler = GpuSampler(proc.pid) if gpu else None
     if sampler:
         sampler.start()
@@ -744,25 +866,43 @@ def run_path(p: CheckPath, ctx: Ctx, limit: float, gpu: bool) -> Row:
     text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
     peak = sampler.peak() if sampler else None
     if timed_out:
-        return Row(p.name, "FAILED", took, peak_gpu_mib=peak,
-                   error=f"timed out after {limit:.0f} s (killed with its processes); last lines of {log}:\n{tail(text)}")
+        return Row(
+            p.name,
+            "FAILED",
+            took,
+            peak_gpu_mib=peak,
+            error=f"timed out after {limit:.0f} s (killed with its processes); last lines of {log}:\n{tail(text)}",
+        )
     try:
         res = json.loads(result.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return Row(p.name, "FAILED", took, peak_gpu_mib=peak,
-                   error=f"exited {proc.returncode} without a result; last lines of {log}:\n{tail(text)}")
+        return Row(
+            p.name,
+            "FAILED",
+            took,
+            peak_gpu_mib=peak,
+            error=f"exited {proc.returncode} without a result; last lines of {log}:\n{tail(text)}",
+        )
     if res.get("torch_peak_mib") is not None:
         peak = max(peak or 0, res["torch_peak_mib"])
     if not res.get("ok"):
-        return Row(p.name, "FAILED", took, peak_gpu_mib=peak, note=res.get("note", ""),
-                   error=tail(res.get("error") or "", TAIL_LINES) + f"\n(log: {log})")
+        return Row(
+            p.name,
+            "FAILED",
+            took,
+            peak_gpu_mib=peak,
+            note=res.get("note", ""),
+            error=tail(res.get("error") or "", TAIL_LINES) + f"\n(log: {log})",
+        )
     return Row(p.name, "ok", took, res.get("tokens_per_s"), peak, res.get("note", ""))
 
 
 def table(rows: list[Row]) -> str:
     head = ("path", "status", "seconds", "tokens/s", "peak GPU MiB", "note")
-    body = [(r.name, r.status, fmt(r.seconds, ".1f"), fmt(r.tokens_per_s, ".1f"), fmt(r.peak_gpu_mib, ".0f"),
-             r.note) for r in rows]
+    body = [
+        (r.name, r.status, fmt(r.seconds, ".1f"), fmt(r.tokens_per_s, ".1f"), fmt(r.peak_gpu_mib, ".0f"), r.note)
+        for r in rows
+    ]
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(5)]
     lines = []
     for i, cells in enumerate([head, *body]):
@@ -817,9 +957,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma-separated paths (with what they need); default: all")
     ap.add_argument("--list", action="store_true", help="list the paths and exit")
     ap.add_argument("--work", help="folder for models, workspace and logs (default: bench/out/gpu-check/<time>)")
-    ap.add_argument("--time-limit", action="append", default=[], metavar="NAME=SECONDS",
-                    help="override a path's time limit (repeatable)")
-    ap.add_argument("--model", default="", help="also stream this model folder through TurboMind (path turbomind-model)")
+    ap.add_argument(
+        "--time-limit",
+        action="append",
+        default=[],
+        metavar="NAME=SECONDS",
+        help="override a path's time limit (repeatable)",
+    )
+    ap.add_argument(
+        "--model", default="", help="also stream this model folder through TurboMind (path turbomind-model)"
+    )
     ap.add_argument("--tokens", type=int, default=256, help="answer length of the stream paths")
     ap.add_argument("--run-path", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -847,8 +994,11 @@ def main(argv: list[str] | None = None) -> int:
         skipped = [p.name for p in chosen if p.gpu]
         # without a GPU only explicitly named CPU paths run (the harness's own tests)
         chosen = [p for p in chosen if not p.gpu and a.only]
-        print(f"gpu-check: skipped: no GPU is visible (nvidia-smi finds none); nothing that needs a GPU was run "
-              f"({len(skipped)} GPU paths: {', '.join(skipped) or 'none'})", flush=True)
+        print(
+            f"gpu-check: skipped: no GPU is visible (nvidia-smi finds none); nothing that needs a GPU was run "
+            f"({len(skipped)} GPU paths: {', '.join(skipped) or 'none'})",
+            flush=True,
+        )
         if not chosen:
             return 0
     else:
@@ -866,12 +1016,16 @@ def main(argv: list[str] | None = None) -> int:
         if p.gpu and len(gpus) < p.min_gpus:
             rows[p.name] = Row(p.name, "skipped", note=f"needs {p.min_gpus} GPUs, {len(gpus)} visible")
         elif failed_needs:
-            rows[p.name] = Row(p.name, "FAILED", error=f"not run: it needs {', '.join(failed_needs)}, which did not succeed")
+            rows[p.name] = Row(
+                p.name, "FAILED", error=f"not run: it needs {', '.join(failed_needs)}, which did not succeed"
+            )
         else:
             rows[p.name] = run_path(p, ctx, limits.get(p.name, limits.get("*", p.limit_s)), bool(gpus))
         r = rows[p.name]
-        print(f"[gpu-check] {p.name}: {r.status}" + (f" in {r.seconds:.1f} s" if r.seconds is not None else ""),
-              flush=True)
+        print(
+            f"[gpu-check] {p.name}: {r.status}" + (f" in {r.seconds:.1f} s" if r.seconds is not None else ""),
+            flush=True,
+        )
     print(f"\ngpu-check: {len(rows)} path(s) in {time.monotonic() - started:.0f} s (logs in {ctx.logs})\n")
     print(table(list(rows.values())), flush=True)
     failed = [r.name for r in rows.values() if r.status == "FAILED"]

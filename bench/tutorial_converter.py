@@ -5,11 +5,14 @@ silently dropped, as in the tutorial). It stops at the first bad line.
 
     python -m bench.tutorial_converter INPUT OUT_PREFIX
 """
+
 import json
 import sys
 
-SYSTEM = ("你是一个经验丰富的厨师，你会做很多菜。用户报上自己所需的菜名后，"
-          "你可以把做菜所需要的食材（附用量），以及做菜的方法按步骤告诉用户。")
+SYSTEM = (
+    "你是一个经验丰富的厨师，你会做很多菜。用户报上自己所需的菜名后，"
+    "你可以把做菜所需要的食材（附用量），以及做菜的方法按步骤告诉用户。"
+)
 
 
 def convert(input_file: str, output_prefix: str, batch_size: int = 100000) -> int:

@@ -5,6 +5,7 @@
 progress position, held to Limits (inflated size, inflation ratio); ``iter_blocks`` cuts it into
 blocks of whole lines in linear time, a line beyond the cap counted, not kept. Used by pipeline.prepare_data (in worker processes) and core.recipe_library.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,10 +68,17 @@ def _is_clean(raw: bytes | None, joined: str) -> bool:
     means a double space inside a string, a leading or trailing space of one, or an empty
     one. The junk that is printable is U+FE0E, U+FE0F and emoji in U+1F000-1FAFF: astral-plane
     characters show as 4-byte UTF-8 lead bytes in the raw line, or as escaped surrogates."""
-    return (raw is not None and b"\xf0" not in raw
-            and (b"\\" not in raw or (b"\\ud" not in raw and b"\\uD" not in raw)) and joined.isprintable()
-            and "  " not in joined and joined[:1] not in ("", " ") and joined[-1] != " "
-            and "\ufe0f" not in joined and "\ufe0e" not in joined)
+    return (
+        raw is not None
+        and b"\xf0" not in raw
+        and (b"\\" not in raw or (b"\\ud" not in raw and b"\\uD" not in raw))
+        and joined.isprintable()
+        and "  " not in joined
+        and joined[:1] not in ("", " ")
+        and joined[-1] != " "
+        and "\ufe0f" not in joined
+        and "\ufe0e" not in joined
+    )
 
 
 @dataclass(slots=True)
@@ -187,7 +195,7 @@ def check_recipe(obj, raw: bytes | None = None, meta: bool = True) -> Recipe | t
 def parse_line_slow(raw: bytes):
     """After orjson refused a line: the object a lenient reader gets, or (reason, detail)."""
     if raw.startswith(BOM):
-        raw = raw[len(BOM):]
+        raw = raw[len(BOM) :]
     raw = raw.rstrip(b"\r")
     try:
         text = raw.decode("utf-8")
@@ -233,8 +241,11 @@ MAX_LINE_BYTES = 1 << 20  # a recipe line is a few KB; longer lines are rejected
 MAX_INFLATION = 100  # JSON text inflates 3-10x; a member that inflates more is refused
 MAX_INFLATED_BYTES = 64 << 30  # what a compressed input may inflate to in all
 _SLACK = 8 << 20  # inflated bytes allowed beyond MAX_INFLATION x the compressed bytes read
-LIMIT_ENV = {"line_bytes": "RECIPE_PREPARE_MAX_LINE_BYTES", "inflation": "RECIPE_PREPARE_MAX_INFLATION",
-             "inflated_bytes": "RECIPE_PREPARE_MAX_INFLATED_BYTES"}
+LIMIT_ENV = {
+    "line_bytes": "RECIPE_PREPARE_MAX_LINE_BYTES",
+    "inflation": "RECIPE_PREPARE_MAX_INFLATION",
+    "inflated_bytes": "RECIPE_PREPARE_MAX_INFLATED_BYTES",
+}
 
 
 @dataclass(frozen=True)
@@ -301,7 +312,7 @@ class CorpusStream:
             if self._start:
                 self._start = False
                 if data.startswith(BOM):
-                    data = data[len(BOM):]
+                    data = data[len(BOM) :]
                     if not data:
                         continue
             self._last = data[-1:]
@@ -331,12 +342,16 @@ class _Inflating:
         self.counter[0] += len(data)
         out, lim = self.counter[0], self.limits
         if out > lim.inflated_bytes:
-            raise CorpusError(f"{self.what} inflates to more than {_size(lim.inflated_bytes)}, the cap on an inflated "
-                              f"corpus; if it really is one, raise {LIMIT_ENV['inflated_bytes']} (bytes)")
+            raise CorpusError(
+                f"{self.what} inflates to more than {_size(lim.inflated_bytes)}, the cap on an inflated "
+                f"corpus; if it really is one, raise {LIMIT_ENV['inflated_bytes']} (bytes)"
+            )
         if out > lim.inflation * self.compressed() + _SLACK:
-            raise CorpusError(f"{self.what} inflates more than {lim.inflation:g}x ({_size(out)} from "
-                              f"{_size(self.compressed())} compressed): not a text corpus (a decompression bomb?); "
-                              f"if it really is one, raise {LIMIT_ENV['inflation']}")
+            raise CorpusError(
+                f"{self.what} inflates more than {lim.inflation:g}x ({_size(out)} from "
+                f"{_size(self.compressed())} compressed): not a text corpus (a decompression bomb?); "
+                f"if it really is one, raise {LIMIT_ENV['inflation']}"
+            )
         return data
 
 
@@ -428,18 +443,22 @@ def _open_zip(path: Path, limits: Limits) -> CorpusStream:
         if m.flag_bits & 0x1:
             why = f"{m.filename} is encrypted; unzip it with its password first"
         elif m.file_size > limits.inflation * m.compress_size + _SLACK:
-            why = (f"{m.filename} says it inflates {m.file_size / max(m.compress_size, 1):,.0f}x ({_size(m.file_size)} "
-                   f"from {_size(m.compress_size)}), more than the {limits.inflation:g}x of a text corpus (a "
-                   f"decompression bomb?); if it really is one, raise {LIMIT_ENV['inflation']}")
+            why = (
+                f"{m.filename} says it inflates {m.file_size / max(m.compress_size, 1):,.0f}x ({_size(m.file_size)} "
+                f"from {_size(m.compress_size)}), more than the {limits.inflation:g}x of a text corpus (a "
+                f"decompression bomb?); if it really is one, raise {LIMIT_ENV['inflation']}"
+            )
         if why:
             zf.close()
             raise CorpusError(f"{path}: {why}")
     declared = sum(m.file_size for m in members)
     if declared > limits.inflated_bytes:
         zf.close()
-        raise CorpusError(f"{path} says it inflates to {_size(declared)}, more than the cap of "
-                          f"{_size(limits.inflated_bytes)}; if it really is a corpus, raise "
-                          f"{LIMIT_ENV['inflated_bytes']} (bytes)")
+        raise CorpusError(
+            f"{path} says it inflates to {_size(declared)}, more than the cap of "
+            f"{_size(limits.inflated_bytes)}; if it really is a corpus, raise "
+            f"{LIMIT_ENV['inflated_bytes']} (bytes)"
+        )
     counter = [0]
     closers = [zf]
 
@@ -458,8 +477,9 @@ def _open_zip(path: Path, limits: Limits) -> CorpusStream:
             f.close()
             before += m.compress_size
 
-    return CorpusStream(readers(), declared, lambda: counter[0], closers,
-                        [m.filename for m in files if m not in members])
+    return CorpusStream(
+        readers(), declared, lambda: counter[0], closers, [m.filename for m in files if m not in members]
+    )
 
 
 class _ZipMember:
@@ -568,7 +588,7 @@ def iter_blocks(stream: CorpusStream, size: int = 1 << 20, max_line: int = MAX_L
             nl = chunk.find(b"\n", pos)
             length = held_len + (nl if nl >= 0 else len(chunk)) - pos
             if length > max_line:
-                skip = Overlong(length, (b"".join(held) + chunk[pos:pos + 120])[:120])
+                skip = Overlong(length, (b"".join(held) + chunk[pos : pos + 120])[:120])
                 held, held_len = [], 0
                 if nl < 0:
                     continue
@@ -582,12 +602,12 @@ def iter_blocks(stream: CorpusStream, size: int = 1 << 20, max_line: int = MAX_L
         if cut < 0:  # nothing held here: the rest of the chunk starts a line
             hold(chunk[pos:] if pos else chunk)
             continue
-        piece = chunk if pos == 0 and cut == len(chunk) - 1 else chunk[pos:cut + 1]
+        piece = chunk if pos == 0 and cut == len(chunk) - 1 else chunk[pos : cut + 1]
         if held:
             piece = b"".join((*held, piece))
             held, held_len = [], 0
         yield piece
-        hold(chunk[cut + 1:])
+        hold(chunk[cut + 1 :])
     if skip is not None:
         yield skip
     elif held:

@@ -6,6 +6,7 @@ eval  -> .venvs/eval    (OpenCompass 0.5.4)
 Created by ``scripts/setup-env.sh NAME`` (``make setup``). Stage commands run with the
 interpreter of their environment, as subprocesses; the app never imports xtuner/opencompass.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Temporary files are named ``.<name>.<pid>.<random><suffix>`` beside their target, so the
 ones a killed process left behind can be told from those of a live writer
 (``remove_orphan_temps``; the job supervisor calls it when a stage ends or is cancelled)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,7 +36,7 @@ def _owner_gone(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
-    return stat[stat.rfind(")") + 2:][:1] in ("Z", "X")
+    return stat[stat.rfind(")") + 2 :][:1] in ("Z", "X")
 
 
 def remove_orphan_temps(paths) -> list[Path]:

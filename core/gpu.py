@@ -1,6 +1,7 @@
 """GPU facts: the NVIDIA GPUs NVML sees (nvidia-ml-py), and whether LMDeploy's TurboMind can run
 (asked in a subprocess of the app environment). Used by the System panel, the train stage (how many
 GPUs) and the evaluate stage (TurboMind or transformers)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +10,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
+
 
 @dataclass
 class Fact:
@@ -71,11 +73,19 @@ def gpu_fact() -> Fact:
     if names and torch_cuda:
         return Fact("GPU", True, f"{'; '.join(names)} ({torch_note})")
     if names:
-        return Fact("GPU", False, f"the NVIDIA driver reports {'; '.join(names)}, but torch cannot use it "
-                    f"({torch_note})",
-                    "install a CUDA build of torch in the app environment (scripts/setup-env.sh app on this machine)")
-    return Fact("GPU", False, f"no CUDA GPU: {why_none} ({torch_note}); chat uses the transformers engine on CPU, "
-                "training runs only tiny models", "run the app on a machine with an NVIDIA GPU for TurboMind and QLoRA")
+        return Fact(
+            "GPU",
+            False,
+            f"the NVIDIA driver reports {'; '.join(names)}, but torch cannot use it ({torch_note})",
+            "install a CUDA build of torch in the app environment (scripts/setup-env.sh app on this machine)",
+        )
+    return Fact(
+        "GPU",
+        False,
+        f"no CUDA GPU: {why_none} ({torch_note}); chat uses the transformers engine on CPU, "
+        "training runs only tiny models",
+        "run the app on a machine with an NVIDIA GPU for TurboMind and QLoRA",
+    )
 
 
 _LMDEPLOY_PROBE = r"""
@@ -109,18 +119,34 @@ def lmdeploy_fact(python: str | None = None, timeout: float = 120) -> Fact:
     lmdeploy may exit the process or grab the GPU)."""
     python = python or sys.executable
     if python == sys.executable and importlib.util.find_spec("lmdeploy") is None:
-        return Fact("LMDeploy / TurboMind", False, "LMDeploy is not installed (it is GPU-only)",
-                    "on a GPU machine `make run` installs requirements-gpu.txt (LMDeploy); chat falls back to transformers")
+        return Fact(
+            "LMDeploy / TurboMind",
+            False,
+            "LMDeploy is not installed (it is GPU-only)",
+            "on a GPU machine `make run` installs requirements-gpu.txt (LMDeploy); chat falls back to transformers",
+        )
     try:
         r = subprocess.run([python, "-c", _LMDEPLOY_PROBE], capture_output=True, text=True, timeout=timeout)
         info = json.loads(r.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
-        return Fact("LMDeploy / TurboMind", False, f"could not check LMDeploy ({type(e).__name__}: {e})",
-                    "run `python -c 'import lmdeploy'` in the app environment to see the error")
+        return Fact(
+            "LMDeploy / TurboMind",
+            False,
+            f"could not check LMDeploy ({type(e).__name__}: {e})",
+            "run `python -c 'import lmdeploy'` in the app environment to see the error",
+        )
     if info["version"] is None:
-        return Fact("LMDeploy / TurboMind", False, f"LMDeploy does not import: {info['reason']}",
-                    "reinstall it with scripts/setup-env.sh app on the GPU machine")
+        return Fact(
+            "LMDeploy / TurboMind",
+            False,
+            f"LMDeploy does not import: {info['reason']}",
+            "reinstall it with scripts/setup-env.sh app on the GPU machine",
+        )
     if info["turbomind"]:
         return Fact("LMDeploy / TurboMind", True, f"LMDeploy {info['version']}, TurboMind available")
-    return Fact("LMDeploy / TurboMind", False, f"LMDeploy {info['version']} installed, TurboMind unavailable: {info['reason']}",
-                "chat uses the transformers engine instead")
+    return Fact(
+        "LMDeploy / TurboMind",
+        False,
+        f"LMDeploy {info['version']} installed, TurboMind unavailable: {info['reason']}",
+        "chat uses the transformers engine instead",
+    )

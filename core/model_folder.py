@@ -1,5 +1,6 @@
 """What makes a folder a Hugging Face model that the engines, merge, quantise and evaluate can
 load: one check, used by all of them, so that they agree."""
+
 from __future__ import annotations
 
 import os
@@ -38,14 +39,31 @@ CHECK_FORMAT = "recipe-envcheck/1"
 METADATA_FILES = {CHECK_FILE, "recipe_model.json"}  # not part of a folder's fingerprint
 LOGITS_MAX_BYTES = 2 * 1024**3  # larger folders: config and tokenizer compared, no forward pass
 LOGITS_ATOL = 1e-3  # max |difference| of float32 logits between environments
-CONFIG_KEYS = ("model_type", "architectures", "vocab_size", "hidden_size", "intermediate_size",
-               "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-               "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "bos_token_id",
-               "eos_token_id", "pad_token_id", "rope_scaling")
-PROBE_TEXTS = ("红烧肉的做法", "您需要准备以下食材:\n- 五花肉 500克\n按以下方法制作:\n1. 切块。",
-               "Hello world 2024", "<|im_start|>user\nhi<|im_end|>\n")
-PROBE_MESSAGES = ({"role": "system", "content": "你是一位中餐厨师。"},
-                  {"role": "user", "content": "番茄炒蛋的做法"})
+CONFIG_KEYS = (
+    "model_type",
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "rope_scaling",
+)
+PROBE_TEXTS = (
+    "红烧肉的做法",
+    "您需要准备以下食材:\n- 五花肉 500克\n按以下方法制作:\n1. 切块。",
+    "Hello world 2024",
+    "<|im_start|>user\nhi<|im_end|>\n",
+)
+PROBE_MESSAGES = ({"role": "system", "content": "你是一位中餐厨师。"}, {"role": "user", "content": "番茄炒蛋的做法"})
 # what a tokenizer or config written by transformers 5 looks like to 4.x (see static_problem)
 TF5_TOKENIZER_CLASSES = {"TokenizersBackend"}
 
@@ -69,15 +87,19 @@ def static_problem(path: str | os.PathLike) -> str | None:
 
     tok = read("tokenizer_config.json")
     if str(tok.get("tokenizer_class") or "") in TF5_TOKENIZER_CLASSES:
-        return (f"{p}: its tokenizer was saved by transformers 5 (tokenizer_class "
-                f"{tok['tokenizer_class']!r}), which the training and evaluation environments "
-                "(transformers 4.x) cannot load; save it with transformers 4.x")
+        return (
+            f"{p}: its tokenizer was saved by transformers 5 (tokenizer_class "
+            f"{tok['tokenizer_class']!r}), which the training and evaluation environments "
+            "(transformers 4.x) cannot load; save it with transformers 4.x"
+        )
     cfg = read("config.json")
     rope = cfg.get("rope_parameters")
     if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in cfg:
-        return (f"{p}: config.json keeps rope_theta ({rope['rope_theta']}) only in rope_parameters "
-                "(transformers 5); transformers 4.x would silently use its default instead: save the "
-                "config with transformers 4.x or add rope_theta")
+        return (
+            f"{p}: config.json keeps rope_theta ({rope['rope_theta']}) only in rope_parameters "
+            "(transformers 5); transformers 4.x would silently use its default instead: save the "
+            "config with transformers 4.x or add rope_theta"
+        )
     quant = cfg.get("quantization_config")
     if isinstance(quant, dict) and str(quant.get("quant_method", "")).lower() == "gguf":
         return f"{p}: config.json still carries the GGUF quantisation marker (quantization_config)"
@@ -129,8 +151,11 @@ def probe(path: str, logits: bool = True, trust_remote_code: bool = True) -> dic
     cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     facts = {k: getattr(cfg, k, None) for k in CONFIG_KEYS}
     scaling = facts["rope_scaling"]  # transformers 5 shows its rope_parameters here: plain RoPE = None
-    if isinstance(scaling, dict) and scaling.get("rope_type", "default") == "default" \
-            and set(scaling) <= {"rope_type", "rope_theta", "type"}:
+    if (
+        isinstance(scaling, dict)
+        and scaling.get("rope_type", "default") == "default"
+        and set(scaling) <= {"rope_type", "rope_theta", "type"}
+    ):
         facts["rope_scaling"] = None
     rope = getattr(cfg, "rope_theta", None)
     params = getattr(cfg, "rope_parameters", None)  # transformers 5
@@ -139,8 +164,10 @@ def probe(path: str, logits: bool = True, trust_remote_code: bool = True) -> dic
     facts["rope_theta"] = rope
     facts["quantization_config"] = bool(getattr(cfg, "quantization_config", None))
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    facts["special_tokens"] = {k: [getattr(tok, k, None), getattr(tok, k + "_id", None)]
-                               for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    facts["special_tokens"] = {
+        k: [getattr(tok, k, None), getattr(tok, k + "_id", None)]
+        for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+    }
     facts["texts"] = [_ids(tok(t, add_special_tokens=False)) for t in PROBE_TEXTS]
     facts["texts_special"] = [_ids(tok(t)) for t in PROBE_TEXTS]
     facts["decoded"] = [tok.decode(ids) for ids in facts["texts"]]
@@ -159,8 +186,9 @@ def probe(path: str, logits: bool = True, trust_remote_code: bool = True) -> dic
         facts["generation_eos"] = None
     out = {"transformers": transformers.__version__, "facts": facts, "logits": None}
     if logits:
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, torch_dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
         model.eval()
         ids = (chat or facts["texts"][0])[:64]
         with torch.no_grad():
@@ -175,8 +203,13 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
 
-def check_across_envs(path: str | os.PathLike, envs: tuple[str, ...] = ("app", "train", "eval"),
-                      logits: bool | None = None, timeout: float = 900.0, record: bool = True) -> dict:
+def check_across_envs(
+    path: str | os.PathLike,
+    envs: tuple[str, ...] = ("app", "train", "eval"),
+    logits: bool | None = None,
+    timeout: float = 900.0,
+    record: bool = True,
+) -> dict:
     """Load ``path`` in each installed environment and compare. Returns a report::
 
         {ok, problem, envs: {name: transformers version | "not installed" | error}, rope_theta,
@@ -200,8 +233,13 @@ def check_across_envs(path: str | os.PathLike, envs: tuple[str, ...] = ("app", "
         old = json.loads((p / CHECK_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old = {}
-    if record and old.get("format") == CHECK_FORMAT and old.get("fingerprint") == fp and old.get("ok") \
-            and set(envs) <= set(old.get("envs", {})):
+    if (
+        record
+        and old.get("format") == CHECK_FORMAT
+        and old.get("fingerprint") == fp
+        and old.get("ok")
+        and set(envs) <= set(old.get("envs", {}))
+    ):
         return {**old, "cached": True}
     with_logits = _weights_bytes(p) <= LOGITS_MAX_BYTES if logits is None else logits
     start = time.monotonic()
@@ -213,10 +251,18 @@ def check_across_envs(path: str | os.PathLike, envs: tuple[str, ...] = ("app", "
             continue
         seen.add(str(py))
         argv = [str(py), "-P", "-m", "core.model_folder", "probe", str(p)] + ([] if with_logits else ["--no-logits"])
-        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-        procs[name] = subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(root),
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TRANSFORMERS_VERBOSITY": "error",
+        }
+        procs[name] = subprocess.Popen(
+            argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
     results, report_envs, problems = {}, {}, []
     for name in envs:
         if name not in procs:
@@ -251,9 +297,11 @@ def check_across_envs(path: str | os.PathLike, envs: tuple[str, ...] = ("app", "
             b = results[other]["facts"]
             for key in sorted(set(a) | set(b)):
                 if _jsonable(a.get(key)) != _jsonable(b.get(key)):
-                    problems.append(f"{key} differs: {ref} (transformers {results[ref]['transformers']}) "
-                                    f"{str(a.get(key))[:160]} vs {other} (transformers "
-                                    f"{results[other]['transformers']}) {str(b.get(key))[:160]}")
+                    problems.append(
+                        f"{key} differs: {ref} (transformers {results[ref]['transformers']}) "
+                        f"{str(a.get(key))[:160]} vs {other} (transformers "
+                        f"{results[other]['transformers']}) {str(b.get(key))[:160]}"
+                    )
         if with_logits:
             la = results[ref]["logits"]
             diff = 0.0
@@ -264,15 +312,23 @@ def check_across_envs(path: str | os.PathLike, envs: tuple[str, ...] = ("app", "
                 d = max(abs(x - y) for x, y in zip(la["last"], lb["last"]))
                 diff = max(diff, d)
                 if d > LOGITS_ATOL or la["argmax"] != lb["argmax"]:
-                    problems.append(f"logits differ between {ref} and {other}: max |difference| {d:.3g} "
-                                    f"(allowed {LOGITS_ATOL}), next-token choice "
-                                    f"{'same' if la['argmax'] == lb['argmax'] else 'different'}")
+                    problems.append(
+                        f"logits differ between {ref} and {other}: max |difference| {d:.3g} "
+                        f"(allowed {LOGITS_ATOL}), next-token choice "
+                        f"{'same' if la['argmax'] == lb['argmax'] else 'different'}"
+                    )
     ref_facts = results[names[0]]["facts"] if names else {}
-    report = {"format": CHECK_FORMAT, "ok": not problems and bool(results), "problem": "; ".join(problems) or
-              (None if results else "no environment could be checked"),
-              "envs": report_envs, "rope_theta": ref_facts.get("rope_theta"),
-              "logits_checked": bool(with_logits and len(names) >= 2), "logits_max_abs_diff": diff,
-              "seconds": round(time.monotonic() - start, 1), "fingerprint": fp}
+    report = {
+        "format": CHECK_FORMAT,
+        "ok": not problems and bool(results),
+        "problem": "; ".join(problems) or (None if results else "no environment could be checked"),
+        "envs": report_envs,
+        "rope_theta": ref_facts.get("rope_theta"),
+        "logits_checked": bool(with_logits and len(names) >= 2),
+        "logits_max_abs_diff": diff,
+        "seconds": round(time.monotonic() - start, 1),
+        "fingerprint": fp,
+    }
     if record:
         try:
             (p / CHECK_FILE).write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")

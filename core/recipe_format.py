@@ -4,6 +4,7 @@ the evaluation, so the model is trained on exactly the format the app shows.
 A recipe here is a dict in the XiaChuFang corpus format: ``name``, ``dish``, ``keywords``,
 ``recipeIngredient`` (list of str), ``recipeInstructions`` (list of str), ...
 """
+
 from __future__ import annotations
 
 import re

@@ -20,6 +20,7 @@ lacks is reported as absent, with the closest dishes only as labelled alternativ
     lib.find("冰箱里有鸡蛋、西红柿和一根葱，能做什么菜？")  # Found(kind='pantry', recipes=[... 'missing'])
     ensure_library(settings)  # the library of settings.library_db, filled from the sample corpus
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,29 +37,64 @@ from pathlib import Path
 import orjson
 import sqlite_utils
 
-from core.fileio import temp_beside
-from core.sqlite_tx import write_transaction
-from core.settings import PROJECT_ROOT
 from core.corpus import Recipe, fingerprint, iter_recipes
+from core.fileio import temp_beside
 from core.recipe_format import dish_name
+from core.settings import PROJECT_ROOT
+from core.sqlite_tx import write_transaction
 
 SAMPLE_RECIPES = PROJECT_ROOT / "data" / "sample_recipes.jsonl"
 
 # ---- text canonicalisation ------------------------------------------------------------------
 # variant -> canonical spelling; applied to recipe text and queries alike
 SYNONYMS = {
-    "西红柿": "番茄", "蕃茄": "番茄",
-    "马铃薯": "土豆", "洋芋": "土豆", "山药蛋": "土豆",
-    "地瓜": "红薯", "番薯": "红薯", "甘薯": "红薯", "白薯": "红薯",
+    "西红柿": "番茄",
+    "蕃茄": "番茄",
+    "马铃薯": "土豆",
+    "洋芋": "土豆",
+    "山药蛋": "土豆",
+    "地瓜": "红薯",
+    "番薯": "红薯",
+    "甘薯": "红薯",
+    "白薯": "红薯",
     "芫荽": "香菜",
-    "卷心菜": "包菜", "圆白菜": "包菜", "洋白菜": "包菜", "包心菜": "包菜", "甘蓝": "包菜",
-    "西兰花": "西蓝花", "青花菜": "西蓝花", "绿菜花": "西蓝花",
-    "青瓜": "黄瓜", "芋艿": "芋头", "淮山": "山药", "凤梨": "菠萝", "奇异果": "猕猴桃",
-    "生粉": "淀粉", "粟粉": "淀粉", "苞米": "玉米", "包谷": "玉米", "苞谷": "玉米",
-    "胡豆": "蚕豆", "香葱": "小葱", "葱花": "小葱", "粉条": "粉丝", "冬粉": "粉丝",
-    "豇豆": "豆角", "扁豆": "豆角", "四季豆": "豆角", "芸豆": "豆角",
-    "鸡翅膀": "鸡翅", "猪五花": "五花肉", "三层肉": "五花肉", "老抽酱油": "老抽", "生抽酱油": "生抽",
-    "鸡子": "鸡蛋", "鸡卵": "鸡蛋", "土鸡蛋": "鸡蛋", "大米饭": "米饭", "白米饭": "米饭",
+    "卷心菜": "包菜",
+    "圆白菜": "包菜",
+    "洋白菜": "包菜",
+    "包心菜": "包菜",
+    "甘蓝": "包菜",
+    "西兰花": "西蓝花",
+    "青花菜": "西蓝花",
+    "绿菜花": "西蓝花",
+    "青瓜": "黄瓜",
+    "芋艿": "芋头",
+    "淮山": "山药",
+    "凤梨": "菠萝",
+    "奇异果": "猕猴桃",
+    "生粉": "淀粉",
+    "粟粉": "淀粉",
+    "苞米": "玉米",
+    "包谷": "玉米",
+    "苞谷": "玉米",
+    "胡豆": "蚕豆",
+    "香葱": "小葱",
+    "葱花": "小葱",
+    "粉条": "粉丝",
+    "冬粉": "粉丝",
+    "豇豆": "豆角",
+    "扁豆": "豆角",
+    "四季豆": "豆角",
+    "芸豆": "豆角",
+    "鸡翅膀": "鸡翅",
+    "猪五花": "五花肉",
+    "三层肉": "五花肉",
+    "老抽酱油": "老抽",
+    "生抽酱油": "生抽",
+    "鸡子": "鸡蛋",
+    "鸡卵": "鸡蛋",
+    "土鸡蛋": "鸡蛋",
+    "大米饭": "米饭",
+    "白米饭": "米饭",
 }
 _SYN = re.compile("|".join(sorted(map(re.escape, SYNONYMS), key=len, reverse=True)))
 # a bare 蛋 is a hen's egg (炒蛋, 蛋炒饭, 番茄炒蛋), but not in 鸭蛋, 皮蛋, 咸蛋, 蛋糕, 蛋挞
@@ -106,7 +142,7 @@ def grams(canonical: str) -> str:
         if run[0] < "\u3400":  # latin letters / digits: one token
             out.append(run)
             continue
-        out.extend(run[i:i + 2] for i in range(len(run) - 1))
+        out.extend(run[i : i + 2] for i in range(len(run) - 1))
         out.append(run[-1])
     return " ".join(out)
 
@@ -142,19 +178,36 @@ def recipe_row(recipe) -> tuple | None:
     key = name_key(name)
     ing_names = [n for n in map(ingredient_name, ings) if n]
     return (
-        _signed(fingerprint(name, ings)), name, key, orjson.dumps(ings).decode(), orjson.dumps(steps).decode(),
-        desc, author, " ".join(ing_names), _quality(ings, steps), grams(key), " ".join(map(grams, ing_names)),
+        _signed(fingerprint(name, ings)),
+        name,
+        key,
+        orjson.dumps(ings).decode(),
+        orjson.dumps(steps).decode(),
+        desc,
+        author,
+        " ".join(ing_names),
+        _quality(ings, steps),
+        grams(key),
+        " ".join(map(grams, ing_names)),
     )
 
 
 # ---- queries --------------------------------------------------------------------------------
-_FILLER = re.compile("|".join(sorted("""
+_FILLER = re.compile(
+    "|".join(
+        sorted(
+            """
 请告诉我 告诉我 请问 请教 麻烦 教教我 教我做 教我 我想学做 我想学 我想做 我想吃 我要做 想学做 想做 想吃
 要怎么做才好吃 怎么做才好吃 要怎么做 怎么做 怎样做 如何做 如何制作 怎么制作 怎么烧 怎么炒 怎么煮 怎么蒸
 怎么炖 做法是什么 的家常做法 的简单做法 的做法 做法 需要准备什么 需要准备哪些 需要什么材料 需要哪些材料
 要准备什么 需要什么 能做什么菜 能做什么 可以做什么菜 可以做什么 做什么菜 做什么好吃 做什么 有什么菜
 家里有 冰箱里有 我有 只有 好吃 一下 一道 一份 怎么 如何 吗 呢 呀 吧 啊 哦
-""".split(), key=len, reverse=True)))
+""".split(),
+            key=len,
+            reverse=True,
+        )
+    )
+)
 _SEPARATORS = re.compile(r"[\s,，。.、;；!！?？:：/+＋&|]+|和|跟|与|以及|还有|及|加")
 
 
@@ -211,34 +264,52 @@ def _fts_term(term: str) -> str:
 
 # ---- understanding a question (Library.find) ------------------------------------------------
 # seasonings a kitchen has: never counted against a recipe in a pantry search
-STAPLES = frozenset("""
+STAPLES = frozenset(
+    """
 盐 食盐 细盐 海盐 油 食用油 植物油 花生油 菜籽油 玉米油 色拉油 水 清水 开水 温水 热水 冷水 凉水 冰水 纯净水
 糖 白糖 白砂糖 砂糖 绵白糖 冰糖 酱油 生抽 老抽 醋 香醋 米醋 陈醋 白醋 料酒 黄酒 味精 鸡精 胡椒粉 白胡椒粉
 黑胡椒粉 胡椒 淀粉 玉米淀粉 水淀粉 香油 芝麻油 蚝油 调料 调味料
-""".split())
+""".split()
+)
 _STAPLE_ENDS = ("盐", "食用油", "植物油", "清水", "白糖", "酱油", "生抽", "老抽", "料酒", "鸡精", "胡椒粉", "淀粉")
 _SEGMENTS = re.compile(r"[\s,，。.、;；!！?？:：/+＋&|()（）【】\[\]「」『』\"'“”‘’<>《》~～…]+")
 # "what can I cook with ...": a pantry question
-_PANTRY = re.compile(r"(?:做|煮|炒|弄|烧|搞)(?:点|些|一些)?(?:什么|啥|哪些|些啥)|冰箱|家里(?:有|剩|还有|只有)|剩下|剩了"
-                     r"|现有|手头|手边|用(?:这些|以下|现有)|我有|只有")
-_PANTRY_DROP = re.compile(r"冰箱里?|家里|手头上?|手边|现在|目前|只剩下?|还剩下?|剩下的?|剩了|只有|还有|我有|现有|有点|有些"
-                          r"|(?:能|可以|可|还能|该|会)?(?:做|煮|炒|弄|烧|搞)(?:点|些|一些)?(?:什么|啥|哪些|些啥)(?:菜|好吃的|吃的|东西)?"
-                          r"|一起|这些|以下|食材|材料")
+_PANTRY = re.compile(
+    r"(?:做|煮|炒|弄|烧|搞)(?:点|些|一些)?(?:什么|啥|哪些|些啥)|冰箱|家里(?:有|剩|还有|只有)|剩下|剩了"
+    r"|现有|手头|手边|用(?:这些|以下|现有)|我有|只有"
+)
+_PANTRY_DROP = re.compile(
+    r"冰箱里?|家里|手头上?|手边|现在|目前|只剩下?|还剩下?|剩下的?|剩了|只有|还有|我有|现有|有点|有些"
+    r"|(?:能|可以|可|还能|该|会)?(?:做|煮|炒|弄|烧|搞)(?:点|些|一些)?(?:什么|啥|哪些|些啥)(?:菜|好吃的|吃的|东西)?"
+    r"|一起|这些|以下|食材|材料"
+)
 _LEADING = re.compile(r"^(?:有|用|拿|把|和|跟|还有|都有)+|(?:了|啦|呢|吧)+$")
 # characters that name a food: a dish name that differs from the question in one of them is
 # another dish (红烧鸭 is not a typo of 红烧鱼), and such a word before a dish name makes another
 # dish (番茄鸡蛋羹 is not 鸡蛋羹)
-_FOOD_CHARS = frozenset("肉鱼虾蟹贝鸡鸭鹅牛羊猪兔蛋豆菜瓜茄葱蒜姜椒笋菇蘑藕芋薯米面饭粥汤饼粉糕肠排骨翅腿爪蹄肝肚肺心舌")
+_FOOD_CHARS = frozenset(
+    "肉鱼虾蟹贝鸡鸭鹅牛羊猪兔蛋豆菜瓜茄葱蒜姜椒笋菇蘑藕芋薯米面饭粥汤饼粉糕肠排骨翅腿爪蹄肝肚肺心舌"
+)
 # a dish-type character right after a dish name makes another dish (红烧肉饭, 西红柿鸡蛋汤)
 _DISH_TAIL = frozenset("饭面粥汤饼包饺粉羹煲锅卷糕盒丸酱")
 # words before a dish name that describe how it is made, not another dish (下饭皮蛋豆腐 is 皮蛋豆腐)
-_STYLE_WORDS = re.compile("|".join(sorted("""
+_STYLE_WORDS = re.compile(
+    "|".join(
+        sorted(
+            """
 下饭 家常 简易 简单 超简单 秘制 正宗 快手 懒人 懒人版 零失败 好吃的 美味 经典 传统 地道 老式 私房 网红 减脂 低脂 健康
 妈妈的 外婆的 奶奶的 自制 在家做 版 的
-""".split(), key=len, reverse=True)))
+""".split(),
+            key=len,
+            reverse=True,
+        )
+    )
+)
 # where the dish name of a question stops: 佛跳墙要炖多久 -> 佛跳墙
-_QUALIFIER = re.compile(r"^(.{2,}?)(?:要|需要|才|得|该|应该|为什么|为啥|能不能|可不可以|可以|用什么|放什么|放多少|多久|多长时间|几分钟"
-                        r"|不|怎样|怎么|如何|有什么|是什么|好吃|窍门|技巧|诀窍|秘诀)")
+_QUALIFIER = re.compile(
+    r"^(.{2,}?)(?:要|需要|才|得|该|应该|为什么|为啥|能不能|可不可以|可以|用什么|放什么|放多少|多久|多长时间|几分钟"
+    r"|不|怎样|怎么|如何|有什么|是什么|好吃|窍门|技巧|诀窍|秘诀)"
+)
 NAME_INDEX_MAX = 300_000  # distinct dish names kept in memory (the commonest), a 1M-recipe library holds ~400k
 VOCAB_SAMPLE = 50_000  # recipes read for the ingredient vocabulary
 WARM_NAMES_MIN = 20_000  # recipes from which ensure_library builds the name index in the background
@@ -259,21 +330,29 @@ def _staple(name: str) -> bool:
 
 
 # a general ingredient word and the cuts or kinds a recipe names instead (牛肉 covers 牛腩)
-KINDS_OF = {k: frozenset(v.split()) for k, v in {
-    "牛肉": "牛腩 牛里脊 牛柳 肥牛 肥牛卷 牛排 牛肉末 牛肉馅 牛腱 牛腱子",
-    "猪肉": "五花肉 里脊 里脊肉 猪里脊 肉末 猪肉末 肉馅 猪肉馅 前腿肉 后腿肉 梅花肉 瘦肉 猪瘦肉 肉丝 肉片",
-    "羊肉": "羊排 羊腿 羊肉片 羊腩 羊肉卷",
-    "鸡肉": "鸡胸肉 鸡腿肉 鸡腿 鸡翅 鸡块 三黄鸡 鸡翅中 鸡胸",
-    "排骨": "猪排骨 肋排 小排 猪小排 猪肋排 仔排",
-    "虾": "大虾 鲜虾 基围虾 虾仁 对虾",
-}.items()}
+KINDS_OF = {
+    k: frozenset(v.split())
+    for k, v in {
+        "牛肉": "牛腩 牛里脊 牛柳 肥牛 肥牛卷 牛排 牛肉末 牛肉馅 牛腱 牛腱子",
+        "猪肉": "五花肉 里脊 里脊肉 猪里脊 肉末 猪肉末 肉馅 猪肉馅 前腿肉 后腿肉 梅花肉 瘦肉 猪瘦肉 肉丝 肉片",
+        "羊肉": "羊排 羊腿 羊肉片 羊腩 羊肉卷",
+        "鸡肉": "鸡胸肉 鸡腿肉 鸡腿 鸡翅 鸡块 三黄鸡 鸡翅中 鸡胸",
+        "排骨": "猪排骨 肋排 小排 猪小排 猪肋排 仔排",
+        "虾": "大虾 鲜虾 基围虾 虾仁 对虾",
+    }.items()
+}
 
 
 def _same_ingredient(have: str, need: str) -> bool:
     """What the user has covers what the recipe needs: 葱 covers 小葱, 鸡蛋 covers 鸡蛋液,
     牛肉 covers 牛腩 (KINDS_OF), 牛腩 covers 牛肉."""
-    return (have == need or have in need or (len(need) >= 2 and need in have)
-            or need in KINDS_OF.get(have, ()) or have in KINDS_OF.get(need, ()))
+    return (
+        have == need
+        or have in need
+        or (len(need) >= 2 and need in have)
+        or need in KINDS_OF.get(have, ())
+        or have in KINDS_OF.get(need, ())
+    )
 
 
 def display_ingredient(entry: str) -> str:
@@ -302,6 +381,7 @@ class Found:
     'have' and 'missing'; 'ingredient': recipes with the ingredient asked; 'none': the library
     lacks what was asked: ``recipes`` is empty and ``alternatives`` holds the closest dishes,
     never to be presented as the dish asked."""
+
     kind: str
     asked: str
     recipes: list[dict]
@@ -341,7 +421,7 @@ class _Names:
         self.parts = set()  # words inside an ingredient name, nearly as long: 葱 (小葱), 猪肉 (猪肉馅)
         for v in self.vocab:
             for n in range(max(1, len(v) - 2), len(v) + 1):
-                self.parts.update(v[i:i + n] for i in range(len(v) - n + 1))
+                self.parts.update(v[i : i + n] for i in range(len(v) - n + 1))
         self.parts -= _STOP_WORDS
         # the index tokens of ingredient names that start with each character, commonest first:
         # a one-character pantry item (葱) as these tokens ("葱" OR "葱白" OR ...) instead of an FTS5
@@ -377,8 +457,9 @@ class _Names:
             return []
         hits = []
         for seg in segs:
-            spans = sorted(((end - len(k) + 1, end + 1, k) for end, k in self.ac.iter(seg)),
-                           key=lambda h: (h[0] - h[1], h[0]))
+            spans = sorted(
+                ((end - len(k) + 1, end + 1, k) for end, k in self.ac.iter(seg)), key=lambda h: (h[0] - h[1], h[0])
+            )
             chosen = []
             for s, e, k in spans:
                 if all(e <= cs or s >= ce for cs, ce, _ in chosen):
@@ -414,7 +495,7 @@ class _Names:
                 if i is None:
                     continue
                 for k in keys:
-                    span = seg[i:i + len(k)]
+                    span = seg[i : i + len(k)]
                     diff = [(a, b) for a, b in zip(span, k) if a != b]
                     if not diff or any(a in _FOOD_CHARS and b in _FOOD_CHARS for a, b in diff):
                         continue
@@ -470,8 +551,10 @@ CREATE TABLE IF NOT EXISTS recipes (
 CREATE INDEX IF NOT EXISTS recipes_name_key ON recipes (name_key, quality DESC);
 CREATE VIRTUAL TABLE IF NOT EXISTS recipes_fts USING fts5(name, ing, content='', tokenize='unicode61');
 """
-_INSERT = ("INSERT OR IGNORE INTO recipes (fp, name, name_key, ingredients, steps, description, author,"
-           " ing_text, quality) VALUES (?,?,?,?,?,?,?,?,?)")
+_INSERT = (
+    "INSERT OR IGNORE INTO recipes (fp, name, name_key, ingredients, steps, description, author,"
+    " ing_text, quality) VALUES (?,?,?,?,?,?,?,?,?)"
+)
 _INSERT_FTS = "INSERT INTO recipes_fts (rowid, name, ing) VALUES (?,?,?)"
 
 
@@ -524,8 +607,12 @@ class Library:
                     conn.execute("INSERT INTO recipes_fts (recipes_fts, rank) VALUES ('rank', 'bm25(10.0, 1.0)')")
 
     def _has_schema(self) -> bool:
-        return self.db.conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name IN ('recipes', 'recipes_fts')").fetchone()[0] == 2
+        return (
+            self.db.conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name IN ('recipes', 'recipes_fts')"
+            ).fetchone()[0]
+            == 2
+        )
 
     @contextlib.contextmanager
     def _write(self):
@@ -572,10 +659,18 @@ class Library:
         with self._lock:
             rows = self.db.conn.execute(
                 f"SELECT id, name, ingredients, steps, description, author, quality FROM recipes WHERE id IN ({marks})",
-                ids).fetchall()
+                ids,
+            ).fetchall()
         return {
-            r[0]: {"id": r[0], "name": r[1], "ingredients": orjson.loads(r[2]), "steps": orjson.loads(r[3]),
-                   "description": r[4], "author": r[5], "quality": r[6]}
+            r[0]: {
+                "id": r[0],
+                "name": r[1],
+                "ingredients": orjson.loads(r[2]),
+                "steps": orjson.loads(r[3]),
+                "description": r[4],
+                "author": r[5],
+                "quality": r[6],
+            }
             for r in rows
         }
 
@@ -596,8 +691,10 @@ class Library:
         with self._lock:
             if len(terms) == 1:  # an exact dish name: B-tree lookup
                 for rid, key, ing, q in conn.execute(
-                        "SELECT id, name_key, ing_text, quality FROM recipes WHERE name_key = ?"
-                        " ORDER BY quality DESC LIMIT ?", (whole, limit)):
+                    "SELECT id, name_key, ing_text, quality FROM recipes WHERE name_key = ?"
+                    " ORDER BY quality DESC LIMIT ?",
+                    (whole, limit),
+                ):
                     cands[rid] = (key, ing, q, 0.0)
             if len(cands) < limit:  # every term as a phrase, in the name first
                 self._match(terms, cands)
@@ -645,7 +742,8 @@ class Library:
         if ids:
             marks = ",".join("?" * len(ids))
             for rid, key, ing, q in self.db.conn.execute(
-                    f"SELECT id, name_key, ing_text, quality FROM recipes WHERE id IN ({marks})", ids):
+                f"SELECT id, name_key, ing_text, quality FROM recipes WHERE id IN ({marks})", ids
+            ):
                 cands[rid] = (key, ing, q, found[rid])
 
     # -- understanding a question --
@@ -740,18 +838,28 @@ class Library:
     def _dish_recipes(self, key: str, limit: int) -> list[dict]:
         """Recipes named ``key`` (best first), then recipes whose name contains it."""
         with self._lock:
-            ids = [r[0] for r in self.db.conn.execute(
-                "SELECT id FROM recipes WHERE name_key = ? ORDER BY quality DESC LIMIT ?", (key, limit))]
+            ids = [
+                r[0]
+                for r in self.db.conn.execute(
+                    "SELECT id FROM recipes WHERE name_key = ? ORDER BY quality DESC LIMIT ?", (key, limit)
+                )
+            ]
             if len(ids) < limit:
-                more = [r[0] for r in self.db.conn.execute(
-                    "SELECT rowid FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT 50",
-                    ("{name} : " + _fts_term(key),))]
+                more = [
+                    r[0]
+                    for r in self.db.conn.execute(
+                        "SELECT rowid FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT 50",
+                        ("{name} : " + _fts_term(key),),
+                    )
+                ]
                 ids += [i for i in more if i not in ids]
         rows = self._fetch(ids)
         out = [rows[i] for i in ids if i in rows]
         exact = [r for r in out if name_key(r["name"]) == key]
-        variants = sorted((r for r in out if name_key(r["name"]) != key and key in name_key(r["name"])),
-                          key=lambda r: (len(name_key(r["name"])), -r["quality"]))
+        variants = sorted(
+            (r for r in out if name_key(r["name"]) != key and key in name_key(r["name"])),
+            key=lambda r: (len(name_key(r["name"])), -r["quality"]),
+        )
         return (exact + variants)[:limit]
 
     def _alternatives(self, asked: str, keys: list[str], limit: int, found: list[dict] | None = None) -> list[dict]:
@@ -777,20 +885,26 @@ class Library:
             return None
         expr = "{name} : (" + " OR ".join(f'"{g}"' for g in grams_[:40]) + ")"
         with self._lock:
-            ids = [r[0] for r in self.db.conn.execute(
-                "SELECT rowid FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT 300", (expr,))]
+            ids = [
+                r[0]
+                for r in self.db.conn.execute(
+                    "SELECT rowid FROM recipes_fts WHERE recipes_fts MATCH ? LIMIT 300", (expr,)
+                )
+            ]
             keys = set()
             if ids:
                 marks = ",".join("?" * len(ids))
-                keys = {r[0] for r in self.db.conn.execute(
-                    f"SELECT DISTINCT name_key FROM recipes WHERE id IN ({marks})", ids)}
+                keys = {
+                    r[0]
+                    for r in self.db.conn.execute(f"SELECT DISTINCT name_key FROM recipes WHERE id IN ({marks})", ids)
+                }
         best = None
         for key in sorted(keys, key=lambda k: (-len(k), k)):
             if len(key) < 3:
                 continue
             for t in terms:
                 for i in range(len(t) - len(key) + 1):
-                    span = t[i:i + len(key)]
+                    span = t[i : i + len(key)]
                     diff = [(a, b) for a, b in zip(span, key) if a != b]
                     if len(diff) != 1:
                         continue

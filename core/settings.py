@@ -4,6 +4,7 @@ Values come from, lowest to highest priority: built-in defaults, ``<workspace>/s
 environment variables (``RECIPE_*``). The workspace itself comes only from ``RECIPE_WORKSPACE``
 (default ``./workspace`` relative to the project root).
 """
+
 from __future__ import annotations
 
 import os
@@ -117,9 +118,14 @@ class SettingValues(BaseSettings):
     allowed values in one place. pydantic-settings reads them in order of priority: environment
     variables (empty ones ignored), then settings.toml, then these defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="RECIPE_", env_ignore_empty=True, extra="forbid",
-                                      str_strip_whitespace=True, coerce_numbers_to_str=True,
-                                      validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="RECIPE_",
+        env_ignore_empty=True,
+        extra="forbid",
+        str_strip_whitespace=True,
+        coerce_numbers_to_str=True,
+        validate_default=True,
+    )
 
     model: str = ""  # path of the model to chat with; empty = none (library answers)
     engine: str = "auto"
@@ -171,8 +177,9 @@ class SettingValues(BaseSettings):
         return v
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         environ, file = _reading.get()
         return _EnvironSource(settings_cls, environ), TomlConfigSettingsSource(settings_cls, toml_file=file)
 
@@ -231,7 +238,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     ws = Path(env.get("RECIPE_WORKSPACE") or PROJECT_ROOT / "workspace").expanduser()
     if not ws.is_absolute():
-        ws = (Path.cwd() / ws)
+        ws = Path.cwd() / ws
     ws = ws.resolve()
     file = ws / SETTINGS_FILE
     token = _reading.set((env, file))
@@ -243,8 +250,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise _settings_error(e, file, env) from None
     finally:
         _reading.reset(token)
-    source = {k: "env" if env.get(ENV_VARS[k], "") != "" else "file" if k in values.model_fields_set else "default"
-              for k in _KEYS}
+    source = {
+        k: "env" if env.get(ENV_VARS[k], "") != "" else "file" if k in values.model_fields_set else "default"
+        for k in _KEYS
+    }
     return Settings(workspace=ws, source=source, **values.model_dump())
 
 

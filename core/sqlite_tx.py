@@ -7,6 +7,7 @@ chains) from several threads and processes, in one style: sqlite-utils ``Databas
 - ``ensure_schema(path, name, create)``: tables created once per process (again when the file
   was removed), in turns across processes (``schema_lock``).
 """
+
 from __future__ import annotations
 
 import contextlib

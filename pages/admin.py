@@ -2,12 +2,13 @@
 is the only page of the Admin group; then app.py's navigation shows the group's pages (Jobs, Run
 a stage, Retrain, Models, System, Feedback), each in its own pages/admin_*.py. The login state
 lives in ui.admin_session; the password in backend.auth."""
+
 from __future__ import annotations
 
 import streamlit as st
 
-from ui.admin_session import log_in, logged_in, log_out
 from backend.auth import check_password, ensure_admin_password, password_file, password_source
+from ui.admin_session import log_in, log_out, logged_in
 from ui.page_settings import settings_or_stop
 
 settings = settings_or_stop()
@@ -31,7 +32,9 @@ if submitted:
         log_in(settings)
         st.rerun()  # app.py's navigation now holds the admin pages; /admin opens Jobs
     st.error(result.message)
-where = {"settings": "the RECIPE_ADMIN_PASSWORD environment variable (or admin_password in settings.toml)",
-         "secrets": "Streamlit secrets (admin_password)",
-         "file": f"`{password_file(settings)}`, generated at first start and printed once to the console"}
+where = {
+    "settings": "the RECIPE_ADMIN_PASSWORD environment variable (or admin_password in settings.toml)",
+    "secrets": "Streamlit secrets (admin_password)",
+    "file": f"`{password_file(settings)}`, generated at first start and printed once to the console",
+}
 st.caption(f"The password is set in {where.get(password_source(settings), 'the workspace')}.")

@@ -4,22 +4,29 @@ UI only: the answers, the decisions and their storage live in backend.feedback; 
 format in core.recipe_format (rendered by backend.chat_service.answer_markdown). The login
 is the Admin page's (ui.admin_session): this page opens only in a browser session logged in there.
 """
+
 from __future__ import annotations
 
-from datetime import date, datetime, time as dtime, timedelta
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
 
 import streamlit as st
 
-from ui.admin_session import require_admin
 from backend.auth import client_key
 from backend.chat_service import answer_markdown
 from backend.feedback import ADMIN, FeedbackError, FeedbackStore, normalise_answer, training_examples
+from ui.admin_session import require_admin
 from ui.page_settings import settings_or_stop
 
 PAGE_SIZE = 50
 RATINGS = {"all · 全部": None, "👎 only": -1, "👍 only": 1}
-DECISION_FILTER = {"undecided · 待审核": "none", "all · 全部": None, "accepted · 已采纳": "accept",
-                   "corrected · 已修改": "correct", "rejected · 已拒绝": "reject"}
+DECISION_FILTER = {
+    "undecided · 待审核": "none",
+    "all · 全部": None,
+    "accepted · 已采纳": "accept",
+    "corrected · 已修改": "correct",
+    "rejected · 已拒绝": "reject",
+}
 DECISION_LABEL = {"accept": "✅ accepted · 已采纳", "correct": "✏️ corrected · 已修改", "reject": "🚫 rejected · 已拒绝"}
 
 settings = settings_or_stop()
@@ -60,11 +67,19 @@ def day_start(d: date | None, plus: int = 0) -> float | None:
     return datetime.combine(d + timedelta(days=plus), dtime.min).timestamp() if d else None
 
 
-rows = store.rated(rating=rating, model=None if model.startswith("all") else model, decision=decision,
-                   since=day_start(since), until=day_start(until, 1), limit=PAGE_SIZE + 1)
+rows = store.rated(
+    rating=rating,
+    model=None if model.startswith("all") else model,
+    decision=decision,
+    since=day_start(since),
+    until=day_start(until, 1),
+    limit=PAGE_SIZE + 1,
+)
 sft, pairs = training_examples(store.reviewed())
-st.caption(f"Reviewed so far: {len(sft)} training examples, {len(pairs)} preference pairs "
-           "(kept even when their conversation is deleted) · 已审核的训练样本与偏好对")
+st.caption(
+    f"Reviewed so far: {len(sft)} training examples, {len(pairs)} preference pairs "
+    "(kept even when their conversation is deleted) · 已审核的训练样本与偏好对"
+)
 if not rows:
     st.info("No rated answers match these filters. · 没有符合条件的评价")
     st.stop()
@@ -78,10 +93,15 @@ for r in rows:
     with st.container(border=True):
         icon = {1: "👍", -1: "👎"}.get(r["rating"], "💬")
         st.markdown(f"{icon} **#{mid} · {r['question'] or '(no question)'}**")
-        st.caption(" · ".join(x for x in (r["model"] or "", r["engine"] or "", when(r["answered_at"])) if x)
-                   + (f" · {DECISION_LABEL[r['decision']]} by {r['decided_by']}"
-                      f"{' (' + r['client'] + ')' if r['client'] else ''} {when(r['decided_at'])}"
-                      if r["decision"] else " · undecided · 待审核"))
+        st.caption(
+            " · ".join(x for x in (r["model"] or "", r["engine"] or "", when(r["answered_at"])) if x)
+            + (
+                f" · {DECISION_LABEL[r['decision']]} by {r['decided_by']}"
+                f"{' (' + r['client'] + ')' if r['client'] else ''} {when(r['decided_at'])}"
+                if r["decision"]
+                else " · undecided · 待审核"
+            )
+        )
         if r["comment"]:
             st.markdown(f"> 💬 {r['comment']}")
         with st.expander("Answer · 回答", expanded=r["decision"] is None):
@@ -92,8 +112,12 @@ for r in rows:
         if b[1].button("🚫 Reject · 拒绝", key=f"reject_{mid}", disabled=r["decision"] == "reject"):
             decide(mid, "reject")
         with st.expander("✏️ Correct · 修改", expanded=r["decision"] == "correct"):
-            text = st.text_area("Corrected answer (the trained format: ingredients, then numbered steps)",
-                                value=r["correction"] or r["answer"] or "", key=f"fix_{mid}", height=220)
+            text = st.text_area(
+                "Corrected answer (the trained format: ingredients, then numbered steps)",
+                value=r["correction"] or r["answer"] or "",
+                key=f"fix_{mid}",
+                height=220,
+            )
             try:
                 preview = normalise_answer(text)
             except FeedbackError as e:

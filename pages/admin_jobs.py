@@ -1,15 +1,16 @@
 """Admin ▸ Jobs · 任务: the jobs (backend.jobs), one watched live (its progress, parsed by its
 stage module, and its log), the history, failures with their log tail."""
+
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from ui.admin_session import STATUS_ICON, fmt_duration, fmt_time, job_label, require_admin, show_flash
 from backend.jobs import FINISHED, Job, JobError, JobRunner
-from ui.page_settings import settings_or_stop
-from core.settings import save_settings
 from backend.stages import stage_module
+from core.settings import save_settings
+from ui.admin_session import STATUS_ICON, fmt_duration, fmt_time, job_label, require_admin, show_flash
+from ui.page_settings import settings_or_stop
 
 LOG_TAIL_BYTES = 64 * 1024
 LOG_LINES = 30  # shown live
@@ -87,8 +88,9 @@ def live_job(job_id: int, active: bool) -> None:
         st.info(note, icon="📏")
     if job.kind == "serve" and job.status == "running" and job.outputs.get("api_base"):
         if st.button("💬 Chat through this server · 用此服务聊天", key=f"chat_via_{job.id}"):
-            save_settings(settings, engine="openai", api_base=job.outputs["api_base"],
-                          api_model=job.outputs.get("api_model", ""))
+            save_settings(
+                settings, engine="openai", api_base=job.outputs["api_base"], api_model=job.outputs.get("api_model", "")
+            )
             st.toast("The chat now talks to this server (engine openai). · 聊天已切换")
     log = runner.log_text(job, tail_bytes=LOG_TAIL_BYTES)
     lines = log.splitlines()
@@ -104,6 +106,7 @@ def live_job(job_id: int, active: bool) -> None:
     elif active:  # it ended while we watched: refresh the whole page (history, no more polling)
         st.rerun(scope="app")
 
+
 runner.check_liveness()
 jobs = runner.list(limit=200)
 if not jobs:
@@ -117,9 +120,19 @@ active = not by_id[job_id].finished
 st.fragment(run_every=1 if active else None)(live_job)(job_id, active)
 
 st.subheader("History · 历史")
-rows = [{"job": j.id, "stage": j.kind, "status": f"{STATUS_ICON.get(j.status, '')} {j.status}",
-         "created": fmt_time(j.created_at), "duration": fmt_duration(j.duration_s),
-         "return code": j.return_code, "retrain": j.chain_id, "why": j.error or ""} for j in jobs]
+rows = [
+    {
+        "job": j.id,
+        "stage": j.kind,
+        "status": f"{STATUS_ICON.get(j.status, '')} {j.status}",
+        "created": fmt_time(j.created_at),
+        "duration": fmt_duration(j.duration_s),
+        "return code": j.return_code,
+        "retrain": j.chain_id,
+        "why": j.error or "",
+    }
+    for j in jobs
+]
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 failures = [j for j in jobs if j.status == "failed"][:5]
 for j in failures:
@@ -129,8 +142,9 @@ for j in failures:
 finished = [j for j in jobs if j.status in FINISHED]
 if finished:
     with st.expander("Delete a finished job · 删除任务"):
-        victim = st.selectbox("Job", [j.id for j in finished], format_func=lambda i: job_label(by_id[i]),
-                              key="delete_select")
+        victim = st.selectbox(
+            "Job", [j.id for j in finished], format_func=lambda i: job_label(by_id[i]), key="delete_select"
+        )
         if st.button("Delete job and its log · 删除", key="delete_job"):
             try:
                 runner.delete(victim)

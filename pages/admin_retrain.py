@@ -2,21 +2,22 @@
 
 The steps and their order are backend.chain's (RETRAIN_ORDER, retrain_steps); the fields are
 the stages' parameter models (ui.admin_forms, pipeline.params)."""
+
 from __future__ import annotations
 
 import time
 
 import streamlit as st
 
-from ui.admin_forms import EXPORT_FIRST, evaluate_fields, number, prepare_fields, train_fields
-from ui.admin_session import STATUS_ICON, fmt_time, require_admin, show_flash, started
 from backend.chain import RETRAIN_ORDER, RETRAIN_REQUIRED, cancel_chain, list_chains, retrain_steps, start_chain
 from backend.jobs import JobError, JobRunner
-from ui.page_settings import settings_or_stop
+from backend.stages import stage_module
 from core.settings import SettingsError
 from pipeline.params import DpoParams
 from pipeline.stage import StageError
-from backend.stages import stage_module
+from ui.admin_forms import EXPORT_FIRST, evaluate_fields, number, prepare_fields, train_fields
+from ui.admin_session import STATUS_ICON, fmt_time, require_admin, show_flash, started
+from ui.page_settings import settings_or_stop
 
 settings = settings_or_stop()
 st.title("🔁 Retrain · 重新训练")
@@ -40,13 +41,20 @@ def form() -> None:
         st.markdown("**Training · 训练**")
         train = train_fields(settings, "rt_train_", stage_module("train"), with_data=False)
         c = st.columns([2, 1])
-        dpo_on = c[0].checkbox("Then DPO on the reviewed feedback's preference pairs · 偏好优化", value=False,
-                               key="rt_dpo", help="after SFT, merge: DPO (XTuner's template, LoRA), convert, "
-                               "merge again; needs reviewed feedback above with corrected 👎 answers")
-        dpo_iters = int(number(c[1], DpoParams, "max_iters", "rt_dpo_iters", "DPO iterations", min_value=1,
-                               value=200))
-        quantize = st.checkbox("Quantise to W4A16 for TurboMind (GPU only) · 量化", value=False, key="rt_quant",
-                               disabled=not importable("quantize"))
+        dpo_on = c[0].checkbox(
+            "Then DPO on the reviewed feedback's preference pairs · 偏好优化",
+            value=False,
+            key="rt_dpo",
+            help="after SFT, merge: DPO (XTuner's template, LoRA), convert, "
+            "merge again; needs reviewed feedback above with corrected 👎 answers",
+        )
+        dpo_iters = int(number(c[1], DpoParams, "max_iters", "rt_dpo_iters", "DPO iterations", min_value=1, value=200))
+        quantize = st.checkbox(
+            "Quantise to W4A16 for TurboMind (GPU only) · 量化",
+            value=False,
+            key="rt_quant",
+            disabled=not importable("quantize"),
+        )
         st.markdown("**Evaluation · 评测**")
         evaluate = evaluate_fields(settings, "rt_eval_", with_models=False)
         submitted = st.form_submit_button("Start Retrain · 开始重新训练", type="primary")
@@ -75,8 +83,10 @@ def form() -> None:
         started(runner, min(j.id for j in runner.list(chain_id=chain_id)), f"Retrain #{chain_id}")
 
 
-st.caption(f"Runs {' → '.join(RETRAIN_ORDER)} (feedback export, DPO and quantise when chosen); each step starts "
-           "when the previous one has succeeded; a failure stops the chain and says which step failed and why.")
+st.caption(
+    f"Runs {' → '.join(RETRAIN_ORDER)} (feedback export, DPO and quantise when chosen); each step starts "
+    "when the previous one has succeeded; a failure stops the chain and says which step failed and why."
+)
 missing = [k for k in RETRAIN_REQUIRED if not importable(k)]
 if missing:
     st.warning(f"Retrain needs every stage; not available in this installation: {', '.join(missing)}.")
@@ -93,8 +103,11 @@ for ch in chains:
             jobs = [j for j in ch.jobs if j.chain_step == i]
             icon = STATUS_ICON.get(jobs[-1].status, "") if jobs else "·"
             steps.append(f"{icon} {step['kind']}" + (f" (#{jobs[-1].id})" if jobs else ""))
-        st.markdown(f"**Retrain #{ch.id}** · {STATUS_ICON.get(ch.status, '🔄')} {ch.status} · "
-                    f"{fmt_time(ch.created_at)}<br>{' → '.join(steps)}", unsafe_allow_html=True)
+        st.markdown(
+            f"**Retrain #{ch.id}** · {STATUS_ICON.get(ch.status, '🔄')} {ch.status} · "
+            f"{fmt_time(ch.created_at)}<br>{' → '.join(steps)}",
+            unsafe_allow_html=True,
+        )
         if ch.error:
             (st.warning if ch.status == "cancelled" else st.error)(ch.error)
         if ch.status == "running" and st.button("Cancel Retrain · 取消", key=f"cancel_chain_{ch.id}"):

@@ -1,5 +1,6 @@
 """Admin ▸ Run a stage · 单步运行: one pipeline stage as a job. The forms (ui.admin_forms)
 take defaults, limits and help from the stage's parameter model (pipeline.params)."""
+
 from __future__ import annotations
 
 import streamlit as st

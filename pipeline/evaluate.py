@@ -17,6 +17,7 @@ where a GPU and LMDeploy in the eval environment are present, through our subcla
 ``pipeline.opencompass_cfg.turbomind_model.RecipeTurboMindModel`` (trust_remote_code=True for
 InternLM2 tokenizers, and a refusal when LMDeploy does not use the model's own chat template).
 """
+
 from __future__ import annotations
 
 import json
@@ -25,10 +26,9 @@ import time
 from pathlib import Path
 
 from core.model_folder import model_folder_problem
-from pipeline import eval_results
+from pipeline import eval_results, params
 from pipeline.opencompass_cfg.models import MODEL_MODULES, hf_chat_model, model_abbr, turbomind_chat_model
 from pipeline.opencompass_cfg.testset import read_questions
-from pipeline import params
 from pipeline.params import EvaluateParams, parse
 from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline.train import cuda_available
@@ -71,19 +71,27 @@ def ceval_folder(data_root: str | Path) -> Path | None:
 
 def ceval_missing_message(data_root: str | Path | None) -> str:
     where = f"'{data_root}'" if data_root else "no folder (settings: ceval_data / RECIPE_CEVAL_DATA is empty)"
-    return (f"C-Eval data not found in {where}. OpenCompass would try to download it, which is not possible "
-            f"here. Put the OpenCompass data folder on this machine (e.g. unpack OpenCompassData-core-*.zip; "
-            f"C-Eval needs <folder>/{CEVAL_LAYOUT}, 52 subjects, columns id,question,A,B,C,D,answer,explanation) "
-            f"and set ceval_data to <folder> in the workspace's settings.toml or RECIPE_CEVAL_DATA.")
+    return (
+        f"C-Eval data not found in {where}. OpenCompass would try to download it, which is not possible "
+        f"here. Put the OpenCompass data folder on this machine (e.g. unpack OpenCompassData-core-*.zip; "
+        f"C-Eval needs <folder>/{CEVAL_LAYOUT}, 52 subjects, columns id,question,A,B,C,D,answer,explanation) "
+        f"and set ceval_data to <folder> in the workspace's settings.toml or RECIPE_CEVAL_DATA."
+    )
 
 
 def _check_ceval(folder: Path, subjects: list[str]) -> None:
-    missing = [f"{split}/{s}_{split}.csv" for s in subjects for split in ("dev", "val", "test")
-               if not (folder / split / f"{s}_{split}.csv").is_file()]
+    missing = [
+        f"{split}/{s}_{split}.csv"
+        for s in subjects
+        for split in ("dev", "val", "test")
+        if not (folder / split / f"{s}_{split}.csv").is_file()
+    ]
     if missing:
-        raise StageError(f"C-Eval folder {folder} lacks {len(missing)} file(s), e.g. {', '.join(missing[:3])}; "
-                         f"expected {CEVAL_LAYOUT}. Copy the complete C-Eval data, or choose ceval_subjects "
-                         f"that are present.")
+        raise StageError(
+            f"C-Eval folder {folder} lacks {len(missing)} file(s), e.g. {', '.join(missing[:3])}; "
+            f"expected {CEVAL_LAYOUT}. Copy the complete C-Eval data, or choose ceval_subjects "
+            f"that are present."
+        )
 
 
 # ---- hardware ------------------------------------------------------------------------------
@@ -103,8 +111,9 @@ def _model_folder(settings, value: str, what: str) -> Path:
     p = user_path(settings, value, what, (settings.base_model, settings.model))
     why = model_folder_problem(p)
     if why:
-        raise StageError(f"{what} '{value}': {why}; choose a merged model under {settings.models_dir} or the base "
-                         "model folder")
+        raise StageError(
+            f"{what} '{value}': {why}; choose a merged model under {settings.models_dir} or the base model folder"
+        )
     return p
 
 
@@ -116,14 +125,18 @@ def _test_file(settings, test_file: str, data_dir: str) -> Path:
     else:
         found = sorted(settings.data_dir.glob("*/test.jsonl"), key=lambda f: f.stat().st_mtime)
         if not found:
-            raise StageError(f"no test split found (no {settings.data_dir}/<run>/test.jsonl); run the prepare "
-                             f"stage first, or give test_file")
+            raise StageError(
+                f"no test split found (no {settings.data_dir}/<run>/test.jsonl); run the prepare "
+                f"stage first, or give test_file"
+            )
         p = found[-1]
     if not p.is_file():
         raise StageError(f"test split {p} does not exist; run the prepare stage first, or give test_file")
     if not read_questions(p, limit=1):
-        raise StageError(f"{p} holds no usable question (expected XTuner conversation lines "
-                         '{"conversation":[{"system":...,"input":...,"output":...}]})')
+        raise StageError(
+            f"{p} holds no usable question (expected XTuner conversation lines "
+            '{"conversation":[{"system":...,"input":...,"output":...}]})'
+        )
     return p
 
 
@@ -140,13 +153,18 @@ def _py(value, indent: int = 4) -> str:
     """Python source for a config value: dicts as dict(...), a model class name as a bare name."""
     pad = " " * indent
     if isinstance(value, (dict, list)) and indent > 4:
-        flat = _py(value, -10**6)
+        flat = _py(value, -(10**6))
         if len(flat) + indent <= 100:
             return flat
     if indent < 0:  # one line
         if isinstance(value, dict):
-            return "dict(" + ", ".join(f"{k}={v if k == 'type' and v in MODEL_CLASSES else _py(v, indent)}"
-                                       for k, v in value.items()) + ")"
+            return (
+                "dict("
+                + ", ".join(
+                    f"{k}={v if k == 'type' and v in MODEL_CLASSES else _py(v, indent)}" for k, v in value.items()
+                )
+                + ")"
+            )
         if isinstance(value, list):
             return "[" + ", ".join(_py(v, indent) for v in value) + "]"
         return repr(value)
@@ -163,8 +181,9 @@ def _py(value, indent: int = 4) -> str:
     return repr(value)
 
 
-def render_config(test_file: Path, models: list[dict], limit: int | None, ceval_dir: Path | None,
-                  ceval_subjects: list[str]) -> str:
+def render_config(
+    test_file: Path, models: list[dict], limit: int | None, ceval_dir: Path | None, ceval_subjects: list[str]
+) -> str:
     classes = sorted({m["type"] for m in models})
     lines = [
         "# OpenCompass config written by pipeline.evaluate (the Eval page's run). Rerun by hand, in this folder:",
@@ -183,8 +202,10 @@ def render_config(test_file: Path, models: list[dict], limit: int | None, ceval_
             lines.append("    from opencompass.configs.summarizers.groups.ceval import ceval_summary_groups")
     lines += [
         "",
-        *(f"from {module} import {', '.join(c for c in classes if MODEL_MODULES[c] == module)}"
-          for module in sorted({MODEL_MODULES[c] for c in classes})),
+        *(
+            f"from {module} import {', '.join(c for c in classes if MODEL_MODULES[c] == module)}"
+            for module in sorted({MODEL_MODULES[c] for c in classes})
+        ),
         "",
         "# the held-out recipe questions (never trained on)",
         f"recipe_datasets[0]['path'] = {str(test_file)!r}",
@@ -210,10 +231,23 @@ def render_config(test_file: Path, models: list[dict], limit: int | None, ceval_
 
 
 # ---- the stage -----------------------------------------------------------------------------
-def command(settings, models=None, model_dir: str = "", model: str = "", base_model: str | None = None,
-            test_file: str = "", data_dir: str = "", ceval: bool = False, ceval_subjects=None, ceval_data: str = "",
-            limit: int | None = None, max_out_len: int | None = None, batch_size: int | None = None,
-            backend: str = "auto", run_name: str = "") -> StageCommand:
+def command(
+    settings,
+    models=None,
+    model_dir: str = "",
+    model: str = "",
+    base_model: str | None = None,
+    test_file: str = "",
+    data_dir: str = "",
+    ceval: bool = False,
+    ceval_subjects=None,
+    ceval_data: str = "",
+    limit: int | None = None,
+    max_out_len: int | None = None,
+    batch_size: int | None = None,
+    backend: str = "auto",
+    run_name: str = "",
+) -> StageCommand:
     """Build the OpenCompass run.
 
     models / model_dir / model: fine-tuned model folders (model: the merge or quantize stage's
@@ -227,10 +261,26 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
     from core.envs import env_bin, env_installed, setup_hint
     from core.fileio import atomic_write_text
 
-    q = parse(EvaluateParams, dict(models=models, model_dir=model_dir, model=model, base_model=base_model,
-                                   test_file=test_file, data_dir=data_dir, ceval=ceval, ceval_subjects=ceval_subjects,
-                                   ceval_data=ceval_data, limit=limit, max_out_len=max_out_len, batch_size=batch_size,
-                                   backend=backend, run_name=run_name), drop_none=False)
+    q = parse(
+        EvaluateParams,
+        dict(
+            models=models,
+            model_dir=model_dir,
+            model=model,
+            base_model=base_model,
+            test_file=test_file,
+            data_dir=data_dir,
+            ceval=ceval,
+            ceval_subjects=ceval_subjects,
+            ceval_data=ceval_data,
+            limit=limit,
+            max_out_len=max_out_len,
+            batch_size=batch_size,
+            backend=backend,
+            run_name=run_name,
+        ),
+        drop_none=False,
+    )
     backend = q.backend
 
     if not env_installed("eval"):
@@ -254,8 +304,11 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
 
     ceval_dir, subjects = None, []
     if ceval:
-        root = str(user_path(settings, ceval_data, "ceval_data", (settings.ceval_data,))) if ceval_data \
+        root = (
+            str(user_path(settings, ceval_data, "ceval_data", (settings.ceval_data,)))
+            if ceval_data
             else settings.ceval_data
+        )
         ceval_dir = ceval_folder(root)
         if ceval_dir is None:
             raise StageError(ceval_missing_message(root))
@@ -280,14 +333,24 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
             abbr += "_" + role.split("-")[0]
         used.add(abbr)
         if backend == "turbomind":
-            entry = turbomind_chat_model(path, abbr=abbr, max_out_len=max_out_len, batch_size=batch_size or 16,
-                                         max_seq_len=settings.session_len,
-                                         cache_max_entry_count=settings.cache_max_entry_count,
-                                         quant_policy=settings.quant_policy)
+            entry = turbomind_chat_model(
+                path,
+                abbr=abbr,
+                max_out_len=max_out_len,
+                batch_size=batch_size or 16,
+                max_seq_len=settings.session_len,
+                cache_max_entry_count=settings.cache_max_entry_count,
+                quant_policy=settings.quant_policy,
+            )
         else:
-            entry = hf_chat_model(path, abbr=abbr, max_out_len=max_out_len,
-                                  batch_size=batch_size or (8 if gpu else 1), num_gpus=1 if gpu else 0,
-                                  max_seq_len=settings.session_len)
+            entry = hf_chat_model(
+                path,
+                abbr=abbr,
+                max_out_len=max_out_len,
+                batch_size=batch_size or (8 if gpu else 1),
+                num_gpus=1 if gpu else 0,
+                max_seq_len=settings.session_len,
+            )
         entries.append((entry, role))
 
     name = run_name or time.strftime("eval-%Y%m%d-%H%M%S")
@@ -301,9 +364,16 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
     config = rdir / CONFIG_FILE
     atomic_write_text(config, render_config(test, [e for e, _ in entries], limit, ceval_dir, subjects))
     record = {
-        "run_name": name, "created": timestamp(), "backend": backend,
-        "device": "cuda" if gpu else "cpu", "test_file": str(test), "limit": limit, "max_out_len": max_out_len,
-        "ceval": bool(ceval_dir), "ceval_dir": str(ceval_dir) if ceval_dir else "", "ceval_subjects": subjects,
+        "run_name": name,
+        "created": timestamp(),
+        "backend": backend,
+        "device": "cuda" if gpu else "cpu",
+        "test_file": str(test),
+        "limit": limit,
+        "max_out_len": max_out_len,
+        "ceval": bool(ceval_dir),
+        "ceval_dir": str(ceval_dir) if ceval_dir else "",
+        "ceval_subjects": subjects,
         "models": [{"abbr": e["abbr"], "path": e["path"], "role": role, "type": e["type"]} for e, role in entries],
         "config": str(config),
     }
@@ -312,10 +382,23 @@ def command(settings, models=None, model_dir: str = "", model: str = "", base_mo
     from core.settings import PROJECT_ROOT
 
     argv = [str(env_bin("eval", "opencompass")), CONFIG_FILE, "-w", ".", "--max-num-workers", "1"]
-    env = {"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return StageCommand(kind="evaluate", argv=argv, cwd=rdir, env=env, gpu=True,
-                        outputs={"eval_run": str(rdir), "eval_config": str(config)}, params=record)
+    env = {
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    return StageCommand(
+        kind="evaluate",
+        argv=argv,
+        cwd=rdir,
+        env=env,
+        gpu=True,
+        outputs={"eval_run": str(rdir), "eval_config": str(config)},
+        params=record,
+    )
 
 
 # ---- progress and verification ---------------------------------------------------------------

@@ -23,6 +23,7 @@ on the CPU trained in float32, and float16 on the CPU is slow and loses precisio
 (or, without a run, a merge on the CPU) is merged in float32 by the same steps (load, PeftModel,
 merge_and_unload, save_pretrained); ``dtype`` float16 / float32 chooses either way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,23 +32,51 @@ import sys
 from pathlib import Path
 
 from core.model_folder import model_folder_problem
-from pipeline.params import MergeParams, parse
-from pipeline.artefacts import (ADAPTER_DIR, ADAPTER_MANIFEST, MANIFEST, MANIFEST_FORMAT, PARAMS_FILE, job_env, load_run,
-                                partial_dir, publish_dir, read_json, read_manifest)
-from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
+from pipeline.artefacts import (
+    ADAPTER_DIR,
+    ADAPTER_MANIFEST,
+    MANIFEST,
+    MANIFEST_FORMAT,
+    PARAMS_FILE,
+    job_env,
+    load_run,
+    partial_dir,
+    publish_dir,
+    read_json,
+    read_manifest,
+)
+from pipeline.params import MergeParams, parse
+from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 
 STEPS = 2
-TRAINING_KEYS = ("template", "prompt_template", "max_length", "pack_to_max_length", "batch_size",
-                 "accumulative_counts", "lr", "max_epochs", "max_iters", "warmup_ratio", "lora_r", "lora_alpha",
-                 "lora_dropout", "qlora", "deepspeed", "device", "cpu_adaptations", "seed", "evaluation_inputs",
-                 "length_check")
+TRAINING_KEYS = (
+    "template",
+    "prompt_template",
+    "max_length",
+    "pack_to_max_length",
+    "batch_size",
+    "accumulative_counts",
+    "lr",
+    "max_epochs",
+    "max_iters",
+    "warmup_ratio",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "qlora",
+    "deepspeed",
+    "device",
+    "cpu_adaptations",
+    "seed",
+    "evaluation_inputs",
+    "length_check",
+)
 
 
 def model_name(value: str) -> str:
     if not NAME.match(value or ""):
-        raise StageError(f"model name {value!r}: use 1-64 letters, digits, '.', '_' or '-' "
-                         "(not starting with . or -)")
+        raise StageError(f"model name {value!r}: use 1-64 letters, digits, '.', '_' or '-' (not starting with . or -)")
     return value
 
 
@@ -66,12 +95,23 @@ def merge_dtype(dtype: str, record: dict, device: str) -> str:
     return "float32" if trained_on_cpu else "float16"
 
 
-def command(settings, run_name: str = "", adapter: str = "", base_model: str = "", name: str = "",
-            device: str = "auto", dtype: str = "auto") -> StageCommand:
+def command(
+    settings,
+    run_name: str = "",
+    adapter: str = "",
+    base_model: str = "",
+    name: str = "",
+    device: str = "auto",
+    dtype: str = "auto",
+) -> StageCommand:
     from pipeline.train import _model_dir, resolve_device, train_python
 
-    q = parse(MergeParams, dict(run_name=run_name, adapter=adapter, base_model=base_model, name=name, device=device,
-                                dtype=dtype or "auto"))
+    q = parse(
+        MergeParams,
+        dict(
+            run_name=run_name, adapter=adapter, base_model=base_model, name=name, device=device, dtype=dtype or "auto"
+        ),
+    )
     run_name, adapter, base_model, name, device, dtype = q.run_name, q.adapter, q.base_model, q.name, q.device, q.dtype
     python = train_python()
     record: dict = {}
@@ -86,8 +126,11 @@ def command(settings, run_name: str = "", adapter: str = "", base_model: str = "
         adapter_dir = rdir / ADAPTER_DIR  # may be written by a convert job still queued
     else:
         raise StageError("choose a training run (run_name) or an adapter folder to merge")
-    base = _model_dir(settings, base_model) if base_model else (
-        Path(record["base_model"]) if record.get("base_model") else None)
+    base = (
+        _model_dir(settings, base_model)
+        if base_model
+        else (Path(record["base_model"]) if record.get("base_model") else None)
+    )
     if base is None:
         raise StageError("choose the base model the adapter was trained on (base_model)")
     why = model_folder_problem(base)
@@ -99,16 +142,39 @@ def command(settings, run_name: str = "", adapter: str = "", base_model: str = "
         raise StageError(f"a model named {name!r} already exists in {settings.models_dir}; choose another name")
     dev = resolve_device(device)
     dt = merge_dtype(dtype, record, dev)
-    argv = [str(python), "-P", "-m", "pipeline.merge", "--base", str(base), "--adapter", str(adapter_dir),
-            "--out", str(out), "--device", dev, "--dtype", dt]
+    argv = [
+        str(python),
+        "-P",
+        "-m",
+        "pipeline.merge",
+        "--base",
+        str(base),
+        "--adapter",
+        str(adapter_dir),
+        "--out",
+        str(out),
+        "--device",
+        dev,
+        "--dtype",
+        dt,
+    ]
     if rdir is not None:
         argv += ["--run-dir", str(rdir)]
     return StageCommand(
-        kind="merge", argv=argv, cwd=settings.models_dir,
+        kind="merge",
+        argv=argv,
+        cwd=settings.models_dir,
         env=job_env(),
-        gpu=dev == "cuda", outputs={"model": str(out)},
-        params={"run_name": run_name, "adapter": str(adapter_dir), "base_model": str(base), "name": name,
-                "device": dev, "dtype": dt},
+        gpu=dev == "cuda",
+        outputs={"model": str(out)},
+        params={
+            "run_name": run_name,
+            "adapter": str(adapter_dir),
+            "base_model": str(base),
+            "name": name,
+            "device": dev,
+            "dtype": dt,
+        },
     )
 
 
@@ -150,8 +216,9 @@ def training_log_summary(run_dir: Path | None) -> dict:
     }
 
 
-def build_manifest(name: str, out: Path, base: str, adapter: Path, run_dir: Path | None,
-                   dtype: str = "float16") -> dict:
+def build_manifest(
+    name: str, out: Path, base: str, adapter: Path, run_dir: Path | None, dtype: str = "float16"
+) -> dict:
 
     origin = read_json(adapter / ADAPTER_MANIFEST, {})
     run_dir = run_dir or (Path(origin["run_dir"]) if origin.get("run_dir") else None)
@@ -188,11 +255,13 @@ def merge_in(base: str, adapter: Path, out: Path, device: str, dtype: str) -> No
     from xtuner.model.utils import LoadWoInit
 
     with LoadWoInit():
-        model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=getattr(torch, dtype), low_cpu_mem_usage=True,
-                                                     device_map=device, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            base, torch_dtype=getattr(torch, dtype), low_cpu_mem_usage=True, device_map=device, trust_remote_code=True
+        )
     tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=True)
-    merged = PeftModel.from_pretrained(model, str(adapter), device_map=device, is_trainable=False,
-                                       trust_remote_code=True).merge_and_unload()
+    merged = PeftModel.from_pretrained(
+        model, str(adapter), device_map=device, is_trainable=False, trust_remote_code=True
+    ).merge_and_unload()
     print(f"Saving to {out}...", flush=True)
     merged.save_pretrained(str(out), safe_serialization=True, max_shard_size="2GB")
     tokenizer.save_pretrained(str(out))
@@ -216,8 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     tmp = partial_dir(out)
     if a.dtype == "float16":
         print(f"[merge] (0/{STEPS}) merging {adapter} into {a.base} with XTuner merge (float16)", flush=True)
-        sys.argv = ["merge", a.base, str(adapter), str(tmp), "--max-shard-size", "2GB", "--safe-serialization",
-                    "--device", a.device]
+        sys.argv = [
+            "merge",
+            a.base,
+            str(adapter),
+            str(tmp),
+            "--max-shard-size",
+            "2GB",
+            "--safe-serialization",
+            "--device",
+            a.device,
+        ]
         runpy.run_module("xtuner.tools.model_converters.merge", run_name="__main__", alter_sys=True)
     else:
         print(f"[merge] (0/{STEPS}) merging {adapter} into {a.base} in {a.dtype} (XTuner's merge steps)", flush=True)
@@ -228,12 +306,18 @@ def main(argv: list[str] | None = None) -> int:
 
     report = check_across_envs(tmp)
     if not report["ok"]:
-        print(f"[merge] the merged model loads differently across environments: {report['problem']}",
-              file=sys.stderr, flush=True)
+        print(
+            f"[merge] the merged model loads differently across environments: {report['problem']}",
+            file=sys.stderr,
+            flush=True,
+        )
         shutil.rmtree(tmp, ignore_errors=True)
         return 3
-    print(f"[merge] same in {', '.join(f'{k} ({v})' for k, v in report['envs'].items())} "
-          f"(logits max |difference| {report['logits_max_abs_diff']})", flush=True)
+    print(
+        f"[merge] same in {', '.join(f'{k} ({v})' for k, v in report['envs'].items())} "
+        f"(logits max |difference| {report['logits_max_abs_diff']})",
+        flush=True,
+    )
     print(f"[merge] (1/{STEPS}) merged model written; adding {MANIFEST}", flush=True)
     manifest = build_manifest(out.name, out, a.base, adapter, Path(a.run_dir) if a.run_dir else None, a.dtype)
     publish_dir(tmp, out, MANIFEST, manifest)

@@ -10,6 +10,7 @@ the stage: a model only knows values.
 Kept in one module, apart from the stage modules: the page imports it without the stages'
 imports, and the stage modules' engines can change without touching their parameters.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ def _auto_or_bool(v):
 
 def optional(kind, blank=("",), **bounds):
     """kind (int or float) within bounds, or None; the values in blank (and blank text) are None."""
+
     def none(v):
         return None if (isinstance(v, str) and not v.strip()) or (not isinstance(v, bool) and v in blank) else v
 
@@ -151,8 +153,13 @@ class _Tuning(StageParams):
 
     run_name: str = Field("", description="folder under runs/ (default: <stage>-<date>-<time>)")
     prompt_template: str = Field("internlm2_chat", description="XTuner's prompt template of the base model")
-    max_length: int = Field(2048, ge=16, le=32768, title="Max length (tokens)",
-                            description="longest conversation in the base model's tokens")
+    max_length: int = Field(
+        2048,
+        ge=16,
+        le=32768,
+        title="Max length (tokens)",
+        description="longest conversation in the base model's tokens",
+    )
     batch_size: int = Field(1, ge=1, le=256, title="Batch size", description="per GPU (or CPU process)")
     accumulative_counts: int = Field(1, ge=1, le=1024, title="Grad accumulation")
     lr: float = Field(2e-4, ge=1e-9, le=0.5, title="Learning rate", description="used as given: XTuner scales nothing")
@@ -163,9 +170,11 @@ class _Tuning(StageParams):
     lora_alpha: int = Field(16, ge=1, le=4096, title="LoRA alpha")
     lora_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     deepspeed: Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_bool)] = Field(
-        "auto", description="auto: on with CUDA, off on CPU")
+        "auto", description="auto: on with CUDA, off on CPU"
+    )
     evaluation_inputs: Annotated[list[str] | None, BeforeValidator(_questions)] = Field(
-        None, description="questions answered during training (at most 8)")
+        None, description="questions answered during training (at most 8)"
+    )
     evaluation_freq: int = Field(500, ge=1, le=10_000_000, title="Evaluate every N iterations")
     eval_max_new_tokens: int = Field(600, ge=1, le=8192)
     save_steps: int = Field(500, ge=1, le=10_000_000, title="Save every N iterations")
@@ -173,8 +182,13 @@ class _Tuning(StageParams):
     log_interval: int = Field(10, ge=1, le=100_000)
     seed: optional(int, ge=0, le=SEED_MAX) = Field(None, description="empty = XTuner's own")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when a GPU is visible")
-    gpus: int = Field(0, ge=0, le=4096, title="GPUs",
-                      description="one process per GPU; 0 = every visible GPU (on CPU: processes, 0 = 1)")
+    gpus: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        title="GPUs",
+        description="one process per GPU; 0 = every visible GPU (on CPU: processes, 0 = 1)",
+    )
 
     @field_validator("save_total_limit")
     @classmethod
@@ -205,12 +219,18 @@ class DpoParams(_Tuning):
     pairs: str = Field("", description="a feedback_export folder (pairs.jsonl)")
     accumulative_counts: int = Field(16, ge=1, le=1024, title="Grad accumulation")
     lr: float = Field(5e-7, ge=1e-9, le=0.5, title="Learning rate")
-    beta: float = Field(0.1, gt=0.0, lt=100.0, title="Beta (DPO)",
-                        description="how far the model may move from the reference (the model before DPO)")
+    beta: float = Field(
+        0.1,
+        gt=0.0,
+        lt=100.0,
+        title="Beta (DPO)",
+        description="how far the model may move from the reference (the model before DPO)",
+    )
     loss_type: Literal[LOSS_TYPES] = "sigmoid"
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     evaluation_inputs: Annotated[list[str] | None, BeforeValidator(_questions)] = Field(
-        default_factory=list, description="questions answered during training (none by default)")
+        default_factory=list, description="questions answered during training (none by default)"
+    )
 
 
 class PrepareParams(StageParams):
@@ -220,17 +240,20 @@ class PrepareParams(StageParams):
     input: str = Field("", description="the corpus (RECIPE_CORPUS, the bundled sample, or a file in the workspace)")
     out: str = Field("", description="output folder (default data/prepared)")
     sample: optional(int, ge=1) = Field(
-        None, title="Sample", description="keep at most N training recipes (a uniform sample by hash)")
+        None, title="Sample", description="keep at most N training recipes (a uniform sample by hash)"
+    )
     val: int = Field(500, ge=0, le=10_000_000, title="Validation", description="validation recipes")
     test: int = Field(500, ge=0, le=10_000_000, title="Test", description="test recipes")
     holdout: optional(float, ge=0.0, lt=1.0) = Field(
-        None, description="held-out share of recipes by hash (default 0.02, widened to hold --test and --val)")
+        None, description="held-out share of recipes by hash (default 0.02, widened to hold --test and --val)"
+    )
     seed: int = Field(0, ge=0, le=SEED_MAX, title="Seed", description="salt of the split hash")
     max_length: int = Field(2048, ge=1, le=1_000_000, description="longest conversation kept, in characters")
     library: bool | str = Field(False, description="also (re)build the chat's recipe library from this corpus")
     reviewed: str = Field("", description="reviewed chat feedback to train on: a feedback_export folder")
-    repeat: int = Field(1, ge=1, le=100, title="Repeat (weight)",
-                        description="how many times each reviewed example is added")
+    repeat: int = Field(
+        1, ge=1, le=100, title="Repeat (weight)", description="how many times each reviewed example is added"
+    )
 
 
 class ConvertParams(StageParams):
@@ -257,12 +280,14 @@ class QuantizeParams(StageParams):
     STAGE: ClassVar[str] = "quantize"
     model: str = ""
     name: str = Field("", description="empty = <model>-w4a16")
-    calib: str = Field("local", description="local: the model's own training data; others need the data set "
-                                            "in the HF cache")
+    calib: str = Field(
+        "local", description="local: the model's own training data; others need the data set in the HF cache"
+    )
     calib_samples: int = Field(128, ge=0, le=4096, title="Calibration samples (0 = data-free)")
     calib_seqlen: int = Field(2048, ge=16, le=32768)
-    w_group_size: Literal[AWQ_GROUP_SIZES] = Field(128, description="TurboMind loads AWQ weights with group size "
-                                                                    "128 only")
+    w_group_size: Literal[AWQ_GROUP_SIZES] = Field(
+        128, description="TurboMind loads AWQ weights with group size 128 only"
+    )
     batch_size: int = Field(1, ge=1, le=64)
     search_scale: bool = False
 
@@ -281,16 +306,16 @@ class EvaluateParams(StageParams):
     limit: optional(int, blank=(0,), ge=1) = Field(None, title="Questions per data set (0 = all)")
     max_out_len: optional(int, blank=(0,), ge=1) = Field(None, description="answer tokens (default: max_new_tokens)")
     batch_size: optional(int, blank=(0,), ge=1) = None
-    backend: Literal[BACKENDS] = Field(
-        "auto", description="auto: TurboMind on a GPU with LMDeploy, else transformers")
+    backend: Literal[BACKENDS] = Field("auto", description="auto: TurboMind on a GPU with LMDeploy, else transformers")
     run_name: str = ""
 
 
 class ServeParams(StageParams):
     STAGE: ClassVar[str] = "serve"
     model: str = ""
-    tp: int = Field(1, ge=1, le=64, title="GPUs (tp)",
-                    description="tensor parallelism: the model split across this many GPUs")
+    tp: int = Field(
+        1, ge=1, le=64, title="GPUs (tp)", description="tensor parallelism: the model split across this many GPUs"
+    )
     port: int = Field(23333, ge=1024, le=65535, title="Port")
     name: str = ""
 
@@ -308,7 +333,14 @@ class FeedbackExportParams(StageParams):
 
 
 PARAMS: dict[str, type[StageParams]] = {
-    "feedback_export": FeedbackExportParams, "prepare": PrepareParams, "train": TrainParams,
-    "convert": ConvertParams, "merge": MergeParams, "dpo": DpoParams, "quantize": QuantizeParams,
-    "evaluate": EvaluateParams, "base_model": BaseModelParams, "serve": ServeParams,
+    "feedback_export": FeedbackExportParams,
+    "prepare": PrepareParams,
+    "train": TrainParams,
+    "convert": ConvertParams,
+    "merge": MergeParams,
+    "dpo": DpoParams,
+    "quantize": QuantizeParams,
+    "evaluate": EvaluateParams,
+    "base_model": BaseModelParams,
+    "serve": ServeParams,
 }

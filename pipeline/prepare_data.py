@@ -36,6 +36,7 @@ order and deduplication stay in this process, which writes what it keeps. A run 
 recipe fails and leaves the previous outputs as they were. Progress goes to a tqdm bar on a
 terminal, else to "progress ..." lines that pipeline.prepare_data.progress() parses for the Admin page.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,9 +63,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
+from core.corpus import REASONS, CorpusError, Limits, Overlong, iter_blocks, iter_ranges, open_corpus, seed_key  # noqa: E402
 from pipeline import prepare_worker as W  # noqa: E402
-from core.corpus import (REASONS, CorpusError, Limits, Overlong, iter_blocks, iter_ranges, open_corpus,  # noqa: E402
-                             seed_key)
 from pipeline.dedup import DUPLICATE, KEPT, REJECTED_LONG, DigestSet  # noqa: E402
 from pipeline.params import PrepareParams, parse  # noqa: E402
 from pipeline.stage import Progress, StageCommand, StageError, user_path  # noqa: E402
@@ -112,8 +112,15 @@ class _Reporter:
         if tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, unit="B", unit_scale=True, file=sys.stderr, mininterval=every,
-                            dynamic_ncols=True, desc="prepare")
+            self.bar = tqdm(
+                total=self.total,
+                unit="B",
+                unit_scale=True,
+                file=sys.stderr,
+                mininterval=every,
+                dynamic_ncols=True,
+                desc="prepare",
+            )
 
     def update(self, done_bytes: int, stats: dict, force: bool = False) -> None:
         now = time.monotonic()
@@ -122,16 +129,21 @@ class _Reporter:
         self.last = now
         rej = sum(stats["rejected"].values())
         if self.bar is not None:
-            self.bar.set_postfix_str(f"{stats['lines']:,} lines, {stats['kept']:,} kept, {stats['duplicates']:,} dup, "
-                                     f"{rej:,} rejected", refresh=False)
+            self.bar.set_postfix_str(
+                f"{stats['lines']:,} lines, {stats['kept']:,} kept, {stats['duplicates']:,} dup, {rej:,} rejected",
+                refresh=False,
+            )
             self.bar.update(min(done_bytes, self.total) - self.bar.n)
             return
         el = max(now - self.start, 1e-6)
         rate = stats["lines"] / el
         frac = min(done_bytes / self.total, 1.0)
         eta = el * (1 - frac) / frac if frac > 0 else 0.0
-        print(f"progress lines={stats['lines']} kept={stats['kept']} duplicates={stats['duplicates']} "
-              f"rejected={rej} bytes={done_bytes} total={self.total} rate={rate:.0f} eta={eta:.1f}", flush=True)
+        print(
+            f"progress lines={stats['lines']} kept={stats['kept']} duplicates={stats['duplicates']} "
+            f"rejected={rej} bytes={done_bytes} total={self.total} rate={rate:.0f} eta={eta:.1f}",
+            flush=True,
+        )
 
     def finish(self) -> None:
         if self.bar is not None:
@@ -238,8 +250,10 @@ def _results(blocks, pool, workers: int, opts: dict):
         W.init_worker(opts)
         for block, end_pos in blocks:
             t = type(block)
-            yield (block if t is Overlong else W.convert_range(*block) if t is tuple
-                   else W.convert_block(block)), end_pos
+            yield (
+                (block if t is Overlong else W.convert_range(*block) if t is tuple else W.convert_block(block)),
+                end_pos,
+            )
         return
     pending: deque = deque()
     for block, end_pos in blocks:
@@ -266,12 +280,25 @@ def _got(job):
     return job if type(job) is Overlong else job.get()
 
 
-def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: int | None = None,
-        val: int = DEFAULTS["val"], test: int = DEFAULTS["test"], holdout: float | None = None,
-        seed: int = DEFAULTS["seed"], library: str | os.PathLike | None = None,
-        max_length: int = DEFAULTS["max_length"], workers: int | None = None, block_size: int = BLOCK_SIZE,
-        progress_every: float = 1.0, tty: bool = False, reviewed: str | os.PathLike | None = None,
-        repeat: int = 1, limits: Limits | None = None) -> dict:
+def run(
+    input_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    sample: int | None = None,
+    val: int = DEFAULTS["val"],
+    test: int = DEFAULTS["test"],
+    holdout: float | None = None,
+    seed: int = DEFAULTS["seed"],
+    library: str | os.PathLike | None = None,
+    max_length: int = DEFAULTS["max_length"],
+    workers: int | None = None,
+    block_size: int = BLOCK_SIZE,
+    progress_every: float = 1.0,
+    tty: bool = False,
+    reviewed: str | os.PathLike | None = None,
+    repeat: int = 1,
+    limits: Limits | None = None,
+) -> dict:
     """Convert INPUT into OUT_DIR (see the module docstring); returns the stats. holdout None:
     2%, widened when it cannot hold the test and val recipes asked for. reviewed: an export of
     backend.feedback_export (or its sft.jsonl) appended ``repeat`` times to train.jsonl after
@@ -295,11 +322,22 @@ def run(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, sample: in
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise CorpusError(f"another prepare run is writing to {out_dir}; wait for it or choose another "
-                              "--out") from None
+            raise CorpusError(
+                f"another prepare run is writing to {out_dir}; wait for it or choose another --out"
+            ) from None
         _clean_stale(out_dir, lib_path)
-        kw = dict(sample=sample, val=val, test=test, seed=seed, max_length=max_length, workers=workers,
-                  block_size=block_size, progress_every=progress_every, tty=tty, limits=limits)
+        kw = dict(
+            sample=sample,
+            val=val,
+            test=test,
+            seed=seed,
+            max_length=max_length,
+            workers=workers,
+            block_size=block_size,
+            progress_every=progress_every,
+            tty=tty,
+            limits=limits,
+        )
         extra = read_reviewed(reviewed) if reviewed else None  # a bad file stops the run before converting
         try:
             stats = _run_locked(input_path, out_dir, lib_path, t0, holdout=holdout, fit=fit, **kw)
@@ -322,8 +360,10 @@ def read_reviewed(path: str | os.PathLike) -> dict:
     path = Path(path)
     sft = path / "sft.jsonl" if path.is_dir() else path
     if not sft.is_file():
-        raise ValueError(f"--reviewed {path}: no sft.jsonl there (export the reviewed feedback first: "
-                         "python -m backend.feedback_export --out DIR)")
+        raise ValueError(
+            f"--reviewed {path}: no sft.jsonl there (export the reviewed feedback first: "
+            "python -m backend.feedback_export --out DIR)"
+        )
     lines, inputs = [], []
     with open(sft, "rb") as f:
         for n, raw in enumerate(f, 1):
@@ -331,25 +371,41 @@ def read_reviewed(path: str | os.PathLike) -> dict:
                 continue
             try:
                 conv = orjson.loads(raw)["conversation"]
-                ok = isinstance(conv, list) and conv and all(
-                    isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
-                    and t["input"].strip() and t["output"].strip() for t in conv)
+                ok = (
+                    isinstance(conv, list)
+                    and conv
+                    and all(
+                        isinstance(t, dict)
+                        and isinstance(t.get("input"), str)
+                        and isinstance(t.get("output"), str)
+                        and t["input"].strip()
+                        and t["output"].strip()
+                        for t in conv
+                    )
+                )
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 ok = False
             if not ok:
-                raise ValueError(f"--reviewed {sft} line {n}: not a conversation "
-                                 '{"conversation": [{"system", "input", "output"}]}')
+                raise ValueError(
+                    f"--reviewed {sft} line {n}: not a conversation "
+                    '{"conversation": [{"system", "input", "output"}]}'
+                )
             lines.append(orjson.dumps({"conversation": conv}) + b"\n")
             inputs.append(conv[0]["input"])
     export = None
     stats_file = sft.with_name("stats.json")
     with contextlib.suppress(OSError, ValueError):
         export = json.loads(stats_file.read_text(encoding="utf-8"))
-    return {"file": str(sft), "lines": lines, "inputs": inputs,
-            "export_stats": str(stats_file) if isinstance(export, dict) else None,
-            "pairs": export.get("pairs") if isinstance(export, dict) else None,
-            "message_ids": [p.get("message_id") for p in (export or {}).get("provenance", {}).get("sft", [])]
-            if isinstance(export, dict) else []}
+    return {
+        "file": str(sft),
+        "lines": lines,
+        "inputs": inputs,
+        "export_stats": str(stats_file) if isinstance(export, dict) else None,
+        "pairs": export.get("pairs") if isinstance(export, dict) else None,
+        "message_ids": [p.get("message_id") for p in (export or {}).get("provenance", {}).get("sft", [])]
+        if isinstance(export, dict)
+        else [],
+    }
 
 
 def merge_reviewed(out_dir: Path, stats: dict, extra: dict, repeat: int) -> dict:
@@ -370,14 +426,23 @@ def merge_reviewed(out_dir: Path, stats: dict, extra: dict, repeat: int) -> dict
         with open(out_dir / name, "rb") as f:
             held_out.update(t["input"] for line in f if line.strip() for t in orjson.loads(line)["conversation"][:1])
     overlap = sum(q in held_out for q in extra["inputs"])
-    stats["reviewed"] = {"file": extra["file"], "examples": len(extra["lines"]), "repeat": repeat,
-                         "train_lines_added": len(extra["lines"]) * repeat, "pairs": extra["pairs"],
-                         "export_stats": extra["export_stats"], "message_ids": extra["message_ids"],
-                         "held_out_questions_also_reviewed": overlap}
+    stats["reviewed"] = {
+        "file": extra["file"],
+        "examples": len(extra["lines"]),
+        "repeat": repeat,
+        "train_lines_added": len(extra["lines"]) * repeat,
+        "pairs": extra["pairs"],
+        "export_stats": extra["export_stats"],
+        "message_ids": extra["message_ids"],
+        "held_out_questions_also_reviewed": overlap,
+    }
     stats["train_total"] = stats["train"] + len(extra["lines"]) * repeat
     if overlap:
-        print(f"note: {overlap} reviewed question(s) are also asked in val/test: those scores are not held out",
-              file=sys.stderr, flush=True)
+        print(
+            f"note: {overlap} reviewed question(s) are also asked in val/test: those scores are not held out",
+            file=sys.stderr,
+            flush=True,
+        )
     atomic_write_text(out_dir / "stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
     return stats
 
@@ -408,24 +473,52 @@ def holdout_to_fit(keys: np.ndarray, test: int, val: int, start: float) -> float
     return MAX_HOLDOUT
 
 
-def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: float, *, sample, val, test, holdout,
-                seed, max_length, workers, block_size, progress_every, tty, limits: Limits, fit: bool = False,
-                widened: _Widen | None = None) -> dict:
+def _run_locked(
+    input_path: Path,
+    out_dir: Path,
+    lib_path: Path | None,
+    t0: float,
+    *,
+    sample,
+    val,
+    test,
+    holdout,
+    seed,
+    max_length,
+    workers,
+    block_size,
+    progress_every,
+    tty,
+    limits: Limits,
+    fit: bool = False,
+    widened: _Widen | None = None,
+) -> dict:
     from core.fileio import atomic_open, atomic_write_text
 
     stream = open_corpus(input_path, limits)
     if stream.skipped:
-        print(f"note: {input_path}: not read (not .json/.jsonl): {', '.join(stream.skipped)}", file=sys.stderr,
-              flush=True)
+        print(
+            f"note: {input_path}: not read (not .json/.jsonl): {', '.join(stream.skipped)}", file=sys.stderr, flush=True
+        )
     if workers is None:  # small input: no start-up; beyond the cap this process is the bottleneck
         workers = 0 if stream.total < 2 * block_size else min(os.cpu_count() or 1, MAX_WORKERS)
     test_cut = int(holdout / 2 * (1 << 64))
     val_cut = int(holdout * (1 << 64))
     opts = {"seed": seed, "max_length": max_length, "library": lib_path is not None, "max_line": limits.line_bytes}
 
-    stats = {"input": str(input_path), "lines": 0, "kept": 0, "duplicates": 0,
-             "rejected": dict.fromkeys(REASONS, 0), "train": 0, "val": 0, "test": 0,
-             "held_out_unused": 0, "sampled_out": 0, "not_read": stream.skipped}
+    stats = {
+        "input": str(input_path),
+        "lines": 0,
+        "kept": 0,
+        "duplicates": 0,
+        "rejected": dict.fromkeys(REASONS, 0),
+        "train": 0,
+        "val": 0,
+        "test": 0,
+        "held_out_unused": 0,
+        "sampled_out": 0,
+        "not_read": stream.skipped,
+    }
     samples: dict[str, int] = {}
     seen = DigestSet()
     test_band, val_band = _Band(test), _Band(val)
@@ -433,8 +526,10 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
     train_keys = array("Q")  # split keys of the training lines, only when sampling
     # split keys of every kept recipe while a band widened to fit could still be needed (a corpus
     # whose 2% band is short of what is asked is small: beyond this many recipes it cannot be)
-    fit_keys = {"keys": array("Q") if fit and (test or val) else None,
-                "limit": min(4_000_000, int(4 * (test + val) / max(holdout, 1e-4)) + 10_000)}
+    fit_keys = {
+        "keys": array("Q") if fit and (test or val) else None,
+        "limit": min(4_000_000, int(4 * (test + val) / max(holdout, 1e-4)) + 10_000),
+    }
 
     pool = None  # workers are forked before any output file or database connection is open
     if workers > 0:
@@ -497,7 +592,7 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
                     dup = np.flatnonzero(fate == DUPLICATE)
                     stats["duplicates"] += len(dup)
                     # only the lines still sampled into rejects.jsonl are looked at one by one
-                    for j in dup[:max(REJECT_SAMPLES_PER_REASON - samples.get("duplicate", 0), 0)].tolist():
+                    for j in dup[: max(REJECT_SAMPLES_PER_REASON - samples.get("duplicate", 0), 0)].tolist():
                         reject_sample("duplicate", base + int(rel[j]))
                     for j in np.flatnonzero(fate == REJECTED_LONG).tolist():
                         rej["too_long"] += 1
@@ -534,18 +629,25 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
             def overlong(line: Overlong, line_no: int) -> None:
                 stats["lines"] += 1
                 stats["rejected"]["line_too_long"] += 1
-                reject_sample("line_too_long", line_no, f"{line.length:,} bytes > {limits.line_bytes:,} (the cap on "
-                                                        "a line)", line.head)
+                reject_sample(
+                    "line_too_long",
+                    line_no,
+                    f"{line.length:,} bytes > {limits.line_bytes:,} (the cap on a line)",
+                    line.head,
+                )
                 f_rej.writelines(rec for _, rec in block_rejects)
                 block_rejects.clear()
 
             line_no = 1
             if stream.plain is not None:  # the workers read their byte ranges of the file themselves
                 size = block_size * RANGE_BLOCKS
-                blocks = (((str(stream.plain), start, end, size), end) for start, end in iter_ranges(stream.plain, size))
+                blocks = (
+                    ((str(stream.plain), start, end, size), end) for start, end in iter_ranges(stream.plain, size)
+                )
             else:  # inflated here (in a thread), cut into blocks of whole lines sent to the workers
-                blocks = _prefetched((block, stream.position())
-                                     for block in iter_blocks(stream, block_size, limits.line_bytes))
+                blocks = _prefetched(
+                    (block, stream.position()) for block in iter_blocks(stream, block_size, limits.line_bytes)
+                )
             for res, end_pos in _results(blocks, pool, workers, opts):
                 if type(res) is Overlong:
                     overlong(res, line_no)
@@ -578,8 +680,15 @@ def _run_locked(input_path: Path, out_dir: Path, lib_path: Path | None, t0: floa
     note = stats["holdout"].get("note")
     if note:
         print(f"note: {note}", file=sys.stderr, flush=True)
-    stats["options"] = {"sample": sample, "val": val, "test": test, "holdout": holdout, "seed": seed,
-                        "max_length": max_length, "workers": workers}
+    stats["options"] = {
+        "sample": sample,
+        "val": val,
+        "test": test,
+        "holdout": holdout,
+        "seed": seed,
+        "max_length": max_length,
+        "workers": workers,
+    }
     if stats["lines"] != stats["kept"] + stats["duplicates"] + sum(stats["rejected"].values()):
         raise RuntimeError(f"internal error: lines do not add up: {stats}")
     atomic_write_text(out_dir / "stats.json", json.dumps(stats, ensure_ascii=False, indent=2) + "\n")
@@ -592,15 +701,18 @@ def _nothing_kept(input_path: Path, out_dir: Path, stats: dict) -> str:
         what = "it has no line"
     else:
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["rejected"].items(), key=lambda kv: -kv[1]) if v)
-        what = (f"of its {stats['lines']:,} lines none is a usable recipe (" +
-                ", ".join(x for x in (f"duplicates {stats['duplicates']:,}" if stats["duplicates"] else "", reasons)
-                          if x) + ")")
-    return (f"no recipe kept from {input_path}: {what}. The previous outputs in {out_dir} are unchanged; give a "
-            "XiaChuFang-format corpus (one JSON object with recipeIngredient and recipeInstructions a line)")
+        what = (
+            f"of its {stats['lines']:,} lines none is a usable recipe ("
+            + ", ".join(x for x in (f"duplicates {stats['duplicates']:,}" if stats["duplicates"] else "", reasons) if x)
+            + ")"
+        )
+    return (
+        f"no recipe kept from {input_path}: {what}. The previous outputs in {out_dir} are unchanged; give a "
+        "XiaChuFang-format corpus (one JSON object with recipeIngredient and recipeInstructions a line)"
+    )
 
 
-def _holdout_report(holdout: float, test: int, val: int, stats: dict, keys, fit: bool,
-                    widened: _Widen | None) -> dict:
+def _holdout_report(holdout: float, test: int, val: int, stats: dict, keys, fit: bool, widened: _Widen | None) -> dict:
     """stats.json's "holdout": the share used, and a note when it holds less than asked. Raises
     _Widen (before anything is written) when a wider band would hold more."""
     got_test, got_val = stats["test"], stats["val"]
@@ -615,12 +727,21 @@ def _holdout_report(holdout: float, test: int, val: int, stats: dict, keys, fit:
         h = holdout_to_fit(ks, test, val, holdout)
         new_test, new_val = _band_counts(ks, h)
         if h > holdout and (new_test > got_test or new_val > got_val):
-            raise _Widen(h, holdout, f"the {holdout:.1%} held-out band holds test {got_test} and val {got_val} of "
-                                     f"the {test} and {val} asked ({len(ks)} kept recipes): widened to {h:.1%}")
-    rep["note"] = (f"the {holdout:.1%} held-out band holds only test {got_test} and val {got_val} of the {test} and "
-                   f"{val} asked ({stats['kept']} kept recipes)" +
-                   (" even at its widest; ask for fewer" if fit or widened is not None
-                    else "; leave --holdout unset to size the band to fit, or give a larger one"))
+            raise _Widen(
+                h,
+                holdout,
+                f"the {holdout:.1%} held-out band holds test {got_test} and val {got_val} of "
+                f"the {test} and {val} asked ({len(ks)} kept recipes): widened to {h:.1%}",
+            )
+    rep["note"] = (
+        f"the {holdout:.1%} held-out band holds only test {got_test} and val {got_val} of the {test} and "
+        f"{val} asked ({stats['kept']} kept recipes)"
+        + (
+            " even at its widest; ask for fewer"
+            if fit or widened is not None
+            else "; leave --holdout unset to size the band to fit, or give a larger one"
+        )
+    )
     return rep
 
 
@@ -657,8 +778,10 @@ def command(settings, **params) -> StageCommand:
     # the configured corpus (RECIPE_CORPUS) and the bundled sample may live outside the workspace
     input_path = user_path(settings, raw_input, "input", (settings.corpus, SAMPLE_RECIPES))
     if not input_path.is_file():
-        raise StageError(f"input {input_path} does not exist; put the corpus (.json/.jsonl/.gz/.zip) in the "
-                         f"workspace {settings.workspace} and give its path")
+        raise StageError(
+            f"input {input_path} does not exist; put the corpus (.json/.jsonl/.gz/.zip) in the "
+            f"workspace {settings.workspace} and give its path"
+        )
     if not input_path.name.lower().endswith((".json", ".jsonl", ".gz", ".zip")):
         raise StageError(f"input {input_path.name}: expected a .json, .jsonl, .gz or .zip corpus")
     out = user_path(settings, q.out or settings.data_dir / "prepared", "out")
@@ -692,7 +815,9 @@ def command(settings, **params) -> StageCommand:
 
 _PROGRESS = re.compile(
     r"^progress lines=(\d+) kept=(\d+) duplicates=(\d+) rejected=(\d+) bytes=(\d+) total=(\d+) "
-    r"rate=(\d+) eta=([\d.]+)\s*$", re.M)
+    r"rate=(\d+) eta=([\d.]+)\s*$",
+    re.M,
+)
 _DONE = re.compile(r"^done (\{.*\})\s*$", re.M)
 
 
@@ -711,10 +836,15 @@ def progress(log_text: str) -> Progress:
     if done:
         try:
             s = json.loads(done[-1])
-            return Progress(fraction=1.0, done=s["lines"], total=s["lines"], eta_s=0.0,
-                            message=f"done: {s['kept']:,} kept ({s['train']:,} train, {s['val']:,} val, "
-                                    f"{s['test']:,} test), {s['duplicates']:,} duplicates, "
-                                    f"{sum(s['rejected'].values()):,} rejected, {s['seconds']:.1f} s")
+            return Progress(
+                fraction=1.0,
+                done=s["lines"],
+                total=s["lines"],
+                eta_s=0.0,
+                message=f"done: {s['kept']:,} kept ({s['train']:,} train, {s['val']:,} val, "
+                f"{s['test']:,} test), {s['duplicates']:,} duplicates, "
+                f"{sum(s['rejected'].values()):,} rejected, {s['seconds']:.1f} s",
+            )
         except (ValueError, KeyError):
             pass
     found = _PROGRESS.findall(log_text)
@@ -722,9 +852,14 @@ def progress(log_text: str) -> Progress:
         return Progress(message="starting")
     lines, kept, dup, rej, b, total, rate, eta = found[-1]
     frac = min(int(b) / max(int(total), 1), 1.0)
-    return Progress(fraction=frac, done=int(lines), total=None, eta_s=float(eta),
-                    message=f"{int(lines):,} lines read ({frac:.0%}), {int(kept):,} kept, {int(dup):,} duplicates, "
-                            f"{int(rej):,} rejected, {int(rate):,} lines/s")
+    return Progress(
+        fraction=frac,
+        done=int(lines),
+        total=None,
+        eta_s=float(eta),
+        message=f"{int(lines):,} lines read ({frac:.0%}), {int(kept):,} kept, {int(dup):,} duplicates, "
+        f"{int(rej):,} rejected, {int(rate):,} lines/s",
+    )
 
 
 def verify(cmd: StageCommand, log_text: str) -> str | None:
@@ -756,28 +891,44 @@ def verify(cmd: StageCommand, log_text: str) -> str | None:
 
 # ---- CLI ------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.prepare_data",
-                                 description="XiaChuFang corpus -> XTuner conversation JSONL (+ recipe library).")
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.prepare_data",
+        description="XiaChuFang corpus -> XTuner conversation JSONL (+ recipe library).",
+    )
     ap.add_argument("input", help="corpus: .json/.jsonl (one object a line), .gz or .zip")
     ap.add_argument("--out", required=True, help="output folder for train/val/test.jsonl, stats.json, rejects.jsonl")
     ap.add_argument("--sample", type=int, help="keep at most N training recipes (a uniform sample by hash)")
     P = PrepareParams  # noqa: N806 - the stage's parameters: defaults and help
     ap.add_argument("--val", type=int, default=P.default("val"), help=f"{P.help('val')} (default %(default)s)")
     ap.add_argument("--test", type=int, default=P.default("test"), help=f"{P.help('test')} (default %(default)s)")
-    ap.add_argument("--holdout", type=float, default=None,
-                    help="share of the hash range reserved for val+test, never trained on (default: 0.02, "
-                         f"widened up to {MAX_HOLDOUT} when it cannot hold --test and --val)")
+    ap.add_argument(
+        "--holdout",
+        type=float,
+        default=None,
+        help="share of the hash range reserved for val+test, never trained on (default: 0.02, "
+        f"widened up to {MAX_HOLDOUT} when it cannot hold --test and --val)",
+    )
     ap.add_argument("--seed", type=int, default=P.default("seed"), help=f"{P.help('seed')} (default %(default)s)")
     ap.add_argument("--library", help="also (re)build this recipe library SQLite file from the kept recipes")
-    ap.add_argument("--max-length", type=int, default=DEFAULTS["max_length"],
-                    help="training length: drop conversations longer than this many characters "
-                         "(~ tokens for Chinese) (default %(default)s)")
-    ap.add_argument("--workers", type=int, help="parser processes (default: the CPU count, at most 8; 0 = "
-                                                "none)")
-    ap.add_argument("--reviewed", help="reviewed chat feedback to train on: a backend.feedback_export folder (its "
-                                       "sft.jsonl) or a conversation .jsonl; appended to train.jsonl only")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help=f"how many times the reviewed examples are added (weight; 1-{MAX_REPEAT}, default 1)")
+    ap.add_argument(
+        "--max-length",
+        type=int,
+        default=DEFAULTS["max_length"],
+        help="training length: drop conversations longer than this many characters "
+        "(~ tokens for Chinese) (default %(default)s)",
+    )
+    ap.add_argument("--workers", type=int, help="parser processes (default: the CPU count, at most 8; 0 = none)")
+    ap.add_argument(
+        "--reviewed",
+        help="reviewed chat feedback to train on: a backend.feedback_export folder (its "
+        "sft.jsonl) or a conversation .jsonl; appended to train.jsonl only",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help=f"how many times the reviewed examples are added (weight; 1-{MAX_REPEAT}, default 1)",
+    )
     ap.add_argument("--progress-every", type=float, default=1.0, help="seconds between progress reports")
     ap.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="bytes per work unit (default %(default)s)")
     args = ap.parse_args(argv)
@@ -788,10 +939,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.block_size < 1024:
         ap.error("--block-size must be at least 1024")
     try:
-        stats = run(args.input, args.out, sample=args.sample, val=args.val, test=args.test, holdout=args.holdout,
-                    seed=args.seed, library=args.library, max_length=args.max_length, workers=args.workers,
-                    progress_every=args.progress_every, block_size=args.block_size, tty=sys.stderr.isatty(),
-                    reviewed=args.reviewed, repeat=args.repeat)
+        stats = run(
+            args.input,
+            args.out,
+            sample=args.sample,
+            val=args.val,
+            test=args.test,
+            holdout=args.holdout,
+            seed=args.seed,
+            library=args.library,
+            max_length=args.max_length,
+            workers=args.workers,
+            progress_every=args.progress_every,
+            block_size=args.block_size,
+            tty=sys.stderr.isatty(),
+            reviewed=args.reviewed,
+            repeat=args.repeat,
+        )
     except (CorpusError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -799,15 +963,27 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: previous outputs left unchanged", file=sys.stderr)
         return 130
     rej = ", ".join(f"{k} {v:,}" for k, v in sorted(stats["rejected"].items()) if v) or "none"
-    print(f"{stats['lines']:,} lines in {stats['seconds']:.1f} s ({stats['records_per_s']:,}/s): "
-          f"{stats['kept']:,} kept -> train {stats['train']:,}, val {stats['val']:,}, test {stats['test']:,}; "
-          f"{stats['duplicates']:,} duplicates; rejected: {rej}. Outputs in {args.out}", file=sys.stderr)
+    print(
+        f"{stats['lines']:,} lines in {stats['seconds']:.1f} s ({stats['records_per_s']:,}/s): "
+        f"{stats['kept']:,} kept -> train {stats['train']:,}, val {stats['val']:,}, test {stats['test']:,}; "
+        f"{stats['duplicates']:,} duplicates; rejected: {rej}. Outputs in {args.out}",
+        file=sys.stderr,
+    )
     if stats.get("reviewed"):
         r = stats["reviewed"]
-        print(f"reviewed: {r['examples']} examples x {r['repeat']} = {r['train_lines_added']} training lines added "
-              f"(train.jsonl now {stats['train_total']:,})", file=sys.stderr)
-    print("done " + json.dumps({k: stats[k] for k in ("lines", "kept", "duplicates", "rejected", "train", "val",
-                                                      "test", "seconds")}, ensure_ascii=False), flush=True)
+        print(
+            f"reviewed: {r['examples']} examples x {r['repeat']} = {r['train_lines_added']} training lines added "
+            f"(train.jsonl now {stats['train_total']:,})",
+            file=sys.stderr,
+        )
+    print(
+        "done "
+        + json.dumps(
+            {k: stats[k] for k in ("lines", "kept", "duplicates", "rejected", "train", "val", "test", "seconds")},
+            ensure_ascii=False,
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -5,6 +5,7 @@ A block result is compact (a few arrays as bytes, the training lines joined in o
 object, a sample of the rejected lines with a count per reason), so that the main process,
 which keeps order, deduplicates and writes, spends little time per record.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from core.corpus import (MAX_LINE_BYTES, Overlong, Recipe, check_line, check_recipe, read_range, seed_key,
-                             split_digest)
+from core.corpus import MAX_LINE_BYTES, Overlong, Recipe, check_line, check_recipe, read_range, seed_key, split_digest
 from core.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, format_answer, question
 
 _PREFIX = orjson.dumps({"conversation": [{"system": SYSTEM_PROMPT}]})[:-3] + b',"input":'
@@ -166,5 +166,16 @@ def _convert_lines(lines: list) -> BlockResult:
         ends.append(pos)
         if row_of is not None:
             rows.append(row_of(r))
-    return BlockResult(len(lines), counts, rejects, rel.tobytes(), pairs[:, 0].tobytes(), keys.tobytes(),
-                       bytes(status), long_detail, b"".join(parts), ends.tobytes(), rows if row_of else None)
+    return BlockResult(
+        len(lines),
+        counts,
+        rejects,
+        rel.tobytes(),
+        pairs[:, 0].tobytes(),
+        keys.tobytes(),
+        bytes(status),
+        long_detail,
+        b"".join(parts),
+        ends.tobytes(),
+        rows if row_of else None,
+    )

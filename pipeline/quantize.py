@@ -16,6 +16,7 @@ LMDeploy's data-free mode.
 The result goes to ``<models_dir>/<name>`` (default ``<model>-w4a16``) with a
 ``recipe_model.json`` whose kind is ``awq-w4a16``; TurboMind loads it with ``model_format='awq'``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,13 +25,11 @@ import sys
 from pathlib import Path
 
 from core.model_folder import model_folder_problem
-from pipeline import params
+from pipeline import params, xtuner_log
 from pipeline.params import QuantizeParams, parse
 from pipeline.stage import Progress, StageCommand, StageError, timestamp, user_path
-from pipeline import xtuner_log
 
-LMDEPLOY_DATASETS = ("wikitext2", "c4", "pileval", "gsm8k", "neuralmagic_calibration", "open-platypus",
-                     "openwebtext")
+LMDEPLOY_DATASETS = ("wikitext2", "c4", "pileval", "gsm8k", "neuralmagic_calibration", "open-platypus", "openwebtext")
 STEPS = 2
 # the AWQ group sizes TurboMind 0.18 loads (lmdeploy/turbomind/converter.py _SUPPORTED_GROUP_SIZES['awq'])
 AWQ_GROUP_SIZES = params.AWQ_GROUP_SIZES  # TurboMind (LMDeploy 0.18) loads AWQ weights with group size 128 only
@@ -70,25 +69,52 @@ def calib_files(manifest: dict | None) -> list[Path]:
     return files
 
 
-def command(settings, model: str = "", name: str = "", calib: str = "local", calib_samples: int = 128,
-            calib_seqlen: int = 2048, w_group_size: int = 128, batch_size: int = 1,
-            search_scale: bool = False) -> StageCommand:
+def command(
+    settings,
+    model: str = "",
+    name: str = "",
+    calib: str = "local",
+    calib_samples: int = 128,
+    calib_seqlen: int = 2048,
+    w_group_size: int = 128,
+    batch_size: int = 1,
+    search_scale: bool = False,
+) -> StageCommand:
     from core.envs import env_python
     from core.settings import PROJECT_ROOT
     from pipeline.artefacts import read_manifest
     from pipeline.merge import model_name
     from pipeline.train import cuda_available
 
-    q = parse(QuantizeParams, dict(model=model, name=name, calib=calib, calib_samples=calib_samples,
-                                   calib_seqlen=calib_seqlen, w_group_size=w_group_size, batch_size=batch_size,
-                                   search_scale=search_scale))
-    calib_samples, calib_seqlen, w_group_size, batch_size = q.calib_samples, q.calib_seqlen, q.w_group_size, q.batch_size
+    q = parse(
+        QuantizeParams,
+        dict(
+            model=model,
+            name=name,
+            calib=calib,
+            calib_samples=calib_samples,
+            calib_seqlen=calib_seqlen,
+            w_group_size=w_group_size,
+            batch_size=batch_size,
+            search_scale=search_scale,
+        ),
+    )
+    calib_samples, calib_seqlen, w_group_size, batch_size = (
+        q.calib_samples,
+        q.calib_seqlen,
+        q.w_group_size,
+        q.batch_size,
+    )
     if not cuda_available():
-        raise StageError("W4A16 quantisation needs a CUDA GPU (LMDeploy's auto_awq has no CPU path); on this "
-                         "machine use the merged model as it is, with the transformers engine")
+        raise StageError(
+            "W4A16 quantisation needs a CUDA GPU (LMDeploy's auto_awq has no CPU path); on this "
+            "machine use the merged model as it is, with the transformers engine"
+        )
     if not lmdeploy_installed():
-        raise StageError("LMDeploy is not installed in the app environment: run `scripts/setup-env.sh app` on "
-                         "the GPU machine (it adds requirements-gpu.txt)")
+        raise StageError(
+            "LMDeploy is not installed in the app environment: run `scripts/setup-env.sh app` on "
+            "the GPU machine (it adds requirements-gpu.txt)"
+        )
     src = _model_folder(settings, model)
     manifest = read_manifest(src)
     if manifest and manifest.get("quantization"):
@@ -97,17 +123,36 @@ def command(settings, model: str = "", name: str = "", calib: str = "local", cal
     out = settings.models_dir / name
     if out.exists():
         raise StageError(f"a model named {name!r} already exists in {settings.models_dir}; choose another name")
-    argv = [str(env_python("app")), "-P", "-m", "pipeline.quantize", "--model", str(src), "--out", str(out),
-            "--calib-samples", str(calib_samples), "--calib-seqlen", str(calib_seqlen), "--w-bits", "4",
-            "--w-group-size", str(w_group_size), "--batch-size", str(batch_size)]
+    argv = [
+        str(env_python("app")),
+        "-P",
+        "-m",
+        "pipeline.quantize",
+        "--model",
+        str(src),
+        "--out",
+        str(out),
+        "--calib-samples",
+        str(calib_samples),
+        "--calib-seqlen",
+        str(calib_seqlen),
+        "--w-bits",
+        "4",
+        "--w-group-size",
+        str(w_group_size),
+        "--batch-size",
+        str(batch_size),
+    ]
     if calib_samples == 0:
         calib = "none"
     elif calib == "local":
         files = calib_files(manifest)
         if not files:
-            raise StageError(f"no local calibration text: {src.name} has no training data recorded in its "
-                             f"recipe_model.json; choose calib = one of {', '.join(LMDEPLOY_DATASETS)} (needs the "
-                             "data set in the Hugging Face cache) or calib_samples = 0 (data-free)")
+            raise StageError(
+                f"no local calibration text: {src.name} has no training data recorded in its "
+                f"recipe_model.json; choose calib = one of {', '.join(LMDEPLOY_DATASETS)} (needs the "
+                "data set in the Hugging Face cache) or calib_samples = 0 (data-free)"
+            )
         for f in files:
             argv += ["--calib-file", str(f)]
     elif calib in LMDEPLOY_DATASETS:
@@ -117,12 +162,23 @@ def command(settings, model: str = "", name: str = "", calib: str = "local", cal
     if search_scale:
         argv.append("--search-scale")
     return StageCommand(
-        kind="quantize", argv=argv, cwd=settings.models_dir,
+        kind="quantize",
+        argv=argv,
+        cwd=settings.models_dir,
         env={"PYTHONPATH": str(PROJECT_ROOT), "PYTHONUNBUFFERED": "1"},
-        gpu=True, outputs={"model": str(out)},
-        params={"model": str(src), "name": name, "calib": calib, "calib_samples": calib_samples,
-                "calib_seqlen": calib_seqlen, "w_bits": 4, "w_group_size": w_group_size,
-                "batch_size": batch_size, "search_scale": bool(search_scale)},
+        gpu=True,
+        outputs={"model": str(out)},
+        params={
+            "model": str(src),
+            "name": name,
+            "calib": calib,
+            "calib_samples": calib_samples,
+            "calib_seqlen": calib_seqlen,
+            "w_bits": 4,
+            "w_group_size": w_group_size,
+            "batch_size": batch_size,
+            "search_scale": bool(search_scale),
+        },
     )
 
 
@@ -152,8 +208,7 @@ def recipe_texts(files: list[str | Path]) -> list[str]:
                 turns = json.loads(line)["conversation"]
             except (ValueError, KeyError, TypeError):
                 continue
-            texts.append("\n".join(str(t.get(k, "")) for t in turns for k in ("system", "input", "output")
-                                   if t.get(k)))
+            texts.append("\n".join(str(t.get(k, "")) for t in turns for k in ("system", "input", "output") if t.get(k)))
     return texts
 
 
@@ -173,7 +228,7 @@ def local_calib_loader(texts: list[str]):
         loader = []
         for _ in range(nsamples):
             i = random.randint(0, n - seqlen)
-            loader.append(enc[:, i:i + seqlen])
+            loader.append(enc[:, i : i + seqlen])
         return loader
 
     return get_calib_loaders
@@ -204,20 +259,45 @@ def main(argv: list[str] | None = None) -> int:
         lmdeploy_calibrate.get_calib_loaders = local_calib_loader(recipe_texts(a.calib_file))
     out = Path(a.out)
     tmp = partial_dir(out)
-    print(f"[quantize] (0/{STEPS}) AWQ W{a.w_bits}A16 of {a.model}, group {a.w_group_size}, calibration "
-          f"{'local recipes' if a.calib_file else dataset} x{a.calib_samples}", flush=True)
-    auto_awq(a.model, work_dir=str(tmp), calib_dataset=dataset, calib_samples=a.calib_samples,
-             calib_seqlen=a.calib_seqlen, batch_size=a.batch_size, w_bits=a.w_bits,
-             w_group_size=a.w_group_size, search_scale=a.search_scale, device="cuda", trust_remote_code=True)
+    print(
+        f"[quantize] (0/{STEPS}) AWQ W{a.w_bits}A16 of {a.model}, group {a.w_group_size}, calibration "
+        f"{'local recipes' if a.calib_file else dataset} x{a.calib_samples}",
+        flush=True,
+    )
+    auto_awq(
+        a.model,
+        work_dir=str(tmp),
+        calib_dataset=dataset,
+        calib_samples=a.calib_samples,
+        calib_seqlen=a.calib_seqlen,
+        batch_size=a.batch_size,
+        w_bits=a.w_bits,
+        w_group_size=a.w_group_size,
+        search_scale=a.search_scale,
+        device="cuda",
+        trust_remote_code=True,
+    )
     print(f"[quantize] (1/{STEPS}) quantised weights written; adding {MANIFEST}", flush=True)
     source = read_manifest(a.model) or {}
-    manifest = {**source, "format": MANIFEST_FORMAT, "name": out.name,
-                "kind": f"awq-w{a.w_bits}a16", "path": str(out), "created": timestamp(),
-                "dtype": "int4 weights, float16 activations",
-                "quantization": {"method": "awq", "w_bits": a.w_bits, "w_group_size": a.w_group_size,
-                                 "calib": "local" if a.calib_file else (dataset if a.calib_samples else "none"),
-                                 "calib_files": a.calib_file, "calib_samples": a.calib_samples,
-                                 "calib_seqlen": a.calib_seqlen, "source_model": a.model}}
+    manifest = {
+        **source,
+        "format": MANIFEST_FORMAT,
+        "name": out.name,
+        "kind": f"awq-w{a.w_bits}a16",
+        "path": str(out),
+        "created": timestamp(),
+        "dtype": "int4 weights, float16 activations",
+        "quantization": {
+            "method": "awq",
+            "w_bits": a.w_bits,
+            "w_group_size": a.w_group_size,
+            "calib": "local" if a.calib_file else (dataset if a.calib_samples else "none"),
+            "calib_files": a.calib_file,
+            "calib_samples": a.calib_samples,
+            "calib_seqlen": a.calib_seqlen,
+            "source_model": a.model,
+        },
+    }
     publish_dir(tmp, out, MANIFEST, manifest)
     print(f"[quantize] ({STEPS}/{STEPS}) model ready: {out}", flush=True)
     return 0

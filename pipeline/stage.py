@@ -9,13 +9,13 @@ A stage module ``pipeline/<name>.py`` defines:
 Stage modules know nothing about Streamlit or the jobs table; the runner knows nothing about
 XTuner or OpenCompass.
 """
+
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 # names of runs and models (folders under runs/, models/, eval/): 1-64 characters, no leading . or -
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: '$' would let a trailing newline through
@@ -61,5 +61,3 @@ def user_path(settings, value, what: str, allowed: tuple = ()) -> Path:
         return settings.user_path(value, allowed)
     except SettingsError as e:
         raise StageError(f"{what}: {e}") from None
-
-

@@ -18,6 +18,7 @@ from the XTuner package installed beside it (``xtuner/_lite/modelings/internlm2/
 the training environment's interpreter. For TurboMind (GPU) use a head dimension of 128
 (``--hidden-size 512``: 4 heads of 128).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,11 @@ def internlm2_code_dir() -> Path:
     """XTuner's copy of InternLM2's modelling code in this interpreter's environment."""
     spec = importlib.util.find_spec("xtuner")  # located, not imported
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the InternLM2 tiny model copies its modelling code from XTuner, which this Python "
-                           f"({sys.executable}) lacks; build it with the training environment "
-                           "(.venvs/train/bin/python -m pipeline.tiny_model ... --arch internlm2)")
+        raise RuntimeError(
+            "the InternLM2 tiny model copies its modelling code from XTuner, which this Python "
+            f"({sys.executable}) lacks; build it with the training environment "
+            "(.venvs/train/bin/python -m pipeline.tiny_model ... --arch internlm2)"
+        )
     d = Path(list(spec.submodule_search_locations)[0]) / "_lite" / "modelings" / "internlm2"
     missing = [f for f in INTERNLM2_CODE_FILES if not (d / f).is_file()]
     if missing:
@@ -69,7 +72,7 @@ def internlm2_code_dir() -> Path:
 
 
 def _texts(path: Path | None) -> list[str]:
-    from core.recipe_format import SYSTEM_PROMPT, question, recipe_answer, dish_name
+    from core.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
 
     texts = [SYSTEM_PROMPT]
     if path and path.exists():
@@ -84,12 +87,21 @@ def _texts(path: Path | None) -> list[str]:
 
 
 # transformers 5's Qwen2Tokenizer pre-tokenizer regex (the same as Qwen2's tokenizer.json)
-QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+    r"\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
-def build_tiny_model(out_dir: str | Path, texts_file: str | Path | None = None, vocab_size: int = 2000,
-                     hidden_size: int = 64, layers: int = 2, seed: int = 0, arch: str = "qwen2") -> Path:
+def build_tiny_model(
+    out_dir: str | Path,
+    texts_file: str | Path | None = None,
+    vocab_size: int = 2000,
+    hidden_size: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    arch: str = "qwen2",
+) -> Path:
     """A tiny random chat model in ``out_dir`` (4 attention heads, 2 key/value heads, so the head
     dimension is hidden_size / 4) with a tokenizer trained on the recipe texts."""
     import torch
@@ -104,16 +116,29 @@ def build_tiny_model(out_dir: str | Path, texts_file: str | Path | None = None, 
     # Qwen2's own pre-tokenizer (one digit a token): transformers 5 loads a qwen2 model's tokenizer
     # as Qwen2Tokenizer, which imposes it whatever tokenizer.json says, while 4.x keeps the file's;
     # with plain ByteLevel, "500" was one token in training (4.48) and three in the app (5.x)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_texts(Path(texts_file) if texts_file else DEFAULT_TEXTS), trainer=trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                     unk_token=None, additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-                                     model_input_names=["input_ids", "attention_mask"])
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        model_input_names=["input_ids", "attention_mask"],
+    )
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.model_max_length = 2048
     hf_tok.save_pretrained(out)
@@ -126,9 +151,14 @@ def build_tiny_model(out_dir: str | Path, texts_file: str | Path | None = None, 
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=len(hf_tok), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=2048, tie_word_embeddings=True,
+        vocab_size=len(hf_tok),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
         bos_token_id=hf_tok.convert_tokens_to_ids("<s>"),
         eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
         pad_token_id=hf_tok.convert_tokens_to_ids("<|endoftext|>"),
@@ -160,17 +190,32 @@ def _internlm2_model(out: Path, tok, hidden_size: int, layers: int) -> None:
     code = internlm2_code_dir()
     for f in INTERNLM2_CODE_FILES:
         shutil.copyfile(code / f, out / f)
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in
-           (("bos_token_id", "<s>"), ("eos_token_id", "<|im_end|>"), ("pad_token_id", "<|endoftext|>"))}
+    ids = {
+        name: tok.convert_tokens_to_ids(t)
+        for name, t in (("bos_token_id", "<s>"), ("eos_token_id", "<|im_end|>"), ("pad_token_id", "<|endoftext|>"))
+    }
     config = {
-        "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
-        "auto_map": {"AutoConfig": "configuration_internlm2.InternLM2Config",
-                     "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
-                     "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM"},
-        "vocab_size": len(tok), "hidden_size": hidden_size, "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": layers, "num_attention_heads": 4, "num_key_value_heads": 2, "hidden_act": "silu",
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 1000000, "bias": False,
-        "tie_word_embeddings": False, "attn_implementation": "eager", "torch_dtype": "float32",
+        "architectures": ["InternLM2ForCausalLM"],
+        "model_type": "internlm2",
+        "auto_map": {
+            "AutoConfig": "configuration_internlm2.InternLM2Config",
+            "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+            "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+        },
+        "vocab_size": len(tok),
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 1000000,
+        "bias": False,
+        "tie_word_embeddings": False,
+        "attn_implementation": "eager",
+        "torch_dtype": "float32",
         **ids,
     }
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -196,8 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden-size", type=int, default=64, help="4 heads: 512 gives TurboMind's head dimension 128")
     ap.add_argument("--layers", type=int, default=2)
     a = ap.parse_args(argv)
-    out = build_tiny_model(a.out_dir, a.texts, vocab_size=a.vocab_size, seed=a.seed, arch=a.arch,
-                           hidden_size=a.hidden_size, layers=a.layers)
+    out = build_tiny_model(
+        a.out_dir,
+        a.texts,
+        vocab_size=a.vocab_size,
+        seed=a.seed,
+        arch=a.arch,
+        hidden_size=a.hidden_size,
+        layers=a.layers,
+    )
     print(out)
     return 0
 

@@ -31,6 +31,7 @@ DistributedDataParallel without ``device_ids``. DeepSpeed is off on CPU unless a
 explicitly (``deepspeed=True``): then a copy of XTuner's ZeRO-2 JSON with fp16/bf16 off is used
 (its first run compiles DeepSpeed's CPU communication op: about a minute, needs g++).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,17 +42,18 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.params import TrainParams, parse
-from pipeline.artefacts import PARAMS_FILE, checkpoints, run_dir
-from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 from pipeline import xtuner_log
+from pipeline.artefacts import PARAMS_FILE, checkpoints, run_dir
+from pipeline.params import TrainParams, parse
+from pipeline.stage import NAME, Progress, StageCommand, StageError, timestamp, user_path
 
 # template name -> path under xtuner/configs; the variable that holds its dataset path
 TEMPLATES = {
-    "internlm2_5_chat_7b_qlora_alpaca_e3": ("internlm/internlm2_5_chat_7b/internlm2_5_chat_7b_qlora_alpaca_e3.py",
-                                            "alpaca_en_path"),
-    "internlm_chat_7b_qlora_oasst1_e3": ("internlm/internlm_chat_7b/internlm_chat_7b_qlora_oasst1_e3.py",
-                                         "data_path"),
+    "internlm2_5_chat_7b_qlora_alpaca_e3": (
+        "internlm/internlm2_5_chat_7b/internlm2_5_chat_7b_qlora_alpaca_e3.py",
+        "alpaca_en_path",
+    ),
+    "internlm_chat_7b_qlora_oasst1_e3": ("internlm/internlm_chat_7b/internlm_chat_7b_qlora_oasst1_e3.py", "data_path"),
 }
 DEFAULT_TEMPLATE = TrainParams.default("template")
 DEEPSPEED_CONFIG = "deepspeed_zero2"  # resolved by xtuner.tools.train to its bundled JSON
@@ -152,19 +154,25 @@ def _questions(v) -> list[str]:
 def _model_dir(settings, value: str) -> Path:
     """The base model folder: the configured ``base_model`` setting, or a folder in the workspace."""
     if not value:
-        raise StageError("no base model: set base_model in Settings (RECIPE_BASE_MODEL) or choose a "
-                         "model folder inside the workspace")
+        raise StageError(
+            "no base model: set base_model in Settings (RECIPE_BASE_MODEL) or choose a "
+            "model folder inside the workspace"
+        )
     path = user_path(settings, value, "base model", (settings.base_model,))
     if not (path / "config.json").is_file():
-        raise StageError(f"base model folder {path} has no config.json; give a local Hugging Face model "
-                         "folder (nothing is downloaded)")
+        raise StageError(
+            f"base model folder {path} has no config.json; give a local Hugging Face model "
+            "folder (nothing is downloaded)"
+        )
     check_tokenizer(path)
     from core.model_folder import static_problem
 
     why = static_problem(path)  # cheap: loading it in three environments is done where folders are made
     if why:
-        raise StageError(f"base model: {why}; rebuild it (python -m pipeline.base_model) or check it with "
-                         "python -m core.model_folder check <folder>")
+        raise StageError(
+            f"base model: {why}; rebuild it (python -m pipeline.base_model) or check it with "
+            "python -m core.model_folder check <folder>"
+        )
     return path
 
 
@@ -200,9 +208,11 @@ def check_tokenizer(model: Path) -> None:
         return  # no tokenizer_config.json (e.g. remote code): XTuner will say what it misses
     cls = str(cfg.get("tokenizer_class") or "")
     if not bos_token(model) and cls not in NO_BOS_TOKENIZERS:
-        raise StageError(f"the tokenizer of {model} ({cls or 'unknown class'}) has no BOS token, which XTuner "
-                         "puts before every sample; set bos_token in its tokenizer_config.json (or, for a "
-                         "Qwen-style ChatML model, tokenizer_class \"Qwen2Tokenizer\")")
+        raise StageError(
+            f"the tokenizer of {model} ({cls or 'unknown class'}) has no BOS token, which XTuner "
+            "puts before every sample; set bos_token in its tokenizer_config.json (or, for a "
+            'Qwen-style ChatML model, tokenizer_class "Qwen2Tokenizer")'
+        )
 
 
 def prompt_template_parts(name: str) -> dict:
@@ -272,15 +282,22 @@ def check_conversation_file(path: Path, first: int = 5) -> None:
             try:
                 rec = json.loads(line)
                 turns = rec["conversation"]
-                ok = isinstance(turns, list) and turns and all(
-                    isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
-                    for t in turns)
+                ok = (
+                    isinstance(turns, list)
+                    and turns
+                    and all(
+                        isinstance(t, dict) and isinstance(t.get("input"), str) and isinstance(t.get("output"), str)
+                        for t in turns
+                    )
+                )
             except (ValueError, KeyError, TypeError):
                 ok = False
             if not ok:
-                raise StageError(f"{path} line {lineno} is not an XTuner conversation record "
-                                 '{"conversation": [{"system": ..., "input": ..., "output": ...}]}; '
-                                 "build the file with the prepare stage")
+                raise StageError(
+                    f"{path} line {lineno} is not an XTuner conversation record "
+                    '{"conversation": [{"system": ..., "input": ..., "output": ...}]}; '
+                    "build the file with the prepare stage"
+                )
     if n == 0:
         raise StageError(f"{path} holds no training records")
 
@@ -306,9 +323,26 @@ def resolve_params(settings, params: dict) -> dict:
         raise StageError(f"unknown prompt template {q.prompt_template!r}; XTuner has: {', '.join(names)}")
     out["prompt_template"] = q.prompt_template
     out["xtuner_bos"] = xtuner_bos(Path(out["base_model"]), out["prompt_template"])
-    for key in ("max_length", "pack_to_max_length", "batch_size", "accumulative_counts", "lr", "max_epochs",
-                "max_iters", "warmup_ratio", "lora_r", "lora_alpha", "lora_dropout", "qlora", "evaluation_freq",
-                "eval_max_new_tokens", "save_steps", "save_total_limit", "log_interval", "seed"):
+    for key in (
+        "max_length",
+        "pack_to_max_length",
+        "batch_size",
+        "accumulative_counts",
+        "lr",
+        "max_epochs",
+        "max_iters",
+        "warmup_ratio",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "qlora",
+        "evaluation_freq",
+        "eval_max_new_tokens",
+        "save_steps",
+        "save_total_limit",
+        "log_interval",
+        "seed",
+    ):
         out[key] = p[key]
     out["deepspeed"] = None if q.deepspeed == "auto" else q.deepspeed
     out["evaluation_inputs"] = _questions(q.evaluation_inputs)
@@ -319,8 +353,10 @@ def resolve_params(settings, params: dict) -> dict:
     adaptations = []
     if out["device"] == "cpu":
         adaptations.append("float32 weights, OptimWrapper (no mixed precision)")
-        adaptations.append(f"{out['processes']} CPU process{'es' if out['processes'] > 1 else ''} over gloo "
-                           "(MMEngine's pytorch launcher without CUDA)")
+        adaptations.append(
+            f"{out['processes']} CPU process{'es' if out['processes'] > 1 else ''} over gloo "
+            "(MMEngine's pytorch launcher without CUDA)"
+        )
         if out["qlora"]:
             out["qlora"] = False
             adaptations.append("QLoRA off: 4-bit quantisation needs CUDA (plain LoRA instead)")
@@ -328,8 +364,10 @@ def resolve_params(settings, params: dict) -> dict:
             out["deepspeed"] = False
             adaptations.append("DeepSpeed off (CPU; ask for deepspeed=true to use ZeRO-2 on CPU)")
         elif out["deepspeed"]:
-            adaptations.append("DeepSpeed ZeRO-2 with fp16/bf16 off; its first run compiles DeepSpeed's CPU "
-                               "communication op (about a minute, needs g++)")
+            adaptations.append(
+                "DeepSpeed ZeRO-2 with fp16/bf16 off; its first run compiles DeepSpeed's CPU "
+                "communication op (about a minute, needs g++)"
+            )
         if "eval_max_new_tokens" not in params or params.get("eval_max_new_tokens") is None:
             out["eval_max_new_tokens"] = CPU_EVAL_MAX_NEW_TOKENS
             adaptations.append(f"evaluation answers limited to {CPU_EVAL_MAX_NEW_TOKENS} new tokens")
@@ -346,8 +384,9 @@ def _processes(n: int, device: str) -> tuple[int, int]:
     if device == "cpu":
         top = max(1, os.cpu_count() or 1)
         if n > top:
-            raise StageError(f"gpus: no GPU is visible, so training runs in CPU processes; at most {top} "
-                             f"(the CPU cores), got {n}")
+            raise StageError(
+                f"gpus: no GPU is visible, so training runs in CPU processes; at most {top} (the CPU cores), got {n}"
+            )
         return 0, max(1, n)
     visible = visible_gpus()
     if n == 0:
@@ -355,8 +394,9 @@ def _processes(n: int, device: str) -> tuple[int, int]:
     if n > visible:
         mask = os.environ.get("CUDA_VISIBLE_DEVICES")
         where = f" (CUDA_VISIBLE_DEVICES={mask})" if mask is not None else ""
-        raise StageError(f"gpus must be between 1 and {visible}, the GPUs visible here{where}, or 0 for all "
-                         f"of them; got {n}")
+        raise StageError(
+            f"gpus must be between 1 and {visible}, the GPUs visible here{where}, or 0 for all of them; got {n}"
+        )
     return n, n
 
 
@@ -373,13 +413,21 @@ def _set(body: str, name: str, expr: str, template: str, owner: str = "pipeline/
         tree = ast.parse(body)
     except SyntaxError as e:
         raise StageError(f"XTuner template {template}: PART 1 does not parse ({e}); update {owner}") from None
-    hits = [n for n in tree.body if isinstance(n, ast.Assign) and len(n.targets) == 1
-            and isinstance(n.targets[0], ast.Name) and n.targets[0].id == name]
+    hits = [
+        n
+        for n in tree.body
+        if isinstance(n, ast.Assign)
+        and len(n.targets) == 1
+        and isinstance(n.targets[0], ast.Name)
+        and n.targets[0].id == name
+    ]
     if len(hits) != 1:
-        raise StageError(f"XTuner template {template}: expected one assignment of {name!r} in PART 1, found "
-                         f"{len(hits)}; the template changed upstream: update {owner}")
+        raise StageError(
+            f"XTuner template {template}: expected one assignment of {name!r} in PART 1, found "
+            f"{len(hits)}; the template changed upstream: update {owner}"
+        )
     lines = body.splitlines(keepends=True)
-    return "".join(lines[:hits[0].lineno - 1] + [f"{name} = {expr}\n"] + lines[hits[0].end_lineno:])
+    return "".join(lines[: hits[0].lineno - 1] + [f"{name} = {expr}\n"] + lines[hits[0].end_lineno :])
 
 
 def render_config(template_text: str, p: dict, template: str = DEFAULT_TEMPLATE) -> str:
@@ -388,8 +436,10 @@ def render_config(template_text: str, p: dict, template: str = DEFAULT_TEMPLATE)
 
     m = _PART1.search(template_text)
     if not m:
-        raise StageError(f"XTuner template {template}: no 'PART 1 Settings' section; the template changed "
-                         "upstream: update pipeline/train.py")
+        raise StageError(
+            f"XTuner template {template}: no 'PART 1 Settings' section; the template changed "
+            "upstream: update pipeline/train.py"
+        )
     data_var = TEMPLATES[template][1]
     body = m.group("body")
     for name, expr in [
@@ -410,7 +460,7 @@ def render_config(template_text: str, p: dict, template: str = DEFAULT_TEMPLATE)
         ("evaluation_inputs", repr(p["evaluation_inputs"])),
     ]:
         body = _set(body, name, expr, template)
-    text = template_text[:m.start("body")] + body + template_text[m.end("body"):]
+    text = template_text[: m.start("body")] + body + template_text[m.end("body") :]
     return text.rstrip("\n") + "\n\n" + _overrides(p, data_var) + "\n"
 
 
@@ -437,19 +487,25 @@ def _overrides(p: dict, data_var: str) -> str:
             "# chat engines send it once (the model's chat template): no BOS before samples. Dataset workers",
             "# are forked after this line, so they see it too.",
             'setattr(__import__("xtuner.dataset.utils", fromlist=["encode_fn"]), "get_bos_eos_token_ids",',
-            '        (lambda orig: lambda tokenizer: ([], orig(tokenizer)[1]))(',
+            "        (lambda orig: lambda tokenizer: ([], orig(tokenizer)[1]))(",
             '            __import__("xtuner.dataset.utils", fromlist=["encode_fn"]).get_bos_eos_token_ids))',
         ]
     if not p["qlora"]:
-        lines += ["# QLoRA off: the base model is loaded unquantised (plain LoRA)",
-                  'model["llm"].pop("quantization_config", None)']
+        lines += [
+            "# QLoRA off: the base model is loaded unquantised (plain LoRA)",
+            'model["llm"].pop("quantization_config", None)',
+        ]
     if cpu:
         lines += cpu_overrides()
     hooks = custom_hooks(p)
-    lines += ["# Hooks: dataset info, and the evaluation answers printed during training",
-              "custom_hooks = [", *hooks, "]",
-              f'default_hooks["logger"]["interval"] = {p["log_interval"]}',
-              f"randomness = dict(seed={p['seed']!r}, deterministic=False)"]
+    lines += [
+        "# Hooks: dataset info, and the evaluation answers printed during training",
+        "custom_hooks = [",
+        *hooks,
+        "]",
+        f'default_hooks["logger"]["interval"] = {p["log_interval"]}',
+        f"randomness = dict(seed={p['seed']!r}, deterministic=False)",
+    ]
     lines += iteration_budget(p)
     return "\n".join(lines)
 
@@ -501,9 +557,11 @@ def iteration_budget(p: dict) -> list[str]:
     lines: list[str] = []
     # MMEngine's LinearLR reaches the full rate only after end - begin >= 2 steps
     warm = max(2, math.ceil(p["warmup_ratio"] * n)) if n >= 4 and p["warmup_ratio"] > 0 else 0
-    lines += [f"# An iteration budget instead of epochs: {n} iterations, {warm} of warm-up",
-              f"train_cfg = dict(type=TrainLoop, max_iters={n})",
-              "param_scheduler = ["]
+    lines += [
+        f"# An iteration budget instead of epochs: {n} iterations, {warm} of warm-up",
+        f"train_cfg = dict(type=TrainLoop, max_iters={n})",
+        "param_scheduler = [",
+    ]
     if warm:
         lines.append(f"    dict(type=LinearLR, start_factor=1e-5, by_epoch=False, begin=0, end={warm}),")
     lines += [f"    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin={warm}, end={n}),", "]"]
@@ -533,18 +591,47 @@ def command(settings, **params) -> StageCommand:
         if p["device"] == "cpu":
             deepspeed = str(rdir / DEEPSPEED_CPU_FILE)
             atomic_write_text(Path(deepspeed), deepspeed_cpu_json())
-    record = {**p, "config": str(config), "work_dir": str(work), "template_file": str(tpl),
-              "deepspeed_config": deepspeed, "created": timestamp()}
+    record = {
+        **p,
+        "config": str(config),
+        "work_dir": str(work),
+        "template_file": str(tpl),
+        "deepspeed_config": deepspeed,
+        "created": timestamp(),
+    }
     atomic_write_text(rdir / PARAMS_FILE, json.dumps(record, ensure_ascii=False, indent=2))
-    argv = [str(python), *LAUNCHER, "--nproc-per-node", str(p["processes"]),
-            "-m", "xtuner.tools.train", str(config), "--launcher", "pytorch", "--work-dir", str(work)]
+    argv = [
+        str(python),
+        *LAUNCHER,
+        "--nproc-per-node",
+        str(p["processes"]),
+        "-m",
+        "xtuner.tools.train",
+        str(config),
+        "--launcher",
+        "pytorch",
+        "--work-dir",
+        str(work),
+    ]
     if deepspeed:
         argv += ["--deepspeed", deepspeed]
-    env = {"PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return StageCommand(kind="train", argv=argv, cwd=rdir, env=env, gpu=True,
-                        outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
-                        params=record)
+    env = {
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONSAFEPATH": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    return StageCommand(
+        kind="train",
+        argv=argv,
+        cwd=rdir,
+        env=env,
+        gpu=True,
+        outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
+        params=record,
+    )
 
 
 def deepspeed_cpu_json() -> str:
@@ -569,12 +656,16 @@ def notes(params: dict, outputs: dict) -> list[str]:
 def progress(log_text: str) -> Progress:
     recs = xtuner_log.iter_records(log_text)
     metrics = [{"iter": r.iter, "loss": r.metrics.get("loss"), "lr": r.metrics.get("lr")} for r in recs]
-    samples = [f"iter {s.iter} · {xtuner_log.question_of(s.text) or '?'} → "
-               f"{xtuner_log.answer_of(s.text) or '(empty answer)'}"
-               for s in xtuner_log.samples(log_text)]
+    samples = [
+        f"iter {s.iter} · {xtuner_log.question_of(s.text) or '?'} → {xtuner_log.answer_of(s.text) or '(empty answer)'}"
+        for s in xtuner_log.samples(log_text)
+    ]
     if not recs:
-        msg = "evaluating before training" if "before_train in EvaluateChatHook" in log_text else \
-            "loading the model and tokenising the data"
+        msg = (
+            "evaluating before training"
+            if "before_train in EvaluateChatHook" in log_text
+            else "loading the model and tokenising the data"
+        )
         return Progress(message=msg, samples=samples)
     last = recs[-1]
     parts = [f"iter {last.iter}/{last.total}"]
@@ -583,9 +674,18 @@ def progress(log_text: str) -> Progress:
     if "lr" in last.metrics:
         parts.append(f"lr {last.metrics['lr']:.2e}")
     if last.eta_s is not None:
-        parts.append(f"eta {time.strftime('%H:%M:%S', time.gmtime(last.eta_s)) if last.eta_s < 86400 else f'{last.eta_s / 86400:.1f} d'}")
-    return Progress(fraction=min(1.0, last.iter / last.total) if last.total else None, done=last.iter,
-                    total=last.total, eta_s=last.eta_s, message=" · ".join(parts), metrics=metrics, samples=samples)
+        parts.append(
+            f"eta {time.strftime('%H:%M:%S', time.gmtime(last.eta_s)) if last.eta_s < 86400 else f'{last.eta_s / 86400:.1f} d'}"
+        )
+    return Progress(
+        fraction=min(1.0, last.iter / last.total) if last.total else None,
+        done=last.iter,
+        total=last.total,
+        eta_s=last.eta_s,
+        message=" · ".join(parts),
+        metrics=metrics,
+        samples=samples,
+    )
 
 
 def verify(cmd: StageCommand, log_text: str) -> str | None:
@@ -617,8 +717,10 @@ def _length_encoder(model: Path):
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(model / "tokenizer.json"))
-        return (lambda texts: [len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)],
-                "tokenizer.json")
+        return (
+            lambda texts: [len(e.ids) for e in tok.encode_batch(list(texts), add_special_tokens=False)],
+            "tokenizer.json",
+        )
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(model), trust_remote_code=True)
@@ -641,8 +743,9 @@ def _sample_records(path: Path, limit: int = LENGTH_SAMPLE) -> tuple[list[dict],
     return records, total
 
 
-def conversation_token_lengths(model: Path, prompt_template: str, records: list[dict],
-                               bos: bool = True) -> tuple[list[int], str]:
+def conversation_token_lengths(
+    model: Path, prompt_template: str, records: list[dict], bos: bool = True
+) -> tuple[list[int], str]:
     """Token count of each record as XTuner's template_map_fn + encode_fn build it (before
     truncation): per turn [BOS] + SYSTEM/INSTRUCTION text, output + SUFFIX, [EOS], SEP."""
     t = prompt_template_parts(prompt_template)
@@ -653,8 +756,15 @@ def conversation_token_lengths(model: Path, prompt_template: str, records: list[
     except (OSError, ValueError):
         pass
     cls = str(cfg.get("tokenizer_class") or "")
-    n_bos = 0 if not bos or cls in NO_BOS_TOKENIZERS - {"ChatGLMTokenizer"} else 2 if cls == "ChatGLMTokenizer" \
-        else 1 if cfg.get("bos_token") else 0
+    n_bos = (
+        0
+        if not bos or cls in NO_BOS_TOKENIZERS - {"ChatGLMTokenizer"}
+        else 2
+        if cls == "ChatGLMTokenizer"
+        else 1
+        if cfg.get("bos_token")
+        else 0
+    )
     need_eos = not t.get("SUFFIX_AS_EOS", False)
     sep = t.get("SEP", "")
     n_sep = encode([sep])[0] if sep else 0
@@ -685,10 +795,15 @@ def length_report(lengths: list[int], max_length: int) -> dict:
     cut = [x for x in lengths if x > max_length]
     total = sum(lengths) or 1
     s = sorted(lengths) or [0]
-    return {"max_length": max_length, "truncated": len(cut), "truncated_share": round(len(cut) / n, 4),
-            "tokens_lost_share": round(sum(x - max_length for x in cut) / total, 4),
-            "p50_tokens": s[len(s) // 2], "p95_tokens": s[max(0, math.ceil(KEEP_WHOLE * len(s)) - 1)],
-            "max_tokens": s[-1]}
+    return {
+        "max_length": max_length,
+        "truncated": len(cut),
+        "truncated_share": round(len(cut) / n, 4),
+        "tokens_lost_share": round(sum(x - max_length for x in cut) / total, 4),
+        "p50_tokens": s[len(s) // 2],
+        "p95_tokens": s[max(0, math.ceil(KEEP_WHOLE * len(s)) - 1)],
+        "max_tokens": s[-1],
+    }
 
 
 def fit_max_length(p: dict, params: dict) -> None:
@@ -705,12 +820,21 @@ def fit_max_length(p: dict, params: dict) -> None:
         p["length_check"] = {"error": f"could not measure the conversations in tokens: {type(e).__name__}: {e}"}
         return
     asked = p["max_length"]
-    chars = sum(len(turn.get("input") or "") + len(turn.get("output") or "") + len(turn.get("system") or "")
-                for rec in records for turn in rec.get("conversation") or [])
+    chars = sum(
+        len(turn.get("input") or "") + len(turn.get("output") or "") + len(turn.get("system") or "")
+        for rec in records
+        for turn in rec.get("conversation") or []
+    )
     before = length_report(lengths, asked)
-    check = {"tokenizer": f"{model} ({how})", "conversations": total, "measured": len(lengths),
-             "tokens_per_character": round(sum(lengths) / max(chars, 1), 3), "asked_max_length": asked,
-             "fitted": False, "as_asked": before}
+    check = {
+        "tokenizer": f"{model} ({how})",
+        "conversations": total,
+        "measured": len(lengths),
+        "tokens_per_character": round(sum(lengths) / max(chars, 1), 3),
+        "asked_max_length": asked,
+        "fitted": False,
+        "as_asked": before,
+    }
     if fit and before["truncated_share"] > 1 - KEEP_WHOLE:
         limit = 32768
         try:
@@ -724,10 +848,13 @@ def fit_max_length(p: dict, params: dict) -> None:
     after = length_report(lengths, p["max_length"])
     check.update(after)
     check["summary"] = (
-        f"max_length {p['max_length']} tokens" + (f" (raised from {asked})" if check["fitted"] else "") +
-        f": {after['truncated']} of {len(lengths)} conversations ({after['truncated_share']:.1%}) are cut, "
-        f"{after['tokens_lost_share']:.1%} of their tokens lost; 95% are at most {after['p95_tokens']} tokens")
+        f"max_length {p['max_length']} tokens"
+        + (f" (raised from {asked})" if check["fitted"] else "")
+        + f": {after['truncated']} of {len(lengths)} conversations ({after['truncated_share']:.1%}) are cut, "
+        f"{after['tokens_lost_share']:.1%} of their tokens lost; 95% are at most {after['p95_tokens']} tokens"
+    )
     if after["truncated_share"] > 1 - KEEP_WHOLE:
-        check["summary"] += (" — more than 5% of the answers lose their end; raise max_length"
-                             + ("" if fit else " or leave max_length_fit on"))
+        check["summary"] += " — more than 5% of the answers lose their end; raise max_length" + (
+            "" if fit else " or leave max_length_fit on"
+        )
     p["length_check"] = check

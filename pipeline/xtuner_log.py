@@ -2,12 +2,14 @@
 
 MMEngine logs one line per ``LoggerHook`` interval, e.g.::
 
-    2026/11/28 05:20:01 - mmengine - INFO - Iter(train) [ 10/642]  base_lr: 2.0000e-04 lr: 2.0000e-04  eta: 0:05:20  time: 0.5040  data_time: 0.0100  memory: 1234  loss: 1.2340  grad_norm: 0.5000
+    2026/11/28 05:20:01 - mmengine - INFO - Iter(train) [ 10/642]  base_lr: 2.0000e-04 lr: 2.0000e-04  eta: 0:05:20
+        time: 0.5040  data_time: 0.0100  memory: 1234  loss: 1.2340  grad_norm: 0.5000  (one line)
 
 and XTuner's ``EvaluateChatHook`` logs ``before_train in EvaluateChatHook.`` (or
 ``after_train_iter``/``after_train``) followed by one ``Sample output:`` block per evaluation
 question; a block runs on over several lines until the next log record.
 """
+
 from __future__ import annotations
 
 import re
@@ -68,7 +70,7 @@ def samples(log_text: str) -> list[Sample]:
     phase = ""
     for i, rec in enumerate(records):
         end = records[i + 1].start() if i + 1 < len(records) else len(log_text)
-        body = log_text[rec.end():end]
+        body = log_text[rec.end() : end]
         it = ITER_LINE.match(body)
         if it:
             last_iter = int(it.group(1))
@@ -80,7 +82,7 @@ def samples(log_text: str) -> list[Sample]:
                 last_iter = 0
             continue
         if body.startswith(SAMPLE_HEADER):
-            text = body[len(SAMPLE_HEADER):].strip("\n").rstrip()
+            text = body[len(SAMPLE_HEADER) :].strip("\n").rstrip()
             out.append(Sample(last_iter, phase or "after_train_iter", text))
     return out
 
@@ -91,14 +93,15 @@ def answer_of(sample_text: str) -> str:
     for marker in ("<|im_start|>assistant", "<|Bot|>:", "<|assistant|>", "[/INST]"):
         k = sample_text.rfind(marker)
         if k >= 0:
-            sample_text = sample_text[k + len(marker):]
+            sample_text = sample_text[k + len(marker) :]
             break
     return _SPECIAL.sub("", sample_text).strip()
 
 
 def question_of(sample_text: str) -> str:
-    m = re.search(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", sample_text, re.S) or \
-        re.search(r"<\|User\|>:(.*?)(?:<eoh>|\n)", sample_text, re.S)
+    m = re.search(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", sample_text, re.S) or re.search(
+        r"<\|User\|>:(.*?)(?:<eoh>|\n)", sample_text, re.S
+    )
     return m.group(1).strip() if m else ""
 
 

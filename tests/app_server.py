@@ -1,4 +1,5 @@
 """Start the real app (`streamlit run app.py`) on a free port for server and browser tests."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,26 @@ def serve_app(workspace: Path, extra_env: dict | None = None, timeout: float = 1
         port = free_port()
         log = open(log_path, "w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--browser.serverPort", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.port",
+                str(port),
+                "--browser.serverPort",
+                str(port),
+                "--server.headless",
+                "true",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:

@@ -3,6 +3,7 @@
 RECIPE_TEST_STRICT=1 (set by `make test`) turns "environment missing" skips into failures, so
 CI cannot pass by skipping. Tests that read ../shared skip in a user's clone, where it is absent.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,11 +29,32 @@ STRICT = os.environ.get("RECIPE_TEST_STRICT") == "1"
 # pytest markers (declared in pyproject.toml): browser and e2e by module, unit for the rest; gpu
 # marks a test that needs CUDA (skipped without it). `pytest -m unit` runs the quick ones.
 BROWSER = {"test_browser_chat", "test_browser_direct_url"}
-E2E = {"test_base_model", "test_chain", "test_dpo_stage", "test_evaluate_e2e", "test_feedback_export",
-       "test_feedback_learning", "test_feedback_retrain", "test_jobs", "test_jobs_liveness", "test_lmdeploy_contract",
-       "test_openai_engine", "test_opencompass_contract", "test_prompt_parity", "test_serve", "test_serve_stage",
-       "test_stage_precision", "test_stage_threads", "test_tiny_model", "test_train_e2e", "test_train_launcher",
-       "test_training_data_lengths", "test_training_teaches", "test_answer_persistence", "test_gpu_check"}
+E2E = {
+    "test_base_model",
+    "test_chain",
+    "test_dpo_stage",
+    "test_evaluate_e2e",
+    "test_feedback_export",
+    "test_feedback_learning",
+    "test_feedback_retrain",
+    "test_jobs",
+    "test_jobs_liveness",
+    "test_lmdeploy_contract",
+    "test_openai_engine",
+    "test_opencompass_contract",
+    "test_prompt_parity",
+    "test_serve",
+    "test_serve_stage",
+    "test_stage_precision",
+    "test_stage_threads",
+    "test_tiny_model",
+    "test_train_e2e",
+    "test_train_launcher",
+    "test_training_data_lengths",
+    "test_training_teaches",
+    "test_answer_persistence",
+    "test_gpu_check",
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -80,8 +102,12 @@ def write_synth_corpus(out: Path, records: int, defects: float = 0.0, seed: int 
     if not SYNTH.exists():
         pytest.skip("../shared/tools/synth_corpus.py is not here (a user's clone): skipped")
     with open(out, "wb") as f:
-        p = subprocess.run([sys.executable, str(SYNTH), "--records", str(records), "--defects", str(defects),
-                            "--seed", str(seed)], stdout=f, stderr=subprocess.PIPE, check=True)
+        p = subprocess.run(
+            [sys.executable, str(SYNTH), "--records", str(records), "--defects", str(defects), "--seed", str(seed)],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            check=True,
+        )
     return json.loads(p.stderr.decode().strip().splitlines()[-1])
 
 
@@ -151,8 +177,9 @@ def tiny_model(tmp_path_factory) -> Path:
     environment's transformers 4.x when present so that all three environments load it."""
     out = tmp_path_factory.mktemp("tiny_model") / "model"
     py = env_python("train") if env_installed("train") else Path(sys.executable)
-    subprocess.run([str(py), "-m", "pipeline.tiny_model", str(out)], cwd=ROOT, check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [str(py), "-m", "pipeline.tiny_model", str(out)], cwd=ROOT, check=True, capture_output=True, text=True
+    )
     return out
 
 

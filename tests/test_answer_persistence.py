@@ -1,6 +1,7 @@
 """An answer is saved as it streams, so a crash of the app process (kill -9, the OOM killer)
 keeps what the user saw; the next app start marks it 'interrupted'. Real process, real SQLite,
 the tiny transformers model."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,13 @@ for delta in service.ask(cid, "红烧肉怎么做？", GenerationParams(max_new_
 
 def test_kill_9_while_streaming_keeps_what_was_shown(tmp_path, tiny_model):
     db = tmp_path / "app.db"
-    proc = subprocess.Popen([sys.executable, "-c", STREAM_SCRIPT, str(db), str(tiny_model)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STREAM_SCRIPT, str(db), str(tiny_model)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         cid = json.loads(proc.stdout.readline())
         shown = ""

@@ -1,5 +1,6 @@
 """Every page renders without an exception, with and without a model configured, and a bad
 setting is shown as a clear message instead of a traceback."""
+
 import pytest
 from streamlit.testing.v1 import AppTest
 

@@ -1,5 +1,6 @@
 """The admin password: configured or generated once (0600, printed once), constant-time check,
 failures slow down."""
+
 from __future__ import annotations
 
 import io

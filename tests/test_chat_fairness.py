@@ -2,6 +2,7 @@
 limit with a clear message, the recipe search looks at the start of a question only and holds no
 shared lock while it splits words, and a question is cut to fit the context. Real library
 (SQLite + jieba), real engines, threads as the app's browser sessions."""
+
 from __future__ import annotations
 
 import random

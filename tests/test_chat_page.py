@@ -1,4 +1,5 @@
 """The chat page through Streamlit's AppTest, on the real app (app.py -> pages/chat.py)."""
+
 from __future__ import annotations
 
 import pytest
@@ -106,8 +107,12 @@ def test_new_chat_search_feedback_and_regenerate(settings):
     assert h.feedback(first["id"])["rating"] == -1
     at.text_input(key=f"comment_{first['id']}").set_value("步骤太少")
     at.button(key=f"save_comment_{first['id']}").click().run()
-    assert h.feedback(first["id"]) | {"created_at": 0} == {"message_id": first["id"], "rating": -1,
-                                                          "comment": "步骤太少", "created_at": 0}
+    assert h.feedback(first["id"]) | {"created_at": 0} == {
+        "message_id": first["id"],
+        "rating": -1,
+        "comment": "步骤太少",
+        "created_at": 0,
+    }
     at.button(key="regen").click().run()
     assert not at.exception
     msgs = h.messages(cid)

@@ -1,5 +1,6 @@
 """The app's chat path: prompt building and trimming, grounding, streaming into the history with
 timings and token counts, stop, errors, multi-turn, regenerate."""
+
 from __future__ import annotations
 
 import pytest

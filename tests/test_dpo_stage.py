@@ -3,6 +3,7 @@ adaptations, checked by MMEngine's Config in the train environment; then for rea
 tiny model: corrected 👎 answers -> feedback export (pairs.jsonl) -> dpo (a few iterations) ->
 convert (pth_to_hf on the DPO checkpoint) -> merge -> the merged model answers through the app's
 transformers engine."""
+
 from __future__ import annotations
 
 import json
@@ -13,23 +14,36 @@ import subprocess
 import pytest
 
 from backend.feedback import FeedbackStore
-from backend.history import History
-from pipeline import artefacts
-from pipeline import convert, dpo, merge
 from backend.feedback_export import export
-from core.recipe_format import SYSTEM_PROMPT, format_answer
-from pipeline.stage import StageError
+from backend.history import History
 from backend.stages import stage_module
+from core.recipe_format import SYSTEM_PROMPT, format_answer
+from pipeline import artefacts, convert, dpo, merge
+from pipeline.stage import StageError
+from tests.conftest import SAMPLE_RECIPES, wait_until
 from tests.test_admin_page import admin_env, login, open_page, page  # noqa: F401 - admin_env is a fixture
 from tests.test_feedback import chat
-from tests.conftest import SAMPLE_RECIPES, wait_until
 from tests.test_train_e2e import TIMINGS, run_stage
 
 ITERS = 4
 PAIRS = [  # (question, the 👎 answer, its correction in the trained answer format)
-    ("番茄炒蛋怎么做？", "随便炒炒就行。", format_answer(["鸡蛋 3个", "番茄 2个", "盐 2克"], ["鸡蛋打散炒熟。", "番茄切块炒软。", "合炒出锅。"])),
-    ("红烧肉怎么做？", "煮熟就好。", format_answer(["五花肉 500克", "冰糖 30克", "酱油 20毫升"], ["切块焯水。", "炒糖色。", "加酱油小火炖 60 分钟。"])),
-    ("清炒时蔬怎么做？", "不知道。", format_answer(["青菜 300克", "盐 1克"], ["洗净沥干。", "大火快炒 2 分钟，加盐出锅。"])),
+    (
+        "番茄炒蛋怎么做？",
+        "随便炒炒就行。",
+        format_answer(["鸡蛋 3个", "番茄 2个", "盐 2克"], ["鸡蛋打散炒熟。", "番茄切块炒软。", "合炒出锅。"]),
+    ),
+    (
+        "红烧肉怎么做？",
+        "煮熟就好。",
+        format_answer(
+            ["五花肉 500克", "冰糖 30克", "酱油 20毫升"], ["切块焯水。", "炒糖色。", "加酱油小火炖 60 分钟。"]
+        ),
+    ),
+    (
+        "清炒时蔬怎么做？",
+        "不知道。",
+        format_answer(["青菜 300克", "盐 1克"], ["洗净沥干。", "大火快炒 2 分钟，加盐出锅。"]),
+    ),
 ]
 
 
@@ -53,8 +67,19 @@ def test_stage_is_registered():
 
 
 def test_render_is_read_by_mmengine(settings, dpo_inputs, train_python):
-    cmd = dpo.command(settings, run_name="render", model="models/sft-tiny", pairs="data/fb", max_iters=6,
-                      max_length=128, lr=1e-4, beta=0.2, accumulative_counts=1, lora_r=4, lora_alpha=8)
+    cmd = dpo.command(
+        settings,
+        run_name="render",
+        model="models/sft-tiny",
+        pairs="data/fb",
+        max_iters=6,
+        max_length=128,
+        lr=1e-4,
+        beta=0.2,
+        accumulative_counts=1,
+        lora_r=4,
+        lora_alpha=8,
+    )
     assert cmd.kind == "dpo" and cmd.gpu is True and "--deepspeed" not in cmd.argv
     assert cmd.argv[1:3] == ["-m", "torch.distributed.run"] and cmd.argv[-4:-2] == ["--launcher", "pytorch"]
     rec = json.loads((settings.runs_dir / "render" / dpo.PARAMS_FILE).read_text(encoding="utf-8"))
@@ -73,11 +98,14 @@ def test_render_is_read_by_mmengine(settings, dpo_inputs, train_python):
         " iters=c.train_cfg.max_iters, backend=c.env_cfg.dist_cfg.backend,"
         " hooks=[str(h['type']) for h in c.custom_hooks]), default=str))\n"
     )
-    out = subprocess.run([str(train_python), "-c", probe, cmd.outputs["config"]], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [str(train_python), "-c", probe, cmd.outputs["config"]], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     c = json.loads(out.stdout.strip().splitlines()[-1])
-    assert "DPO" in c["model_type"] and c["varlen"] is False and c["ds_varlen"] is False and c["collate_varlen"] is False
+    assert (
+        "DPO" in c["model_type"] and c["varlen"] is False and c["ds_varlen"] is False and c["collate_varlen"] is False
+    )
     assert (c["beta"], c["loss"], c["llm"], c["max_length"]) == (0.2, "sigmoid", str(dpo_inputs), 128)
     assert "float32" in c["dtype"] and "LoraConfig" in c["lora_type"] and (c["r"], c["alpha"]) == (4, 8)
     assert c["files"] == [str(settings.data_dir / "fb" / "pairs.jsonl")] and 1 <= c["num_proc"] <= 3
@@ -102,9 +130,21 @@ def test_bad_inputs_are_refused(settings, dpo_inputs):
 
 
 def test_dpo_convert_merge_chat_on_cpu(settings, dpo_inputs, train_python):
-    cmd = dpo.command(settings, run_name="dpo", model="models/sft-tiny", max_iters=ITERS, max_length=256,
-                      lr=1e-3, beta=0.1, accumulative_counts=1, lora_r=8, lora_alpha=16, log_interval=1,
-                      save_steps=ITERS, seed=0)  # pairs: the newest export (data/fb)
+    cmd = dpo.command(
+        settings,
+        run_name="dpo",
+        model="models/sft-tiny",
+        max_iters=ITERS,
+        max_length=256,
+        lr=1e-3,
+        beta=0.1,
+        accumulative_counts=1,
+        lora_r=8,
+        lora_alpha=16,
+        log_interval=1,
+        save_steps=ITERS,
+        seed=0,
+    )  # pairs: the newest export (data/fb)
     assert cmd.params["pairs"] == str(settings.data_dir / "fb" / "pairs.jsonl")
     log = run_stage(dpo, cmd, settings.logs_dir / "dpo.log")
     p = dpo.progress(log)
@@ -139,9 +179,12 @@ def test_dpo_convert_merge_chat_on_cpu(settings, dpo_inputs, train_python):
 
     engine = TransformersEngine(out, device="cpu")
     try:
-        deltas = list(engine.stream([{"role": "system", "content": SYSTEM_PROMPT},
-                                     {"role": "user", "content": PAIRS[0][0]}],
-                                    GenerationParams(max_new_tokens=8, temperature=0)))
+        deltas = list(
+            engine.stream(
+                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": PAIRS[0][0]}],
+                GenerationParams(max_new_tokens=8, temperature=0),
+            )
+        )
     finally:
         engine.close()
     assert deltas[-1].finish_reason in ("stop", "length") and deltas[-1].completion_tokens >= 1
@@ -172,8 +215,7 @@ def test_admin_form_starts_a_dpo_job(admin_env, dpo_inputs, train_python):
     assert (rec["max_iters"], rec["lr"], rec["beta"]) == (2, 1e-4, 0.25)
 
 
-def test_retrain_chain_runs_dpo_after_sft(settings, tiny_model, train_python,
-                                                                     no_leftover_jobs):
+def test_retrain_chain_runs_dpo_after_sft(settings, tiny_model, train_python, no_leftover_jobs):
     """Retrain with DPO: export -> prepare (reviewed) -> train -> convert -> merge -> dpo (pairs from
     the export, model from the merge) -> convert -> merge (the DPO run), through the chain."""
     from backend.chain import get_chain, start_chain
@@ -186,15 +228,32 @@ def test_retrain_chain_runs_dpo_after_sft(settings, tiny_model, train_python,
     shutil.copytree(tiny_model, base)
     corpus = settings.workspace / "few.jsonl"
     corpus.write_bytes(b"\n".join(SAMPLE_RECIPES.read_bytes().splitlines()[:4]) + b"\n")
-    steps = [("feedback_export", {"out": str(settings.data_dir / "fb")}),
-             ("prepare", {"input": str(corpus), "out": str(settings.data_dir / "d"), "val": 0, "test": 0}),
-             ("train", {"run_name": "sft", "base_model": "base/tiny", "max_iters": 2, "max_length": 256,
-                        "evaluation_inputs": [], "log_interval": 1}),
-             ("convert", {}), ("merge", {}),
-             ("dpo", {"run_name": "sft-dpo", "max_iters": 2, "max_length": 256}), ("convert", {}), ("merge", {})]
+    steps = [
+        ("feedback_export", {"out": str(settings.data_dir / "fb")}),
+        ("prepare", {"input": str(corpus), "out": str(settings.data_dir / "d"), "val": 0, "test": 0}),
+        (
+            "train",
+            {
+                "run_name": "sft",
+                "base_model": "base/tiny",
+                "max_iters": 2,
+                "max_length": 256,
+                "evaluation_inputs": [],
+                "log_interval": 1,
+            },
+        ),
+        ("convert", {}),
+        ("merge", {}),
+        ("dpo", {"run_name": "sft-dpo", "max_iters": 2, "max_length": 256}),
+        ("convert", {}),
+        ("merge", {}),
+    ]
     chain_id = start_chain(settings, steps)
-    ch = wait_until(lambda: (c := get_chain(settings, chain_id)).status != "running" and c,
-                    lambda: f"chain: {[(j.kind, j.status, j.error) for j in get_chain(settings, chain_id).jobs]}", 900)
+    ch = wait_until(
+        lambda: (c := get_chain(settings, chain_id)).status != "running" and c,
+        lambda: f"chain: {[(j.kind, j.status, j.error) for j in get_chain(settings, chain_id).jobs]}",
+        900,
+    )
     assert ch.status == "succeeded", (ch.error, [(j.kind, j.status, j.error) for j in ch.jobs])
     dpo_job = [j for j in ch.jobs if j.kind == "dpo"][0]
     assert dpo_job.params["base_model"] == str(settings.models_dir / "sft")  # the SFT merge

@@ -1,5 +1,6 @@
 """Chat engines: the library engine, the transformers engine on a tiny local model, engine
 selection with its fallbacks, and the per-process engine cache."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ from backend.engines.base import EngineUnavailable
 from backend.engines.library_engine import LibraryEngine
 from backend.engines.lmdeploy_common import model_format
 from backend.engines.select import auto_engine, select
-from core.settings import load_settings, save_settings
 from core.recipe_format import parse_answer
+from core.settings import load_settings, save_settings
 
 ASK = [{"role": "system", "content": "你是厨师"}, {"role": "user", "content": "番茄炒蛋的做法"}]
 
@@ -67,8 +68,9 @@ def test_transformers_engine_uses_the_models_chat_template(tiny_engine):
     assert "<|im_start|>system\n你是厨师<|im_end|>\n<|im_start|>user\n" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
     tiny_engine.tokenizer.chat_template = None  # no template of its own: InternLM2's format
-    assert tiny_engine.tokenizer.apply_chat_template(ASK, chat_template=INTERNLM2_TEMPLATE, tokenize=False,
-                                                     add_generation_prompt=True) == chat_prompt(tiny_engine.tokenizer, ASK)
+    assert tiny_engine.tokenizer.apply_chat_template(
+        ASK, chat_template=INTERNLM2_TEMPLATE, tokenize=False, add_generation_prompt=True
+    ) == chat_prompt(tiny_engine.tokenizer, ASK)
     assert "<|im_start|>user\n番茄炒蛋的做法<|im_end|>" in chat_prompt(tiny_engine.tokenizer, ASK)
 
 
@@ -138,7 +140,7 @@ def taught_model(tiny_model, tmp_path_factory):
             opt.zero_grad()
         model.eval()
         with torch.no_grad():
-            said = model.generate(torch.tensor([prompt]), max_new_tokens=len(answer), do_sample=False)[0, len(prompt):]
+            said = model.generate(torch.tensor([prompt]), max_new_tokens=len(answer), do_sample=False)[0, len(prompt) :]
         if said.tolist() == answer:
             break
     out = tmp_path_factory.mktemp("taught") / "model"

@@ -1,5 +1,6 @@
 """The Eval page (AppTest) on run folders as OpenCompass leaves them (summary CSVs copied from
 real runs, see test_eval_results.py)."""
+
 from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
@@ -39,17 +40,38 @@ def test_ceval_folder_found(settings, tmp_path, monkeypatch):
 
 
 def test_table_comparison_and_charts(settings):
-    meta = {"test_file": "/ws/data/r1/test.jsonl", "backend": "hf", "limit": 5, "max_out_len": 24,
-            "models": [{"abbr": "base", "path": "/m/base", "role": "base"},
-                       {"abbr": "tuned", "path": "/m/tuned", "role": "fine-tuned"}]}
-    write_run(settings.eval_dir, "eval-1/20261128_052213", TWO_MODELS, meta=meta, preds={
-        "tuned/recipe.json": {"0": {"origin_prompt": [{"role": "HUMAN", "prompt": "番茄炒蛋的做法"}],
-                                    "prediction": "您需要准备以下食材:\n- 番茄", "gold": "您需要准备以下食材:\n- 番茄 2个"}}})
+    meta = {
+        "test_file": "/ws/data/r1/test.jsonl",
+        "backend": "hf",
+        "limit": 5,
+        "max_out_len": 24,
+        "models": [
+            {"abbr": "base", "path": "/m/base", "role": "base"},
+            {"abbr": "tuned", "path": "/m/tuned", "role": "fine-tuned"},
+        ],
+    }
+    write_run(
+        settings.eval_dir,
+        "eval-1/20261128_052213",
+        TWO_MODELS,
+        meta=meta,
+        preds={
+            "tuned/recipe.json": {
+                "0": {
+                    "origin_prompt": [{"role": "HUMAN", "prompt": "番茄炒蛋的做法"}],
+                    "prediction": "您需要准备以下食材:\n- 番茄",
+                    "gold": "您需要准备以下食材:\n- 番茄 2个",
+                }
+            }
+        },
+    )
     write_run(settings.eval_dir, "copied/20261127_080000", THREE_MODELS, stamp="20261127_080000")
     at = page()
     assert not at.exception
-    assert at.selectbox(key="eval_run").options == ["eval-1/20261128_052213 · 2026-11-28 05:22 · base, tuned",
-                                                    "copied/20261127_080000 · 2026-11-27 08:00 · base, tuned, broken"]
+    assert at.selectbox(key="eval_run").options == [
+        "eval-1/20261128_052213 · 2026-11-28 05:22 · base, tuned",
+        "copied/20261127_080000 · 2026-11-27 08:00 · base, tuned, broken",
+    ]
     assert "test split `/ws/data/r1/test.jsonl` · backend hf · 5 questions per data set" in texts(at.caption)
     table = at.dataframe[0].value
     assert list(table.columns) == ["dataset", "metric", "base", "tuned"] and len(table) == 6
@@ -57,8 +79,13 @@ def test_table_comparison_and_charts(settings):
 
     cmp = at.dataframe[1].value
     assert list(cmp.columns) == ["dataset", "metric", "base", "fine-tuned", "difference"]
-    assert cmp.iloc[4].to_dict() == {"dataset": "recipe", "metric": "ingredient_recall", "base": 0.0,
-                                     "fine-tuned": 90.0, "difference": 90.0}
+    assert cmp.iloc[4].to_dict() == {
+        "dataset": "recipe",
+        "metric": "ingredient_recall",
+        "base": 0.0,
+        "fine-tuned": 90.0,
+        "difference": 90.0,
+    }
     assert "Fine-tuned better on 5, worse on 0 of 6 scores." in texts(at.caption)
     assert len(at.get("vega_lite_chart")) == 1  # the bar charts, one facet per metric
 
@@ -78,9 +105,16 @@ def test_table_comparison_and_charts(settings):
 
 
 def test_failed_cells_show_the_task_log(settings):
-    write_run(settings.eval_dir, "bad/20261128_051607", ONE_FAILED, stamp="20261128_051607", logs={
-        "infer/tuned/recipe.out": "Traceback (most recent call last):\nValueError: The following `model_kwargs` "
-                                  "are not used by the model: ['token_type_ids']\n"})
+    write_run(
+        settings.eval_dir,
+        "bad/20261128_051607",
+        ONE_FAILED,
+        stamp="20261128_051607",
+        logs={
+            "infer/tuned/recipe.out": "Traceback (most recent call last):\nValueError: The following `model_kwargs` "
+            "are not used by the model: ['token_type_ids']\n"
+        },
+    )
     junk = settings.eval_dir / "junk" / "summary"
     junk.mkdir(parents=True)
     (junk / "summary_x.csv").write_text("hello\n", encoding="utf-8")
@@ -94,15 +128,26 @@ def test_failed_cells_show_the_task_log(settings):
 
 
 def test_constant_answers_shown_next_to_the_models(settings):
-    meta = {"models": [{"abbr": "tiny-base", "path": "/m/base", "role": "base"},
-                       {"abbr": "tiny-recipe", "path": "/m/tuned", "role": "fine-tuned"}]}
+    meta = {
+        "models": [
+            {"abbr": "tiny-base", "path": "/m/base", "role": "base"},
+            {"abbr": "tiny-recipe", "path": "/m/tuned", "role": "fine-tuned"},
+        ]
+    }
     write_run(settings.eval_dir, "e2e/20261202_055557", WITH_BASELINES, stamp="20261202_055557", meta=meta)
     write_run(settings.eval_dir, "old/20261128_052213", TWO_MODELS)
     at = page()
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table.columns) == ["dataset", "metric", "tiny-base", "tiny-recipe", "tiny-broken",
-                                   "constant answer: template", "constant answer: generic recipe"]
+    assert list(table.columns) == [
+        "dataset",
+        "metric",
+        "tiny-base",
+        "tiny-recipe",
+        "tiny-broken",
+        "constant answer: template",
+        "constant answer: generic recipe",
+    ]
     assert len(table) == 8 and not table.metric.str.startswith("baseline:").any()
     row = table[table.metric == "content_rouge2"].iloc[0]
     assert row["constant answer: template"] == 0.0 and row["constant answer: generic recipe"] == 1.33
@@ -112,17 +157,34 @@ def test_constant_answers_shown_next_to_the_models(settings):
     assert "constant answer" in texts(at.caption) and "content_rouge1/2/L" in texts(at.caption)
 
     cmp = at.dataframe[1].value
-    assert list(cmp.columns) == ["dataset", "metric", "base", "fine-tuned", "difference",
-                                 "constant answer: template", "constant answer: generic recipe"]
-    assert cmp.iloc[4].to_dict() == {"dataset": "recipe", "metric": "ingredient_recall", "base": 0.0,
-                                     "fine-tuned": 25.0, "difference": 25.0, "constant answer: template": 0.0,
-                                     "constant answer: generic recipe": 20.0}
+    assert list(cmp.columns) == [
+        "dataset",
+        "metric",
+        "base",
+        "fine-tuned",
+        "difference",
+        "constant answer: template",
+        "constant answer: generic recipe",
+    ]
+    assert cmp.iloc[4].to_dict() == {
+        "dataset": "recipe",
+        "metric": "ingredient_recall",
+        "base": 0.0,
+        "fine-tuned": 25.0,
+        "difference": 25.0,
+        "constant answer: template": 0.0,
+        "constant answer: generic recipe": 20.0,
+    }
     import pyarrow as pa
 
     chart = at.get("vega_lite_chart")[0].proto.datasets[0].data.data
     bars = set(pa.ipc.open_stream(chart).read_all().to_pandas()["model"])  # a bar of its own in each metric's chart
-    assert bars == {"base: tiny-base", "fine-tuned: tiny-recipe", "constant answer: template",
-                    "constant answer: generic recipe"}
+    assert bars == {
+        "base: tiny-base",
+        "fine-tuned: tiny-recipe",
+        "constant answer: template",
+        "constant answer: generic recipe",
+    }
 
     # a run scored before the baselines existed says so
     at.selectbox(key="eval_run").set_value(at.selectbox(key="eval_run").options[1]).run()

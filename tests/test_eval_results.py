@@ -2,6 +2,7 @@
 
 The CSV texts below were copied from real runs of `pipeline.evaluate` on this machine (tiny
 models, the recipe benchmark, one C-Eval subject of a synthetic C-Eval folder)."""
+
 from __future__ import annotations
 
 import json
@@ -68,12 +69,26 @@ recipe,d32586,baseline:generic:ingredient_precision,gen,11.43,11.43,-
 recipe,d32586,baseline:generic:ingredient_f1,gen,14.55,14.55,-
 ceval-computer_network,db9ce2,accuracy,gen,0.00,0.00,-
 """
-METRICS = ["content_rouge1", "content_rouge2", "content_rougeL", "content_bleu", "ingredient_recall",
-           "ingredient_precision", "ingredient_f1"]
+METRICS = [
+    "content_rouge1",
+    "content_rouge2",
+    "content_rougeL",
+    "content_bleu",
+    "ingredient_recall",
+    "ingredient_precision",
+    "ingredient_f1",
+]
 
 
-def write_run(root: Path, rel: str, csv_text: str, stamp: str = "20261128_052213", meta: dict | None = None,
-              logs: dict | None = None, preds: dict | None = None) -> Path:
+def write_run(
+    root: Path,
+    rel: str,
+    csv_text: str,
+    stamp: str = "20261128_052213",
+    meta: dict | None = None,
+    logs: dict | None = None,
+    preds: dict | None = None,
+) -> Path:
     """A run folder as OpenCompass leaves it: <rel>/summary/summary_<stamp>.csv (+ logs, predictions)."""
     folder = root / rel
     (folder / "summary").mkdir(parents=True)
@@ -109,8 +124,9 @@ def test_read_summary_several_models(tmp_path):
 
 def test_failed_cells_are_none_not_zero(tmp_path):
     run = er.load_run(write_run(tmp_path, "r1/20261128_051607", ONE_FAILED), tmp_path)
-    assert run.failed_cells == [("tuned", "recipe", m) for m in ("rouge1", "rouge2", "rougeL", "bleu",
-                                                                  "ingredient_recall")]
+    assert run.failed_cells == [
+        ("tuned", "recipe", m) for m in ("rouge1", "rouge2", "rougeL", "bleu", "ingredient_recall")
+    ]
     assert all(r.scores["base"] == 0.0 for r in run.rows)
 
     run = er.load_run(write_run(tmp_path, "r2/20261128_051524", ALL_FAILED), tmp_path)
@@ -127,8 +143,13 @@ def test_not_a_summary_is_a_clear_error(tmp_path):
 
 def test_find_runs_newest_first_including_copied_runs(tmp_path):
     ev = tmp_path / "eval"
-    write_run(ev, "eval-a/20261127_100000", ONE_FAILED, stamp="20261127_100000",
-              meta={"models": [{"abbr": "base", "path": "/m/base", "role": "base"}]})
+    write_run(
+        ev,
+        "eval-a/20261127_100000",
+        ONE_FAILED,
+        stamp="20261127_100000",
+        meta={"models": [{"abbr": "base", "path": "/m/base", "role": "base"}]},
+    )
     write_run(ev, "from-other-machine/outputs/default/20261128_090000", THREE_MODELS, stamp="20261128_090000")
     bad = ev / "junk" / "summary"
     bad.mkdir(parents=True)
@@ -148,14 +169,19 @@ def test_table_and_comparison_with_difference(tmp_path):
     assert table[0] == {"dataset": "recipe", "metric": "rouge1", "base": 0.0, "tuned": 60.84, "broken": None}
     assert er.default_pair(run) == ("base", "tuned")  # no roles recorded: the first two columns
     rows = er.compare(run, "base", run, "tuned")
-    assert rows[0] == {"dataset": "recipe", "metric": "rouge1", "base": 0.0, "fine-tuned": 60.84,
-                       "difference": 60.84}
+    assert rows[0] == {"dataset": "recipe", "metric": "rouge1", "base": 0.0, "fine-tuned": 60.84, "difference": 60.84}
     assert [r["difference"] for r in er.compare(run, "tuned", run, "broken")] == [None] * 6
 
     # across runs: a base evaluated in another run; rows of either side are kept
-    other = er.load_run(write_run(ev, "o/20261127_000000", "dataset,version,metric,mode,internlm\n"
-                                  "recipe,d32586,rouge1,gen,40.5\nrecipe,d32586,extra,gen,1\n",
-                                  stamp="20261127_000000"), ev)
+    other = er.load_run(
+        write_run(
+            ev,
+            "o/20261127_000000",
+            "dataset,version,metric,mode,internlm\nrecipe,d32586,rouge1,gen,40.5\nrecipe,d32586,extra,gen,1\n",
+            stamp="20261127_000000",
+        ),
+        ev,
+    )
     rows = er.compare(other, "internlm", run, "tuned")
     assert rows[0]["difference"] == round(60.84 - 40.5, 4)
     assert ("recipe", "extra") in {(r["dataset"], r["metric"]) for r in rows}
@@ -164,18 +190,28 @@ def test_table_and_comparison_with_difference(tmp_path):
 
 def test_roles_from_run_json_pick_the_pair(tmp_path):
     ev = tmp_path / "eval"
-    meta = {"models": [{"abbr": "base", "path": "/m/x", "role": "fine-tuned"},
-                       {"abbr": "broken", "path": "/m/b", "role": "base"}]}
+    meta = {
+        "models": [
+            {"abbr": "base", "path": "/m/x", "role": "fine-tuned"},
+            {"abbr": "broken", "path": "/m/b", "role": "base"},
+        ]
+    }
     run = er.load_run(write_run(ev, "r/20261128_052213", THREE_MODELS, meta=meta), ev)
     assert er.default_pair(run) == ("broken", "base")  # the recorded roles, not the column order
     assert run.role("broken") == "base" and run.role("tuned") == ""
 
 
 def test_log_tail_points_at_the_failed_task(tmp_path):
-    folder = write_run(tmp_path, "r/20261128_051607", ONE_FAILED, logs={
-        "infer/tuned/recipe.out": "loading\n" + "line\n" * 40 + "ValueError: The following `model_kwargs` are "
-                                  "not used by the model: ['token_type_ids']\n",
-        "eval/tuned/recipe.out": "FileNotFoundError: Prediction files not found\n"})
+    folder = write_run(
+        tmp_path,
+        "r/20261128_051607",
+        ONE_FAILED,
+        logs={
+            "infer/tuned/recipe.out": "loading\n" + "line\n" * 40 + "ValueError: The following `model_kwargs` are "
+            "not used by the model: ['token_type_ids']\n",
+            "eval/tuned/recipe.out": "FileNotFoundError: Prediction files not found\n",
+        },
+    )
     path, tail = er.log_tail(folder, "tuned", "recipe")
     assert path.as_posix().endswith("logs/infer/tuned/recipe.out")  # no predictions: inference is the cause
     assert tail.splitlines()[-1].startswith("ValueError") and len(tail.splitlines()) == 30
@@ -200,7 +236,9 @@ def test_model_paths_from_dumped_config_without_running_it(tmp_path):
         "models=[\n    dict(abbr='base',\n        batch_size=1,\n        path='/models/base',\n"
         "        type='opencompass.models.HuggingFacewithChatTemplate'),\n"
         "    dict(abbr='tuned', path='/models/tuned', type='x'),\n    ]\n"
-        "import os; os.remove(__file__)\n", encoding="utf-8")
+        "import os; os.remove(__file__)\n",
+        encoding="utf-8",
+    )
     run = er.load_run(folder, tmp_path)
     assert run.model_paths() == {"base": "/models/base", "tuned": "/models/tuned"}
     assert (folder / "configs" / "20261128_052213_1.py").exists()
@@ -210,27 +248,56 @@ def test_scores_for_model_newest_run_by_path_or_abbr(settings, tmp_path):
     model = settings.models_dir / "recipe-7b"
     model.mkdir(parents=True)
     ev = settings.eval_dir
-    write_run(ev, "old/20261120_000000", "dataset,version,metric,mode,recipe-7b\nrecipe,v,rouge1,gen,10.00\n",
-              stamp="20261120_000000", meta={"models": [{"abbr": "recipe-7b", "path": str(model), "role": "fine-tuned"}]})
-    write_run(ev, "new/20261128_052213", ONE_FAILED.replace("tuned", "recipe-7b"),
-              meta={"models": [{"abbr": "base", "path": "/m/base", "role": "base"},
-                               {"abbr": "recipe-7b", "path": str(model), "role": "fine-tuned"}]})
+    write_run(
+        ev,
+        "old/20261120_000000",
+        "dataset,version,metric,mode,recipe-7b\nrecipe,v,rouge1,gen,10.00\n",
+        stamp="20261120_000000",
+        meta={"models": [{"abbr": "recipe-7b", "path": str(model), "role": "fine-tuned"}]},
+    )
+    write_run(
+        ev,
+        "new/20261128_052213",
+        ONE_FAILED.replace("tuned", "recipe-7b"),
+        meta={
+            "models": [
+                {"abbr": "base", "path": "/m/base", "role": "base"},
+                {"abbr": "recipe-7b", "path": str(model), "role": "fine-tuned"},
+            ]
+        },
+    )
     got = er.scores_for_model(settings, str(model))
     # the newest run failed for this model: the older one with scores is the answer
-    assert got == {"run": "old/20261120_000000", "time": "2026-11-20T00:00:00", "abbr": "recipe-7b",
-                   "scores": {"recipe/rouge1": 10.0}, "failed": []}
+    assert got == {
+        "run": "old/20261120_000000",
+        "time": "2026-11-20T00:00:00",
+        "abbr": "recipe-7b",
+        "scores": {"recipe/rouge1": 10.0},
+        "failed": [],
+    }
     assert er.scores_for_model(settings, "base")["scores"]["recipe/bleu"] == 0.0
     assert er.scores_for_model(settings, str(settings.models_dir / "never-evaluated")) == {}
 
 
 def test_sample_answers_side_by_side(tmp_path):
-    pred = {"0": {"origin_prompt": [{"role": "SYSTEM", "prompt": "你是厨师"}, {"role": "HUMAN", "prompt": "番茄炒蛋的做法"}],
-                  "prediction": "您需要准备以下食材:\n- 番茄", "gold": "您需要准备以下食材:\n- 番茄 2个"}}
+    pred = {
+        "0": {
+            "origin_prompt": [{"role": "SYSTEM", "prompt": "你是厨师"}, {"role": "HUMAN", "prompt": "番茄炒蛋的做法"}],
+            "prediction": "您需要准备以下食材:\n- 番茄",
+            "gold": "您需要准备以下食材:\n- 番茄 2个",
+        }
+    }
     folder = write_run(tmp_path, "r/20261128_052213", TWO_MODELS, preds={"tuned/recipe.json": pred})
     run = er.load_run(folder, tmp_path)
     rows = er.sample_answers(run, "recipe", ["base", "tuned"])
-    assert rows == [{"question": "番茄炒蛋的做法", "reference": "您需要准备以下食材:\n- 番茄 2个", "base": None,
-                     "tuned": "您需要准备以下食材:\n- 番茄"}]
+    assert rows == [
+        {
+            "question": "番茄炒蛋的做法",
+            "reference": "您需要准备以下食材:\n- 番茄 2个",
+            "base": None,
+            "tuned": "您需要准备以下食材:\n- 番茄",
+        }
+    ]
     assert er.sample_answers(run, "ceval-computer_network", ["base"]) == []
 
 
@@ -243,24 +310,42 @@ def test_constant_answers_become_columns_beside_the_models(tmp_path):
     assert run.baseline_columns == ["constant answer: template", "constant answer: generic recipe"]
     assert {m for m, _, _ in run.failed_cells} == {"tiny-broken"}  # its '-' baseline cells are not failures
     table = er.run_table(run)
-    assert table[4] == {"dataset": "recipe", "metric": "ingredient_recall", "tiny-base": 0.0, "tiny-recipe": 25.0,
-                        "tiny-broken": None, "constant answer: template": 0.0, "constant answer: generic recipe": 20.0}
+    assert table[4] == {
+        "dataset": "recipe",
+        "metric": "ingredient_recall",
+        "tiny-base": 0.0,
+        "tiny-recipe": 25.0,
+        "tiny-broken": None,
+        "constant answer: template": 0.0,
+        "constant answer: generic recipe": 20.0,
+    }
     assert table[-1]["constant answer: template"] is None  # C-Eval has no constant answer
     rows = er.compare(run, "tiny-base", run, "tiny-recipe")
-    assert rows[5] == {"dataset": "recipe", "metric": "ingredient_precision", "base": 0.0, "fine-tuned": 33.33,
-                       "difference": 33.33, "constant answer: template": 0.0,
-                       "constant answer: generic recipe": 11.43}
+    assert rows[5] == {
+        "dataset": "recipe",
+        "metric": "ingredient_precision",
+        "base": 0.0,
+        "fine-tuned": 33.33,
+        "difference": 33.33,
+        "constant answer: template": 0.0,
+        "constant answer: generic recipe": 11.43,
+    }
 
 
 def test_a_model_that_does_not_beat_a_constant_answer_is_named(tmp_path):
     run = er.load_run(write_run(tmp_path, "e2e/20261202_055557", WITH_BASELINES), tmp_path)
     behind = er.not_above_baselines(run, "tiny-base")  # a random model: no better than the bare template
-    assert {(b["metric"], b["baseline"]) for b in behind} == {
-        (m, b) for m in METRICS for b in run.baseline_columns}
+    assert {(b["metric"], b["baseline"]) for b in behind} == {(m, b) for m in METRICS for b in run.baseline_columns}
     # the taught model beats the template everywhere, the generic recipe on all but BLEU
     assert er.not_above_baselines(run, "tiny-recipe") == [
-        {"dataset": "recipe", "metric": "content_bleu", "score": 1.71, "baseline": "constant answer: generic recipe",
-         "baseline_score": 2.17}]
+        {
+            "dataset": "recipe",
+            "metric": "content_bleu",
+            "score": 1.71,
+            "baseline": "constant answer: generic recipe",
+            "baseline_score": 2.17,
+        }
+    ]
     assert er.not_above_baselines(run, "tiny-broken") == []  # failed: no score to compare
     old = er.load_run(write_run(tmp_path, "old/20261128_052213", TWO_MODELS), tmp_path)
     assert old.baseline_columns == [] and er.not_above_baselines(old, "base") == []
@@ -282,7 +367,19 @@ def test_sample_answers_drop_a_half_character(tmp_path, tiny_model):
     answer = "您需要准备以下食材:\n- 鳜鱼 1条\n- 葱姜 适量"  # 鳜 takes several tokens of the tiny tokenizer
     ids = tok(answer, add_special_tokens=False)["input_ids"]
     cut = next(text for k in range(1, len(ids)) if (text := tok.batch_decode([ids[:k]])[0]).endswith("\ufffd"))
-    folder = write_run(tmp_path, "r/20261128_052213", TWO_MODELS, preds={"tuned/recipe.json": {
-        "0": {"origin_prompt": [{"role": "HUMAN", "prompt": "清蒸鳜鱼的做法"}], "prediction": cut, "gold": answer}}})
+    folder = write_run(
+        tmp_path,
+        "r/20261128_052213",
+        TWO_MODELS,
+        preds={
+            "tuned/recipe.json": {
+                "0": {
+                    "origin_prompt": [{"role": "HUMAN", "prompt": "清蒸鳜鱼的做法"}],
+                    "prediction": cut,
+                    "gold": answer,
+                }
+            }
+        },
+    )
     rows = er.sample_answers(er.load_run(folder, tmp_path), "recipe", ["base", "tuned"])
     assert rows[0]["tuned"] == cut[:-1] and "\ufffd" not in rows[0]["tuned"]

@@ -2,6 +2,7 @@
 
 Fast tests: parameter checks, the written config, progress and verification on real OpenCompass
 output. The OpenCompass run itself is in test_evaluate_e2e.py."""
+
 from __future__ import annotations
 
 import csv
@@ -13,10 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.opencompass_cfg.metrics import (BASELINES, clean_prediction, content_text, ingredient_names,
-                                              ingredient_precision, ingredient_recall, ingredient_scores,
-                                              mean_ingredient_recall, mean_ingredient_scores)
 from core.recipe_format import SYSTEM_PROMPT, format_answer
+from pipeline.opencompass_cfg.metrics import (
+    BASELINES,
+    clean_prediction,
+    content_text,
+    ingredient_names,
+    ingredient_precision,
+    ingredient_recall,
+    ingredient_scores,
+    mean_ingredient_recall,
+    mean_ingredient_scores,
+)
 from pipeline.stage import StageCommand, StageError
 from tests.conftest import ROOT
 
@@ -46,22 +55,25 @@ REAL_LOG_END = (
 
 
 # ---- ingredient recall ------------------------------------------------------------------------
-@pytest.mark.parametrize("line, names", [
-    ("青蟹（别称：肉蟹）", ["青蟹", "肉蟹"]),
-    ("15g咖喱块（推介乐惠蟹黄咖喱）", ["咖喱块"]),
-    ("1 个鸡蛋", ["鸡蛋"]),
-    ("西红柿 2个", ["西红柿"]),
-    ("鸡蛋两个", ["鸡蛋"]),
-    ("盐适量", ["盐"]),
-    ("约 300 g 五花肉", ["五花肉"]),  # 五 is part of the name here, not an amount
-    ("25g-40g洋葱", ["洋葱"]),
-    ("3-4 颗小米辣(可选）", ["小米辣"]),
-    ("必备：鸡翅中（推荐买腌好的）", ["鸡翅中"]),
-    ("葱/姜", ["葱", "姜"]),
-    ("江南米或北方大米", ["江南米", "北方大米"]),
-    ("十三香 少许", ["十三香"]),
-    ("适量", []),
-])
+@pytest.mark.parametrize(
+    "line, names",
+    [
+        ("青蟹（别称：肉蟹）", ["青蟹", "肉蟹"]),
+        ("15g咖喱块（推介乐惠蟹黄咖喱）", ["咖喱块"]),
+        ("1 个鸡蛋", ["鸡蛋"]),
+        ("西红柿 2个", ["西红柿"]),
+        ("鸡蛋两个", ["鸡蛋"]),
+        ("盐适量", ["盐"]),
+        ("约 300 g 五花肉", ["五花肉"]),  # 五 is part of the name here, not an amount
+        ("25g-40g洋葱", ["洋葱"]),
+        ("3-4 颗小米辣(可选）", ["小米辣"]),
+        ("必备：鸡翅中（推荐买腌好的）", ["鸡翅中"]),
+        ("葱/姜", ["葱", "姜"]),
+        ("江南米或北方大米", ["江南米", "北方大米"]),
+        ("十三香 少许", ["十三香"]),
+        ("适量", []),
+    ],
+)
 def test_ingredient_names(line, names):
     assert ingredient_names(line) == names
 
@@ -86,7 +98,10 @@ def test_ingredient_precision_counts_what_the_answer_lists():
     s = ingredient_scores(listed, ref)
     assert s["ingredient_recall"] == 0.5 and s["ingredient_f1"] == 0.5 and s["missed_ingredients"] == ["洋葱", "盐"]
     assert mean_ingredient_scores([listed, "x"], [ref, "没有清单"]) == {
-        "ingredient_recall": 50.0, "ingredient_precision": 50.0, "ingredient_f1": 50.0}
+        "ingredient_recall": 50.0,
+        "ingredient_precision": 50.0,
+        "ingredient_f1": 50.0,
+    }
 
 
 def test_content_text_drops_the_scaffolding_only():
@@ -95,7 +110,9 @@ def test_content_text_drops_the_scaffolding_only():
     assert content_text(BASELINES["template"]) == "" and content_text("您需要准备以下食材:") == ""
     # what a model adds is kept: a preamble, words after a header, its own bullets
     assert content_text("好的！\n您需要准备以下食材：鸡蛋\n• 盐\n按以下方法制作:\n1) 打散") == "好的！\n鸡蛋\n盐\n打散"
-    assert clean_prediction("您需要准备以下食材:\n- \ufffd") == "您需要准备以下食材:\n- " and clean_prediction(None) == ""
+    assert (
+        clean_prediction("您需要准备以下食材:\n- \ufffd") == "您需要准备以下食材:\n- " and clean_prediction(None) == ""
+    )
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -110,8 +127,17 @@ def write_test_split(path: Path, recipes=RECIPES) -> Path:
     with open(path, "w", encoding="utf-8") as f:
         f.write("not json\n")  # a broken line is skipped, not fatal
         for name, ing, steps in recipes:
-            f.write(json.dumps({"conversation": [{"system": SYSTEM_PROMPT, "input": f"{name}的做法",
-                                                  "output": format_answer(ing, steps)}]}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "conversation": [
+                            {"system": SYSTEM_PROMPT, "input": f"{name}的做法", "output": format_answer(ing, steps)}
+                        ]
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     return path
 
 
@@ -133,8 +159,18 @@ def write_ceval(root: Path, subjects=("computer_network",), val_rows: int = 2) -
                 w = csv.writer(f)
                 w.writerow(["id", "question", "A", "B", "C", "D", "answer", "explanation"])
                 for i in range(n):
-                    w.writerow([i, f"第{i}题：TCP 属于哪一层？", "应用层", "传输层", "网络层", "链路层",
-                                "" if split == "test" else "B", ""])
+                    w.writerow(
+                        [
+                            i,
+                            f"第{i}题：TCP 属于哪一层？",
+                            "应用层",
+                            "传输层",
+                            "网络层",
+                            "链路层",
+                            "" if split == "test" else "B",
+                            "",
+                        ]
+                    )
     return root
 
 
@@ -151,8 +187,9 @@ def ws(settings, eval_python):
 def test_command_writes_config_and_run_record(ws):
     from pipeline import evaluate
 
-    cmd = evaluate.command(ws, base_model="models/base", model_dir="models/tuned-1", limit=2, max_out_len=32,
-                           backend="hf", run_name="cmp1")
+    cmd = evaluate.command(
+        ws, base_model="models/base", model_dir="models/tuned-1", limit=2, max_out_len=32, backend="hf", run_name="cmp1"
+    )
     assert cmd.kind == "evaluate" and cmd.gpu is True
     assert cmd.cwd == ws.eval_dir / "cmp1"
     assert cmd.argv[0].endswith(".venvs/eval/bin/opencompass") or "eval" in cmd.argv[0]
@@ -263,13 +300,20 @@ def test_ceval_config_reads_the_local_folder(ws, tmp_path, monkeypatch, eval_pyt
     write_ceval(tmp_path / "oc" / "data")
     monkeypatch.setenv("RECIPE_CEVAL_DATA", str(tmp_path / "oc"))
     s = load_settings()
-    cmd = evaluate.command(s, models=["models/base"], base_model="", ceval=True,
-                           ceval_subjects="computer_network", limit=2, run_name="ce")
+    cmd = evaluate.command(
+        s, models=["models/base"], base_model="", ceval=True, ceval_subjects="computer_network", limit=2, run_name="ce"
+    )
     text = (cmd.cwd / "eval_config.py").read_text(encoding="utf-8")
     assert f"d['path'] = {str(tmp_path / 'oc' / 'data' / 'ceval' / 'formal_ceval')!r}" in text
     assert "ceval_subjects = ['computer_network']" in text and "test_range'] = '[0:2]'" in text
-    r = subprocess.run([*cmd.argv, "--dry-run"], cwd=cmd.cwd, env={**os.environ, **cmd.env},
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*cmd.argv, "--dry-run"],
+        cwd=cmd.cwd,
+        env={**os.environ, **cmd.env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     assert "Partitioned into" in out and "Traceback" not in out and "Start Download" not in out
@@ -280,7 +324,7 @@ def test_progress_from_a_real_log():
     from pipeline.evaluate import progress
 
     assert progress("").fraction == 0.0
-    p = progress(REAL_LOG[:REAL_LOG.index("launch OpenICLInfer[tuned")])
+    p = progress(REAL_LOG[: REAL_LOG.index("launch OpenICLInfer[tuned")])
     assert (p.done, p.total) == (1, 2) and "inference 1/2" in p.message and "base/recipe" in p.message
     p = progress(REAL_LOG)
     assert p.message.startswith("scoring 1/2") and "1 failed so far" in p.message
@@ -302,9 +346,16 @@ def test_verify_reads_the_summary_not_the_exit_status(tmp_path):
     why = verify(_cmd(run), "some output\nTraceback (most recent call last):\nKeyError: 'x'\n")
     assert "wrote no summary" in why and "KeyError: 'x'" in why
 
-    write_run(run, "20261128_051607", ONE_FAILED, stamp="20261128_051607", logs={
-        "infer/tuned/recipe.out": "Traceback...\nValueError: The following `model_kwargs` are not used by the "
-                                  "model: ['token_type_ids']\n"})
+    write_run(
+        run,
+        "20261128_051607",
+        ONE_FAILED,
+        stamp="20261128_051607",
+        logs={
+            "infer/tuned/recipe.out": "Traceback...\nValueError: The following `model_kwargs` are not used by the "
+            "model: ['token_type_ids']\n"
+        },
+    )
     why = verify(_cmd(run), "")
     assert "1 evaluation task(s) produced no score (tuned/recipe)" in why
     assert "logs/infer/tuned/recipe.out" in why and "token_type_ids" in why
@@ -351,15 +402,28 @@ out['cut'] = {'raw_ends_in_fffd': cut.endswith('\ufffd'), 'pred': scored['detail
                              {k: v for k, v in RecipeEvaluator().score([whole], [fish]).items() if k != 'details'}}
 print(json.dumps(out, ensure_ascii=False))
 """
-METRICS = ("content_rouge1", "content_rouge2", "content_rougeL", "content_bleu", "ingredient_recall",
-           "ingredient_precision", "ingredient_f1")
+METRICS = (
+    "content_rouge1",
+    "content_rouge2",
+    "content_rougeL",
+    "content_bleu",
+    "ingredient_recall",
+    "ingredient_precision",
+    "ingredient_f1",
+)
 
 
 @pytest.fixture(scope="module")
 def evaluator_check(eval_python, tiny_model, tmp_path_factory):
     test = write_test_split(tmp_path_factory.mktemp("split") / "test.jsonl")
-    r = subprocess.run([str(eval_python), "-c", EVALUATOR_CHECK, str(test), str(tiny_model)], cwd=ROOT,
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    r = subprocess.run(
+        [str(eval_python), "-c", EVALUATOR_CHECK, str(test), str(tiny_model)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -399,7 +463,8 @@ def test_constant_answers_are_scored_beside_every_model(evaluator_check):
     for name, scores in out.items():
         if isinstance(scores, dict) and "content_rouge1" in scores:
             assert {k for k in scores if k.startswith("baseline:")} == {
-                f"baseline:{b}:{m}" for b in ("template", "generic") for m in METRICS}
+                f"baseline:{b}:{m}" for b in ("template", "generic") for m in METRICS
+            }
             assert all(scores[f"baseline:template:{m}"] == 0 for m in METRICS)
             assert scores["baseline:generic:ingredient_recall"] == pytest.approx(100 / 3)  # 盐 of 番茄/鸡蛋/盐
     assert out["good"]["baseline:generic:content_rouge1"] == out["bad"]["baseline:generic:content_rouge1"] > 0

@@ -4,6 +4,7 @@ subject, through pipeline.evaluate's command and the job runner (which calls ver
 the results parser, the registry's scores and the Eval page (AppTest).
 
 About two to three minutes on two cores; needs the eval environment (scripts/setup-env.sh eval)."""
+
 from __future__ import annotations
 
 import json
@@ -17,18 +18,37 @@ from core.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
 from tests.conftest import ROOT, wait_until
 from tests.test_evaluate import write_ceval
 
-
 RECIPES = [
-    {"name": "番茄炒蛋", "keywords": ["番茄炒蛋的做法"], "recipeIngredient": ["番茄 2个", "鸡蛋 3个", "盐 适量", "白糖 5g"],
-     "recipeInstructions": ["番茄切块，鸡蛋打散", "热油炒蛋盛出", "炒番茄出汁后倒回鸡蛋，加盐和糖翻匀"]},
-    {"name": "青椒土豆丝", "keywords": ["青椒土豆丝的做法"], "recipeIngredient": ["土豆 1个", "青椒 1个", "醋 10ml", "干辣椒 2个"],
-     "recipeInstructions": ["土豆切丝泡水", "热油爆香干辣椒", "下土豆丝和青椒丝大火翻炒，加醋和盐"]},
-    {"name": "可乐鸡翅", "keywords": ["可乐鸡翅的做法"], "recipeIngredient": ["鸡翅 8个", "可乐 300ml", "生抽 2勺", "姜 3片"],
-     "recipeInstructions": ["鸡翅两面划刀焯水", "煎至两面金黄", "加可乐生抽姜片焖20分钟收汁"]},
-    {"name": "蒜蓉西兰花", "keywords": ["蒜蓉西兰花的做法"], "recipeIngredient": ["西兰花 1颗", "大蒜 5瓣", "蚝油 1勺"],
-     "recipeInstructions": ["西兰花掰小朵焯水", "蒜末爆香", "下西兰花翻炒，加蚝油和盐"]},
-    {"name": "紫菜蛋花汤", "keywords": ["紫菜蛋花汤的做法"], "recipeIngredient": ["紫菜 10g", "鸡蛋 1个", "虾皮 5g"],
-     "recipeInstructions": ["水烧开放紫菜和虾皮", "淋入蛋液", "加盐和香油出锅"]},
+    {
+        "name": "番茄炒蛋",
+        "keywords": ["番茄炒蛋的做法"],
+        "recipeIngredient": ["番茄 2个", "鸡蛋 3个", "盐 适量", "白糖 5g"],
+        "recipeInstructions": ["番茄切块，鸡蛋打散", "热油炒蛋盛出", "炒番茄出汁后倒回鸡蛋，加盐和糖翻匀"],
+    },
+    {
+        "name": "青椒土豆丝",
+        "keywords": ["青椒土豆丝的做法"],
+        "recipeIngredient": ["土豆 1个", "青椒 1个", "醋 10ml", "干辣椒 2个"],
+        "recipeInstructions": ["土豆切丝泡水", "热油爆香干辣椒", "下土豆丝和青椒丝大火翻炒，加醋和盐"],
+    },
+    {
+        "name": "可乐鸡翅",
+        "keywords": ["可乐鸡翅的做法"],
+        "recipeIngredient": ["鸡翅 8个", "可乐 300ml", "生抽 2勺", "姜 3片"],
+        "recipeInstructions": ["鸡翅两面划刀焯水", "煎至两面金黄", "加可乐生抽姜片焖20分钟收汁"],
+    },
+    {
+        "name": "蒜蓉西兰花",
+        "keywords": ["蒜蓉西兰花的做法"],
+        "recipeIngredient": ["西兰花 1颗", "大蒜 5瓣", "蚝油 1勺"],
+        "recipeInstructions": ["西兰花掰小朵焯水", "蒜末爆香", "下西兰花翻炒，加蚝油和盐"],
+    },
+    {
+        "name": "紫菜蛋花汤",
+        "keywords": ["紫菜蛋花汤的做法"],
+        "recipeIngredient": ["紫菜 10g", "鸡蛋 1个", "虾皮 5g"],
+        "recipeInstructions": ["水烧开放紫菜和虾皮", "淋入蛋液", "加盐和香油出锅"],
+    },
 ]
 
 # Fine-tune a copy of the tiny model on the answers (plain torch, a few seconds): the "fine-tuned"
@@ -60,8 +80,15 @@ tok.save_pretrained(out)
 """
 
 
-METRICS = ("content_rouge1", "content_rouge2", "content_rougeL", "content_bleu", "ingredient_recall",
-           "ingredient_precision", "ingredient_f1")
+METRICS = (
+    "content_rouge1",
+    "content_rouge2",
+    "content_rougeL",
+    "content_bleu",
+    "ingredient_recall",
+    "ingredient_precision",
+    "ingredient_f1",
+)
 
 
 def _run(argv, **kw):
@@ -78,9 +105,21 @@ def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path
     recipes.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in RECIPES), encoding="utf-8")
     split = settings.data_dir / "holdout" / "test.jsonl"
     split.parent.mkdir(parents=True)
-    split.write_text("".join(json.dumps({"conversation": [{"system": SYSTEM_PROMPT, "input": question(dish_name(r), i),
-                                                           "output": recipe_answer(r)}]}, ensure_ascii=False) + "\n"
-                             for i, r in enumerate(RECIPES)), encoding="utf-8")
+    split.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "conversation": [
+                        {"system": SYSTEM_PROMPT, "input": question(dish_name(r), i), "output": recipe_answer(r)}
+                    ]
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+            for i, r in enumerate(RECIPES)
+        ),
+        encoding="utf-8",
+    )
     base = settings.models_dir / "tiny-base"
     tuned = settings.models_dir / "tiny-recipe"
     _run([eval_python, "-m", "pipeline.tiny_model", base, "--texts", recipes], cwd=ROOT)  # saved by transformers 4.x
@@ -94,19 +133,33 @@ def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path
 
     settings = load_settings()
 
-    cmd = evaluate.command(settings, base_model=str(base), models=[str(tuned), str(broken)],
-                           data_dir="data/holdout", ceval=True, ceval_subjects=["computer_network"], limit=5,
-                           max_out_len=24, backend="auto", run_name="e2e")
+    cmd = evaluate.command(
+        settings,
+        base_model=str(base),
+        models=[str(tuned), str(broken)],
+        data_dir="data/holdout",
+        ceval=True,
+        ceval_subjects=["computer_network"],
+        limit=5,
+        max_out_len=24,
+        backend="auto",
+        run_name="e2e",
+    )
     runner = JobRunner(settings)
     job_id = runner.submit(cmd)
-    job = wait_until(lambda: (j := runner.get(job_id)).finished and j,
-                     lambda: "the evaluation job to finish:\n" + runner.log_text(job_id)[-3000:], timeout=900, every=1)
+    job = wait_until(
+        lambda: (j := runner.get(job_id)).finished and j,
+        lambda: "the evaluation job to finish:\n" + runner.log_text(job_id)[-3000:],
+        timeout=900,
+        every=1,
+    )
     log = runner.log_text(job_id)
     assert job.return_code == 0  # OpenCompass says all is well ...
     # ... but the job failed: the broken model has no score, and the error shows why
     assert job.status == "failed", log[-3000:]
-    assert "2 evaluation task(s) produced no score (tiny-broken/ceval-computer_network, tiny-broken/recipe)" \
-        in job.error
+    assert (
+        "2 evaluation task(s) produced no score (tiny-broken/ceval-computer_network, tiny-broken/recipe)" in job.error
+    )
     assert "logs/infer/tiny-broken/recipe.out" in job.error and "SafetensorError" in job.error
     assert evaluate.progress(log).fraction == 1.0
     assert (cmd.cwd / "icl_inference_output").exists()  # OpenCompass's cwd was the run folder
@@ -142,8 +195,15 @@ def test_opencompass_run_on_cpu_parsed_and_shown(settings, eval_python, tmp_path
     at = AppTest.from_file(str(ROOT / "pages" / "eval.py"), default_timeout=60).run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table.columns) == ["dataset", "metric", "tiny-base", "tiny-recipe", "tiny-broken",
-                                   "constant answer: template", "constant answer: generic recipe"]
+    assert list(table.columns) == [
+        "dataset",
+        "metric",
+        "tiny-base",
+        "tiny-recipe",
+        "tiny-broken",
+        "constant answer: template",
+        "constant answer: generic recipe",
+    ]
     assert "tiny-broken / recipe" in " ".join(e.value for e in at.error)
     row = table[(table.dataset == "recipe") & (table.metric == "ingredient_recall")].iloc[0]
     assert row["tiny-recipe"] == recall["tiny-recipe"]

@@ -1,5 +1,6 @@
 """The review store (backend/feedback.py) on a real app.db: rated answers with their questions,
 filters, decisions with who/when, copies that outlive the conversation."""
+
 from __future__ import annotations
 
 import time
@@ -40,8 +41,14 @@ def test_rated_answers_come_with_their_question_and_filters(settings, store):
     rows = store.rated()
     assert [r["message_id"] for r in rows] == [down, up]
     r = rows[0]
-    assert (r["question"], r["answer"], r["comment"], r["rating"], r["model"], r["engine"]) == \
-        ("番茄炒蛋怎么做？", BAD, "没有用量", -1, "m2", "transformers")
+    assert (r["question"], r["answer"], r["comment"], r["rating"], r["model"], r["engine"]) == (
+        "番茄炒蛋怎么做？",
+        BAD,
+        "没有用量",
+        -1,
+        "m2",
+        "transformers",
+    )
     assert r["decision"] is None and r["answered_at"] > 0
     assert [x["message_id"] for x in store.rated(rating=-1)] == [down]
     assert [x["message_id"] for x in store.rated(rating=1)] == [up]
@@ -64,8 +71,7 @@ def test_decisions_persist_with_who_and_when_and_outlive_the_conversation(settin
     store.decide(down, "reject")
     store.decide(down, "correct", FIXED.replace("1. ", "1、"), client="127.0.0.1")  # a later decision wins
     store.decide(other, "reject")
-    assert {r["message_id"]: r["decision"] for r in store.rated()} == {up: "accept", down: "correct",
-                                                                      other: "reject"}
+    assert {r["message_id"]: r["decision"] for r in store.rated()} == {up: "accept", down: "correct", other: "reject"}
     assert [r["decision"] for r in store.history(down)] == ["reject", "correct"]
     assert [r["message_id"] for r in store.rated(decision="reject")] == [other]
     assert store.rated(decision="none") == []
@@ -78,8 +84,13 @@ def test_decisions_persist_with_who_and_when_and_outlive_the_conversation(settin
     assert [r["message_id"] for r in store.rated()] == [other]
     kept = {r["message_id"]: r for r in FeedbackStore(settings.app_db).reviewed()}
     assert set(kept) == {up, down, other}
-    assert (kept[down]["question"], kept[down]["answer"], kept[down]["correction"], kept[down]["comment"],
-            kept[down]["rating"]) == ("番茄炒蛋怎么做？", BAD, FIXED, "没有用量", -1)
+    assert (
+        kept[down]["question"],
+        kept[down]["answer"],
+        kept[down]["correction"],
+        kept[down]["comment"],
+        kept[down]["rating"],
+    ) == ("番茄炒蛋怎么做？", BAD, FIXED, "没有用量", -1)
     sft, pairs = training_examples(store.reviewed())
     assert [(e["question"], e["answer"]) for e in sft] == [("番茄炒蛋的做法", GOOD), ("番茄炒蛋怎么做？", FIXED)]
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [(FIXED, BAD)]

@@ -1,5 +1,6 @@
 """The Feedback page through AppTest on the real app (app.py): a 👎 with a comment given in the
 chat shows there only after the Admin page's login; accept / correct / reject persist."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,11 @@ def _ok(at: AppTest) -> AppTest:
 
 
 def _shown(at: AppTest) -> str:
-    return "\n".join(str(e.value) for kind in ("markdown", "caption", "info", "success", "error", "warning")
-                     for e in getattr(at, kind))
+    return "\n".join(
+        str(e.value)
+        for kind in ("markdown", "caption", "info", "success", "error", "warning")
+        for e in getattr(at, kind)
+    )
 
 
 def _chat_with_feedback(at: AppTest, question: str, rating: int, comment: str) -> int:
@@ -99,7 +103,9 @@ def test_feedback_is_reviewed_on_the_page_after_login_only(admin):
     assert {r["message_id"]: r["decision"] for r in store.rated()} == {up: "accept", down: "reject"}
     assert all(r["decided_by"] == "admin" and r["client"] for r in store.rated())
 
-    fixed = format_answer(["鸡蛋 3个", "番茄 2个", "盐 2克"], ["番茄切块。", "鸡蛋炒散盛出。", "番茄炒软后放入鸡蛋，加盐。"])
+    fixed = format_answer(
+        ["鸡蛋 3个", "番茄 2个", "盐 2克"], ["番茄切块。", "鸡蛋炒散盛出。", "番茄炒软后放入鸡蛋，加盐。"]
+    )
     at.text_area(key=f"fix_{down}").input("不是菜谱格式")
     _ok(at.run())
     assert any("trained format" in w.value for w in at.warning)  # the preview says why
@@ -151,7 +157,9 @@ def test_retrain_form_offers_the_reviewed_feedback(admin, no_leftover_jobs):
 
     # the export folder is now a choice of the single prepare stage
     open_page(at, "run")
-    assert any(o.endswith(ch.jobs[0].outputs["dir"].rsplit("/", 1)[-1]) for o in at.selectbox(key="prep_reviewed").options)
+    assert any(
+        o.endswith(ch.jobs[0].outputs["dir"].rsplit("/", 1)[-1]) for o in at.selectbox(key="prep_reviewed").options
+    )
 
 
 def json_escape(text: str) -> str:

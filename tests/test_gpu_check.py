@@ -4,6 +4,7 @@ processes, a FAILED row with the error's last lines, tokens/s of a good path, th
 through the harness's test-only paths; and, with a stand-in NVML library (pynvml, put first on
 PYTHONPATH) that reports a GPU, a real GPU path runs the app's TurboMind engine class on the
 InternLM2 tiny model it built."""
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,8 @@ def _stand_in_nvml(folder: Path, gpu: tuple[str, int, str] | None) -> Path:
     else:
         init = "    pass"
         name, mib, driver = gpu
-    (folder / "pynvml.py").write_text(textwrap.dedent(f"""\
+    (folder / "pynvml.py").write_text(
+        textwrap.dedent(f"""\
         class NVMLError(Exception):
             pass
         def nvmlInit():
@@ -67,7 +69,8 @@ def _stand_in_nvml(folder: Path, gpu: tuple[str, int, str] | None) -> Path:
             total = {mib} * 2**20
         def nvmlDeviceGetMemoryInfo(handle):
             return _Memory()
-    """))
+    """)
+    )
     return folder
 
 
@@ -89,14 +92,21 @@ def _rows(stdout: str) -> dict[str, dict]:
         cells = line.split()
         if len(cells) >= 5 and cells[1] in ("ok", "FAILED", "skipped"):
             last = cells[0]
-            rows[last] = {"status": cells[1], "seconds": cells[2], "tokens_per_s": cells[3],
-                          "note": " ".join(cells[5:]), "error": ""}
+            rows[last] = {
+                "status": cells[1],
+                "seconds": cells[2],
+                "tokens_per_s": cells[3],
+                "note": " ".join(cells[5:]),
+                "error": "",
+            }
     return rows
 
 
 def test_without_a_gpu_it_says_it_skipped_and_exits_0(tmp_path):
     assert shutil.which("nvidia-smi", path=os.pathsep.join(_path_without_nvidia_smi())) is None
-    r, _ = _run(["--work", str(tmp_path / "w")], _env(_path_without_nvidia_smi(), nvml=_stand_in_nvml(tmp_path / "nvml", None)))
+    r, _ = _run(
+        ["--work", str(tmp_path / "w")], _env(_path_without_nvidia_smi(), nvml=_stand_in_nvml(tmp_path / "nvml", None))
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "gpu-check: skipped: no GPU is visible (nvidia-smi finds none); nothing that needs a GPU was run" in r.stdout
     assert "turbomind-qwen2" in r.stdout and "train" in r.stdout  # it names what it skipped
@@ -106,8 +116,14 @@ def test_without_a_gpu_it_says_it_skipped_and_exits_0(tmp_path):
 def test_make_gpu_check_sets_up_the_environments_then_runs_the_check():
     # as a user types it, not as a sub-make of `make test` (which would print "Entering directory")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
-    r = subprocess.run(["make", "--no-print-directory", "-n", "gpu-check"], cwd=ROOT, capture_output=True,
-                       text=True, check=True, env=env)
+    r = subprocess.run(
+        ["make", "--no-print-directory", "-n", "gpu-check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     lines = r.stdout.splitlines()
     assert lines[:3] == ["scripts/setup-env.sh app", "scripts/setup-env.sh train", "scripts/setup-env.sh eval"]
     assert lines[3].split()[1:4] == ["-m", "bench.gpu_check"] and len(lines) == 4
@@ -118,9 +134,19 @@ def test_make_gpu_check_sets_up_the_environments_then_runs_the_check():
 def test_list_and_only_name_the_paths_and_hide_the_test_paths():
     r, _ = _run(["--list"], _env())
     names = [line.split()[0] for line in r.stdout.splitlines()]
-    assert names == ["build-models", "turbomind-qwen2", "turbomind-internlm2", "turbomind-stop",
-                     "turbomind-concurrent", "hot-swap", "pytorch-internlm2", "train", "train-2gpu", "awq",
-                     "opencompass"]
+    assert names == [
+        "build-models",
+        "turbomind-qwen2",
+        "turbomind-internlm2",
+        "turbomind-stop",
+        "turbomind-concurrent",
+        "hot-swap",
+        "pytorch-internlm2",
+        "train",
+        "train-2gpu",
+        "awq",
+        "opencompass",
+    ]
     r, _ = _run(["--list", "--model", "/some/model"], _env())
     assert "turbomind-model" in r.stdout
     r, _ = _run(["--only", "_hang"], _env())  # test paths need RECIPE_GPU_CHECK_TEST_PATHS=1
@@ -131,9 +157,11 @@ def test_list_and_only_name_the_paths_and_hide_the_test_paths():
 
 def test_machinery_timeout_error_lines_tokens_per_s_and_exit_status(tmp_path):
     work = tmp_path / "w"
-    r, took = _run(["--only", "_cpu-smoke,_hang,_raise", "--time-limit", "_hang=3", "--work", str(work)],
-                   _env(_path_without_nvidia_smi(), testing=True, nvml=_stand_in_nvml(tmp_path / "nvml", None)),
-                   timeout=240)
+    r, took = _run(
+        ["--only", "_cpu-smoke,_hang,_raise", "--time-limit", "_hang=3", "--work", str(work)],
+        _env(_path_without_nvidia_smi(), testing=True, nvml=_stand_in_nvml(tmp_path / "nvml", None)),
+        timeout=240,
+    )
     out = r.stdout
     assert r.returncode == 1, out + r.stderr
     rows = _rows(out)
@@ -157,8 +185,10 @@ def test_machinery_timeout_error_lines_tokens_per_s_and_exit_status(tmp_path):
     assert res["ok"] is True and res["tokens_per_s"] > 0
 
     # only good paths: exit 0
-    r, _ = _run(["--only", "_cpu-smoke", "--work", str(tmp_path / "w2")],
-                _env(_path_without_nvidia_smi(), testing=True, nvml=tmp_path / "nvml"))
+    r, _ = _run(
+        ["--only", "_cpu-smoke", "--work", str(tmp_path / "w2")],
+        _env(_path_without_nvidia_smi(), testing=True, nvml=tmp_path / "nvml"),
+    )
     assert r.returncode == 0 and r.stdout.rstrip().endswith("gpu-check: all paths ok"), r.stdout + r.stderr
 
 
@@ -169,8 +199,9 @@ def test_with_a_gpu_reported_the_turbomind_path_builds_the_models_and_runs_the_a
     require(env_installed("train"), setup_hint("train"))
     nvml = _stand_in_nvml(tmp_path / "nvml", ("Stand-in GPU", 81920, "0.0"))
     work = tmp_path / "w"
-    r, _ = _run(["--only", "turbomind-internlm2", "--work", str(work)],
-                _env(_path_without_nvidia_smi(), nvml=nvml), timeout=600)
+    r, _ = _run(
+        ["--only", "turbomind-internlm2", "--work", str(work)], _env(_path_without_nvidia_smi(), nvml=nvml), timeout=600
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert "gpu-check: 1 GPU(s): Stand-in GPU, 81920 MiB, 0.0" in r.stdout
     rows = _rows(r.stdout)
@@ -194,6 +225,9 @@ def test_a_path_whose_prerequisite_failed_is_reported_not_run(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     rows = _rows(r.stdout)
     assert list(rows) == ["build-models", "train", "awq"]
-    assert rows["build-models"]["status"] == "FAILED" and "the train environment is missing" in rows["build-models"]["error"]
+    assert (
+        rows["build-models"]["status"] == "FAILED"
+        and "the train environment is missing" in rows["build-models"]["error"]
+    )
     assert rows["train"]["error"].startswith("not run: it needs build-models, which did not succeed")
     assert rows["awq"]["error"].startswith("not run: it needs train, which did not succeed")

@@ -1,5 +1,6 @@
 """Chat history on a real SQLite file: conversations, messages, feedback, search, export, and
 20 concurrent writers."""
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,21 @@ def test_conversation_lifecycle_and_persistence(history, settings):
 def test_message_metadata_round_trip(history):
     c = history.create_conversation()
     history.add_message(c, "user", "问")
-    mid = history.add_message(c, "assistant", "部分回答", engine="transformers", model="/m", params={"top_p": 0.8},
-                              sources=[{"id": 3, "name": "西红柿炒鸡蛋"}], ttft_ms=12.5, duration_ms=80.0,
-                              tokens_per_s=33.3, prompt_tokens=40, completion_tokens=7, finish_reason="stopped")
+    mid = history.add_message(
+        c,
+        "assistant",
+        "部分回答",
+        engine="transformers",
+        model="/m",
+        params={"top_p": 0.8},
+        sources=[{"id": 3, "name": "西红柿炒鸡蛋"}],
+        ttft_ms=12.5,
+        duration_ms=80.0,
+        tokens_per_s=33.3,
+        prompt_tokens=40,
+        completion_tokens=7,
+        finish_reason="stopped",
+    )
     m = history.messages(c)[-1]
     assert m["id"] == mid and m["params"] == {"top_p": 0.8} and m["sources"][0]["name"] == "西红柿炒鸡蛋"
     assert (m["ttft_ms"], m["completion_tokens"], m["finish_reason"]) == (12.5, 7, "stopped")
@@ -85,8 +98,14 @@ def test_search_titles_and_messages(history):
 def test_export_markdown_and_json(history):
     c = history.create_conversation()
     history.add_message(c, "user", "番茄炒蛋的做法")
-    history.add_message(c, "assistant", "您需要准备以下食材:\n- 鸡蛋", engine="library", finish_reason="stopped",
-                        sources=[{"name": "西红柿炒鸡蛋"}])
+    history.add_message(
+        c,
+        "assistant",
+        "您需要准备以下食材:\n- 鸡蛋",
+        engine="library",
+        finish_reason="stopped",
+        sources=[{"name": "西红柿炒鸡蛋"}],
+    )
     md = history.export_markdown(c)
     assert md.startswith("# 番茄炒蛋的做法") and "- 鸡蛋" in md and "回答不完整" in md and "西红柿炒鸡蛋" in md
     assert "<sub>library</sub>" in md
@@ -142,8 +161,10 @@ def test_twenty_processes_opening_a_new_app_db_at_once(tmp_path):
     code = "import sys; from backend.history import History; History(sys.argv[1]).create_conversation('x')"
     for trial in range(5):
         db = tmp_path / f"t{trial}" / "app.db"
-        procs = [subprocess.Popen([sys.executable, "-c", code, str(db)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-                 for _ in range(20)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, str(db)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+            for _ in range(20)
+        ]
         errors = [p.communicate()[1] for p in procs if p.wait() != 0]
         assert not errors, errors[0][-500:]
         assert len(History(db).list_conversations()) == 20

@@ -1,5 +1,6 @@
 """The job runner with real subprocesses: logs, restarts, cancel of whole process trees, failures,
 the GPU queue. Processes are checked through /proc (a zombie counts as gone)."""
+
 from __future__ import annotations
 
 import os
@@ -16,13 +17,18 @@ from backend.jobs import JobRunner, process_alive
 from pipeline.stage import StageCommand
 from tests.conftest import ROOT, wait_until
 
-
 pytestmark = pytest.mark.usefixtures("no_leftover_jobs")
 
 
 def py(code: str, tmp: Path, kind: str = "test", gpu: bool = False, *args: str) -> StageCommand:
-    return StageCommand(kind=kind, argv=[sys.executable, "-c", textwrap.dedent(code), *args], cwd=tmp, gpu=gpu,
-                        params={"note": "test"}, outputs={"out": str(tmp / "out")})
+    return StageCommand(
+        kind=kind,
+        argv=[sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=tmp,
+        gpu=gpu,
+        params={"note": "test"},
+        outputs={"out": str(tmp / "out")},
+    )
 
 
 def gone(pid: int) -> bool:
@@ -156,7 +162,9 @@ def test_cancel_without_supervisor_still_ends_the_tree(settings, tmp_path):
 
 def test_failing_job_is_failed_with_its_return_code_and_keeps_its_log(settings, tmp_path):
     runner = JobRunner(settings)
-    job_id = runner.submit(py("import sys; print('loading data'); print('ValueError: bad row 7', file=sys.stderr); sys.exit(3)", tmp_path))
+    job_id = runner.submit(
+        py("import sys; print('loading data'); print('ValueError: bad row 7', file=sys.stderr); sys.exit(3)", tmp_path)
+    )
     job = wait_until(lambda: (j := runner.get(job_id)).finished and j, "the job to finish")
     assert job.status == "failed" and job.return_code == 3
     assert "exited with code 3" in job.error and "ValueError: bad row 7" in job.error

@@ -2,6 +2,7 @@
 adopted and its real outcome recorded, and the GPU slot is freed; Cancel leaves no temporary
 files. Real processes and real SQLite throughout; the app's page refresh is played by calling
 JobRunner.check_liveness() (or dispatch(), which calls it first) in a polling loop."""
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,9 @@ def test_a_killed_supervisor_is_noticed_the_stage_adopted_and_the_gpu_slot_freed
     job, killed = _kill_supervisor(runner, a)
     assert not gone(job.child_pid)  # the stage runs on as an orphan
 
-    wait_until(lambda: _adopted(runner, a, job.pid, runner.check_liveness), "the lost supervisor to be noticed",
-               timeout=30)
+    wait_until(
+        lambda: _adopted(runner, a, job.pid, runner.check_liveness), "the lost supervisor to be noticed", timeout=30
+    )
     noticed_s = time.monotonic() - killed
     adopted = runner.get(a)
     assert adopted.status == "running" and adopted.started_at == job.started_at
@@ -59,8 +61,10 @@ def test_a_killed_supervisor_is_noticed_the_stage_adopted_and_the_gpu_slot_freed
     assert nxt.status == "succeeded" and "next one ran" in runner.log_text(b)
     log = runner.log_text(a)
     assert "vanished; this process takes over" in log and "done !" in log
-    print(f"lost supervisor noticed {noticed_s:.2f} s after kill -9 (polling as the page does); "
-          f"GPU slot freed {freed_s:.2f} s after the stage ended")
+    print(
+        f"lost supervisor noticed {noticed_s:.2f} s after kill -9 (polling as the page does); "
+        f"GPU slot freed {freed_s:.2f} s after the stage ended"
+    )
 
 
 def test_dispatch_notices_a_lost_supervisor_before_it_counts_the_gpu_slot(settings, tmp_path):
@@ -165,9 +169,14 @@ def test_cancel_of_a_library_build_leaves_no_temporary_files(settings, big_corpu
     cmd = prepare_data.command(settings, input=str(big_corpus), out=str(out), library=True)
     a = runner.submit(cmd)
     lib_dir = settings.library_db.parent
-    wait_until(lambda: any(p.name.endswith(".building") for p in _temps(lib_dir))
-               and any(p.name.endswith(".tmp") for p in _temps(out)) and "progress lines=" in runner.log_text(a),
-               lambda: f"the library build to be under way: {runner.log_text(a)[-2000:]}")
+    wait_until(
+        lambda: (
+            any(p.name.endswith(".building") for p in _temps(lib_dir))
+            and any(p.name.endswith(".tmp") for p in _temps(out))
+            and "progress lines=" in runner.log_text(a)
+        ),
+        lambda: f"the library build to be under way: {runner.log_text(a)[-2000:]}",
+    )
     if supervisor == "killed":
         _kill_supervisor(runner, a)
     job = runner.cancel(a)

@@ -1,4 +1,5 @@
 """core.recipe_library: the recipe library (real SQLite files, real processes)."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import sys
 
 import pytest
 
-from core.recipe_library import Library, LibraryBuilder, canon, ensure_library, query_terms
 from core.corpus import iter_recipes
+from core.recipe_library import Library, LibraryBuilder, canon, ensure_library, query_terms
 from tests.conftest import ROOT, SAMPLE_RECIPES
 
 N_SAMPLE = sum(1 for line in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -37,28 +38,35 @@ def test_ensure_library_from_two_processes_at_once(workspace):
     """Three app processes starting at once on an empty workspace fill the library once.
     (Real processes started with subprocess: multiprocessing's spawn would re-run whatever
     AppTest left in __main__.)"""
-    code = ("from core.settings import load_settings; from core.recipe_library import ensure_library; "
-            "print(ensure_library(load_settings()).count())")
+    code = (
+        "from core.settings import load_settings; from core.recipe_library import ensure_library; "
+        "print(ensure_library(load_settings()).count())"
+    )
     env = {**os.environ, "RECIPE_WORKSPACE": str(workspace)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     counts = [int(p.communicate(timeout=120)[0]) for p in procs]
     assert counts == [N_SAMPLE] * 3
     assert Library(workspace / "library.db").count() == N_SAMPLE
 
 
-@pytest.mark.parametrize("query,expected", [
-    ("番茄炒蛋的做法", "西红柿炒鸡蛋"),   # synonyms: 番茄=西红柿, 蛋=鸡蛋
-    ("西红柿炒鸡蛋", "西红柿炒鸡蛋"),
-    ("红烧肉怎么做？", "红烧肉"),
-    ("红烧肉的做法", "红烧肉"),
-    ("请告诉我宫保鸡丁的做法", "宫保鸡丁"),
-    ("我想做麻婆豆腐，需要准备什么，怎么做？", "麻婆豆腐"),
-    ("可乐鸡翅要怎么做才好吃？", "可乐鸡翅"),
-    ("教我做酸辣马铃薯丝", "酸辣土豆丝"),   # 马铃薯=土豆
-    ("蛋炒饭", "蛋炒饭"),
-    ("鱼香肉丝", "鱼香肉丝"),
-])
+@pytest.mark.parametrize(
+    "query,expected",
+    [
+        ("番茄炒蛋的做法", "西红柿炒鸡蛋"),  # synonyms: 番茄=西红柿, 蛋=鸡蛋
+        ("西红柿炒鸡蛋", "西红柿炒鸡蛋"),
+        ("红烧肉怎么做？", "红烧肉"),
+        ("红烧肉的做法", "红烧肉"),
+        ("请告诉我宫保鸡丁的做法", "宫保鸡丁"),
+        ("我想做麻婆豆腐，需要准备什么，怎么做？", "麻婆豆腐"),
+        ("可乐鸡翅要怎么做才好吃？", "可乐鸡翅"),
+        ("教我做酸辣马铃薯丝", "酸辣土豆丝"),  # 马铃薯=土豆
+        ("蛋炒饭", "蛋炒饭"),
+        ("鱼香肉丝", "鱼香肉丝"),
+    ],
+)
 def test_search_by_dish_name(lib, query, expected):
     res = lib.search(query)
     assert res and res[0]["name"] == expected, names(res)
@@ -128,7 +136,9 @@ def test_builder_swaps_content_atomically(tmp_path):
     assert reader.count() == 5  # an open connection sees the new content
     assert Library(path).count() == 5
     assert reader.search(recipes[0]["name"])[0]["name"] == recipes[0]["name"]
-    assert reader.search(recipes[10]["name"]) == [] or reader.search(recipes[10]["name"])[0]["name"] != recipes[10]["name"]
+    assert (
+        reader.search(recipes[10]["name"]) == [] or reader.search(recipes[10]["name"])[0]["name"] != recipes[10]["name"]
+    )
 
 
 def test_query_terms_and_canon():
@@ -150,17 +160,30 @@ def test_count_follows_own_and_other_writers(tmp_path):
     lib.add_recipes(recipes[:3])
     assert lib.count() == 3
     other = subprocess.run(
-        [sys.executable, "-c", "import sys, json; from core.recipe_library import Library; "
-         "Library(sys.argv[1]).add_recipes(json.loads(l) for l in open(sys.argv[2], encoding='utf-8'))",
-         str(path), str(SAMPLE_RECIPES)], cwd=ROOT, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, json; from core.recipe_library import Library; "
+            "Library(sys.argv[1]).add_recipes(json.loads(l) for l in open(sys.argv[2], encoding='utf-8'))",
+            str(path),
+            str(SAMPLE_RECIPES),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert other.returncode == 0, other.stderr
     assert lib.count() == N_SAMPLE
 
 
 # ---- understanding a question: Library.find (issue 14) ---------------------------------------------
 def test_find_dish_inside_a_longer_question(lib):
-    for q, dish in [("清蒸鲈鱼要蒸几分钟", "清蒸鲈鱼"), ("怎么蒸鸡蛋羹不起泡", "蒸鸡蛋羹"), ("红烧肉怎么做才嫩", "红烧肉"),
-                    ("番茄炒蛋的做法", "西红柿炒鸡蛋")]:
+    for q, dish in [
+        ("清蒸鲈鱼要蒸几分钟", "清蒸鲈鱼"),
+        ("怎么蒸鸡蛋羹不起泡", "蒸鸡蛋羹"),
+        ("红烧肉怎么做才嫩", "红烧肉"),
+        ("番茄炒蛋的做法", "西红柿炒鸡蛋"),
+    ]:
         f = lib.find(q)
         assert (f.kind, f.suggestion, f.recipes[0]["name"]) == ("dish", None, dish), (q, f)
 

@@ -13,6 +13,7 @@ whole). Two kinds of check:
   emits one token at a time. This is how the hot-swap hang, the lost error text and the silent
   'base' chat template were reproduced on CPU.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,10 @@ import pytest
 
 from tests.conftest import require, wait_until
 
-require(importlib.util.find_spec("lmdeploy") is not None,
-        "LMDeploy is not in the app environment: scripts/setup-env.sh dev (requirements-dev-nodeps.txt)")
+require(
+    importlib.util.find_spec("lmdeploy") is not None,
+    "LMDeploy is not in the app environment: scripts/setup-env.sh dev (requirements-dev-nodeps.txt)",
+)
 
 import lmdeploy  # noqa: E402
 from lmdeploy.model import BaseChatTemplate, HFChatTemplate  # noqa: E402
@@ -38,8 +41,7 @@ from lmdeploy.serve.core.exceptions import ErrorCode, RequestError  # noqa: E402
 from lmdeploy.serve.managers.session_manager import Session, SessionManager  # noqa: E402
 
 from backend.engines import GenerationParams, get_engine, release_engine  # noqa: E402
-from backend.engines.base import EngineUnavailable  # noqa: E402
-from backend.engines.base import EngineError  # noqa: E402
+from backend.engines.base import EngineError, EngineUnavailable  # noqa: E402
 from backend.engines.lmdeploy_common import LMDeployEngine, generation_config  # noqa: E402
 from backend.engines.lmdeploy_pytorch import PytorchEngine  # noqa: E402
 from backend.engines.turbomind import TurboMindEngine  # noqa: E402
@@ -64,13 +66,16 @@ def test_pipeline_takes_what_the_engines_pass():
     assert params["trust_remote_code"].default is False  # why the engines pass True
 
 
-@pytest.mark.parametrize("engine_cls, config_cls", [(TurboMindEngine, lmdeploy.TurbomindEngineConfig),
-                                                    (PytorchEngine, lmdeploy.PytorchEngineConfig)])
+@pytest.mark.parametrize(
+    "engine_cls, config_cls",
+    [(TurboMindEngine, lmdeploy.TurbomindEngineConfig), (PytorchEngine, lmdeploy.PytorchEngineConfig)],
+)
 def test_backend_configs_build_with_the_real_classes(tmp_path, engine_cls, config_cls):
     """The engines' backend_config() builds LMDeploy's own dataclass (its checks run too)."""
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq"}}))
-    cfg = engine_cls.backend_config(None, lmdeploy, tmp_path, session_len=4096, cache_max_entry_count=0.5,
-                                    quant_policy=8)
+    cfg = engine_cls.backend_config(
+        None, lmdeploy, tmp_path, session_len=4096, cache_max_entry_count=0.5, quant_policy=8
+    )
     assert type(cfg) is config_cls
     assert (cfg.session_len, cfg.cache_max_entry_count, cfg.quant_policy) == (4096, 0.5, 8)
     if engine_cls is TurboMindEngine:
@@ -84,8 +89,9 @@ def test_cache_share_of_one_or_more_is_clamped_before_turbomind_sees_it(monkeypa
 
 
 def test_generation_config_fields_exist():
-    assert {"max_new_tokens", "do_sample", "top_p", "top_k", "temperature", "repetition_penalty"} \
-        <= fields(lmdeploy.GenerationConfig)
+    assert {"max_new_tokens", "do_sample", "top_p", "top_k", "temperature", "repetition_penalty"} <= fields(
+        lmdeploy.GenerationConfig
+    )
     g = generation_config(lmdeploy, GenerationParams(max_new_tokens=7, temperature=0))
     assert (g.max_new_tokens, g.do_sample, g.top_k) == (7, False, 1)
     g = generation_config(lmdeploy, GenerationParams(top_p=0.5, top_k=9, repetition_penalty=1.1))
@@ -118,8 +124,18 @@ def test_awq_calls_match_lite():
     from pipeline.quantize import AWQ_GROUP_SIZES
 
     params = inspect.signature(auto_awq.auto_awq).parameters
-    assert {"work_dir", "calib_dataset", "calib_samples", "calib_seqlen", "batch_size", "w_bits", "w_group_size",
-            "search_scale", "device", "trust_remote_code"} <= set(params)
+    assert {
+        "work_dir",
+        "calib_dataset",
+        "calib_samples",
+        "calib_seqlen",
+        "batch_size",
+        "w_bits",
+        "w_group_size",
+        "search_scale",
+        "device",
+        "trust_remote_code",
+    } <= set(params)
     assert "get_calib_loaders(" in inspect.getsource(calibrate.calibrate)  # looked up at call time
     assert list(inspect.signature(calibrate.get_calib_loaders).parameters)[:2] == ["name", "tokenizer"]
     assert set(AWQ_GROUP_SIZES) == turbomind_awq_group_sizes()
@@ -133,7 +149,9 @@ def turbomind_awq_group_sizes() -> set[int]:
     tree = ast.parse(open(importlib.util.find_spec("lmdeploy.turbomind.converter").origin).read())
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_SUPPORTED_GROUP_SIZES":
-            table = {ast.literal_eval(k): ast.literal_eval(v.args[0]) for k, v in zip(node.value.keys, node.value.values)}
+            table = {
+                ast.literal_eval(k): ast.literal_eval(v.args[0]) for k, v in zip(node.value.keys, node.value.values)
+            }
             return set(table["awq"])
     raise AssertionError("_SUPPORTED_GROUP_SIZES is no longer in lmdeploy/turbomind/converter.py")
 
@@ -157,8 +175,9 @@ class StandInAsyncEngine:
     token_delay = 0.01
     instances: list["StandInAsyncEngine"] = []
 
-    def __init__(self, model_path, backend, backend_config, chat_template_config=None, trust_remote_code=False,
-                 **kwargs):
+    def __init__(
+        self, model_path, backend, backend_config, chat_template_config=None, trust_remote_code=False, **kwargs
+    ):
         from lmdeploy.model import get_chat_template
 
         self.backend = backend
@@ -186,10 +205,17 @@ class StandInAsyncEngine:
         self.prompts.append(prompt)
         n, limit = len(prompt), self.backend_config.session_len
         if n >= limit:  # LMDeploy's own wording
-            raise RequestError(ErrorCode.CONTEXT_LENGTH_EXCEEDED,
-                               f"Input length ({n}) must be smaller than the model context length ({limit}).")
-        return PreprocessedRequest(session=session_id, inputs={"input_ids": list(range(n))}, input_token_len=n,
-                                   gen_config=gen_config, adapter_name=None)
+            raise RequestError(
+                ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+                f"Input length ({n}) must be smaller than the model context length ({limit}).",
+            )
+        return PreprocessedRequest(
+            session=session_id,
+            inputs={"input_ids": list(range(n))},
+            input_token_len=n,
+            gen_config=gen_config,
+            adapter_name=None,
+        )
 
     async def generate(self, request, stream_response=True):
         n_in, limit = request.input_token_len, request.gen_config.max_new_tokens
@@ -254,8 +280,9 @@ def test_engine_refuses_the_empty_base_template(tmp_path, tiny_model, lmdeploy_h
     cfg.pop("chat_template", None)
     cfg_file.write_text(json.dumps(cfg))
     (model / "chat_template.jinja").unlink(missing_ok=True)
-    pipe = lmdeploy.pipeline(str(model), backend_config=lmdeploy.TurbomindEngineConfig(session_len=512),
-                             trust_remote_code=True)
+    pipe = lmdeploy.pipeline(
+        str(model), backend_config=lmdeploy.TurbomindEngineConfig(session_len=512), trust_remote_code=True
+    )
     assert type(pipe.async_engine.chat_template) is BaseChatTemplate  # LMDeploy's silent fallback
     pipe.close()
     with pytest.raises(EngineUnavailable, match="chat template.*tokenizer_config.json"):
@@ -362,8 +389,9 @@ def test_hot_swap_while_streaming_ends_the_answer_and_frees_the_engine(tiny_mode
         _stream(engine)
 
 
-def test_use_for_chat_switches_models_while_another_tab_streams(workspace, monkeypatch, tiny_model, library,
-                                                                lmdeploy_here, tmp_path):
+def test_use_for_chat_switches_models_while_another_tab_streams(
+    workspace, monkeypatch, tiny_model, library, lmdeploy_here, tmp_path
+):
     """Admin ▸ Use for chat: the next get_engine() with the new model closes the old engine while
     a stream runs on it; that stream ends, the new engine answers."""
     monkeypatch.setenv("RECIPE_ENGINE", "pytorch")
@@ -381,8 +409,9 @@ def test_use_for_chat_switches_models_while_another_tab_streams(workspace, monke
 
 
 def test_from_pipeline_wraps_a_loaded_pipeline(tiny_model, lmdeploy_here):
-    pipe = lmdeploy.pipeline(str(tiny_model), backend_config=lmdeploy.PytorchEngineConfig(session_len=4096),
-                             trust_remote_code=True)
+    pipe = lmdeploy.pipeline(
+        str(tiny_model), backend_config=lmdeploy.PytorchEngineConfig(session_len=4096), trust_remote_code=True
+    )
     engine = PytorchEngine.from_pipeline(lmdeploy, pipe, tiny_model)
     assert isinstance(engine, LMDeployEngine) and engine.name == "pytorch"
     assert _stream(engine, GenerationParams(max_new_tokens=2))[-1].finish_reason == "length"
@@ -404,6 +433,9 @@ def test_quantise_offers_only_the_group_size_turbomind_loads(settings, tiny_mode
         quantize.command(settings, model="chef", w_group_size=64)
     cmd = quantize.command(settings, model="chef", calib_samples=0)
     assert cmd.argv[cmd.argv.index("--w-group-size") + 1] == "128"
-    p = subprocess.run([sys.executable, "-m", "pipeline.quantize", "--model", "x", "--out", "y", "--w-group-size", "32"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "pipeline.quantize", "--model", "x", "--out", "y", "--w-group-size", "32"],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "invalid choice: 32" in p.stderr

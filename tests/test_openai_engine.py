@@ -1,6 +1,7 @@
 """The `openai` engine against a real OpenAI-compatible server: `transformers serve` (the
 transformers CLI's server) serving the tiny local model on CPU. Streamed answer through the app's
 chat path, Stop, the server killed mid-answer, the server down at start, 20 concurrent chats."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,9 +51,24 @@ def serve(model: Path, log: Path):
     require(TRANSFORMERS_CLI.exists(), "the transformers CLI is missing: scripts/setup-env.sh dev")
     port = free_port()
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(TRANSFORMERS_CLI), "serve", str(model), "--host", "127.0.0.1", "--port",
-                                 str(port), "--device", "cpu", "--dtype", "float32"],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(TRANSFORMERS_CLI),
+                "serve",
+                str(model),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -104,8 +120,9 @@ def test_stop_closes_the_stream_and_keeps_the_partial_answer(settings, history, 
     assert "".join(again) and again.finish_reason in ("stop", "length")
 
 
-def test_server_killed_mid_answer_keeps_the_partial_answer_with_a_clear_error(settings, history, library,
-                                                                           sampling_model, tmp_path):
+def test_server_killed_mid_answer_keeps_the_partial_answer_with_a_clear_error(
+    settings, history, library, sampling_model, tmp_path
+):
     with serve(sampling_model, tmp_path / "serve.log") as proc:
         service = ChatService(OpenAIEngine(proc.base_url), history, library, settings.session_len)
         cid = history.create_conversation()
@@ -159,11 +176,14 @@ def test_twenty_concurrent_chats_all_complete(settings, history, library, server
         assert user["content"] == "番茄炒蛋的做法" and bot["content"] and bot["finish_reason"] in ("stop", "length")
 
 
-@pytest.mark.parametrize("status, cls, words", [
-    (401, "AuthenticationError", "RECIPE_API_KEY"),
-    (429, "RateLimitError", "busy"),
-    (503, "InternalServerError", "failed (503)"),
-])
+@pytest.mark.parametrize(
+    "status, cls, words",
+    [
+        (401, "AuthenticationError", "RECIPE_API_KEY"),
+        (429, "RateLimitError", "busy"),
+        (503, "InternalServerError", "failed (503)"),
+    ],
+)
 def test_status_errors_say_what_to_do(status, cls, words):
     """Codes transformers serve does not produce (no keys, no rate limits): the client's own
     exception classes, as it raises them."""

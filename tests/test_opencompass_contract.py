@@ -14,6 +14,7 @@ Also here: issue 10 item 2 (InternLM2 needs trust_remote_code=True, and a model 
 template LMDeploy cannot read is refused, not silently run with the 'base' template).
 Item 6 (cache_max_entry_count clamped) is in test_evaluate.py and below.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,15 @@ from tests.conftest import ROOT
 
 def run_eval(eval_python: Path, code: str, *args: str, timeout: float = 300) -> dict:
     """Run ``code`` in the eval environment (project root on PYTHONPATH); its last stdout line is JSON."""
-    r = subprocess.run([str(eval_python), "-c", textwrap.dedent(code), *args], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout, stdin=subprocess.DEVNULL,  # transformers asks about remote code
-                       env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    r = subprocess.run(
+        [str(eval_python), "-c", textwrap.dedent(code), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,  # transformers asks about remote code
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+    )
     assert r.returncode == 0, f"eval environment script failed:\n{r.stderr[-4000:]}"
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -51,8 +58,14 @@ def eval_tiny_models(eval_python, tmp_path_factory) -> dict[str, Path]:
     code through auto_map, as InternLM2's does ('remote_code')."""
     root = tmp_path_factory.mktemp("oc_contract")
     ok = root / "tiny-chat"
-    subprocess.run([str(eval_python), "-m", "pipeline.tiny_model", str(ok)], cwd=ROOT, check=True,
-                   capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [str(eval_python), "-m", "pipeline.tiny_model", str(ok)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     bare = root / "tiny-no-template"
     bare.mkdir()
     for f in ok.iterdir():
@@ -79,12 +92,15 @@ def eval_tiny_models(eval_python, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_lmdeploy_is_the_pinned_release_and_imports_on_cpu(eval_python):
-    out = run_eval(eval_python, """
+    out = run_eval(
+        eval_python,
+        """
         import json, lmdeploy, lmdeploy.model, lmdeploy.messages, opencompass, transformers
         import lmdeploy.turbomind as tm
         print(json.dumps({"lmdeploy": lmdeploy.__version__, "opencompass": opencompass.__version__,
                           "transformers": transformers.__version__, "turbomind": bool(tm.is_available())}))
-    """)
+    """,
+    )
     assert out["lmdeploy"] == "0.18.0" and out["opencompass"] == "0.5.4"
     assert out["transformers"].startswith("4.")
     if not os.path.exists("/dev/nvidia0"):
@@ -132,8 +148,9 @@ def test_model_dicts_match_the_model_classes_init(eval_python):
     for name, got in out.items():
         assert got["not_named"] == [], f"{name}: {got['not_named']} reach __init__ only through **kwargs"
         assert set(got["popped"]) == {"abbr", "max_out_len", "batch_size", "run_cfg"}, name
-    assert {"path", "backend", "meta_template", "engine_config", "gen_config", "max_seq_len"} \
-        == set(out["turbomind"]["passed"])
+    assert {"path", "backend", "meta_template", "engine_config", "gen_config", "max_seq_len"} == set(
+        out["turbomind"]["passed"]
+    )
     assert {"path", "meta_template", "tokenizer_kwargs", "model_kwargs", "max_seq_len"} == set(out["hf-cpu"]["passed"])
 
 
@@ -169,13 +186,20 @@ def test_engine_and_generation_config_keys_are_lmdeploy_fields(eval_python):
     """Upstream filters engine_config / gen_config keys by hasattr: a renamed LMDeploy field would
     be dropped silently, so every key we pass must be a field of the pinned dataclasses."""
     out = run_eval(eval_python, CONFIG_FIELDS)
-    assert set(out["engine_keys"]) <= set(out["turbomind_fields"]), set(out["engine_keys"]) - set(out["turbomind_fields"])
+    assert set(out["engine_keys"]) <= set(out["turbomind_fields"]), set(out["engine_keys"]) - set(
+        out["turbomind_fields"]
+    )
     assert set(out["gen_keys"]) <= set(out["generation_fields"]), set(out["gen_keys"]) - set(out["generation_fields"])
     assert {"session_len"} <= set(out["turbomind_fields"]) & set(out["pytorch_fields"])
     assert {"max_new_tokens", "min_new_tokens", "stop_words", "do_sample"} <= set(out["generation_fields"])
     assert {"text", "input_token_len", "generate_token_len"} <= set(out["response_fields"])
-    assert out["built"] == {"session_len": 2048, "max_batch_size": 4, "tp": 1, "cache_max_entry_count": 0.5,
-                            "quant_policy": 8}
+    assert out["built"] == {
+        "session_len": 2048,
+        "max_batch_size": 4,
+        "tp": 1,
+        "cache_max_entry_count": 0.5,
+        "quant_policy": 8,
+    }
     assert out["upstream_engine_default"] and out["upstream_gen_defaults"] and out["upstream_filters_by_hasattr"]
     assert out["upstream_calls_pipe"]
     assert len(out["upstream_reads"]) == 3
@@ -350,8 +374,12 @@ def test_turbomind_model_accepts_the_models_own_chat_template(eval_python, eval_
     out = build_with(eval_python, eval_tiny_models["ok"])
     assert "refused" not in out, out.get("refused")
     assert out["built"] == "RecipeTurboMindModel" and out["template"] == "HFChatTemplate"
-    assert out["kwargs"] == {"backend_config": "TurbomindEngineConfig", "log_level": "WARNING", "max_log_len": 10,
-                             "trust_remote_code": True}
+    assert out["kwargs"] == {
+        "backend_config": "TurbomindEngineConfig",
+        "log_level": "WARNING",
+        "max_log_len": 10,
+        "trust_remote_code": True,
+    }
     # item 6: a cache_max_entry_count of 2 would be 2 KV-cache blocks in TurboMind; it arrives as a share
     assert out["backend_config"] == {"session_len": 512, "cache_max_entry_count": 0.95, "quant_policy": 0}
     # generate(): upstream formats the prompt with the tokenizer's template and passes LMDeploy objects
@@ -417,8 +445,10 @@ def test_opencompass_loads_our_config_and_finds_our_model_class(eval_python, tmp
 
     test = tmp_path / "test.jsonl"
     test.write_text("", encoding="utf-8")
-    models = [hf_chat_model(tmp_path / "a", abbr="a"),
-              turbomind_chat_model(tmp_path / "b", abbr="b-turbomind", cache_max_entry_count=1.0)]
+    models = [
+        hf_chat_model(tmp_path / "a", abbr="a"),
+        turbomind_chat_model(tmp_path / "b", abbr="b-turbomind", cache_max_entry_count=1.0),
+    ]
     config = tmp_path / "eval_config.py"
     config.write_text(render_config(test, models, 2, None, []), encoding="utf-8")
     out = run_eval(eval_python, LOAD_CONFIG, str(config), str(tmp_path / "dumped.py"))

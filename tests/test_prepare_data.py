@@ -1,4 +1,5 @@
 """pipeline.prepare_data: the corpus converter, run for real as a subprocess (and in-process)."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import prepare_data
 from core.corpus import REASONS, check_line
 from core.recipe_format import QUESTION_FORMS, SYSTEM_PROMPT, parse_answer
+from pipeline import prepare_data
 from pipeline.stage import StageCommand, StageError
 from tests.conftest import ROOT, SAMPLE_RECIPES, wait_until
 
@@ -23,8 +24,13 @@ PY = sys.executable
 
 
 def prepare(inp: Path, out: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([PY, "-m", "pipeline.prepare_data", str(inp), "--out", str(out), *args],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [PY, "-m", "pipeline.prepare_data", str(inp), "--out", str(out), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if check:
         assert p.returncode == 0, p.stderr
     return p
@@ -136,8 +142,11 @@ def test_bom_crlf_gz_zip_inputs(request, tmp_path, source):
         (tmp_path / name).write_bytes(data)
     with gzip.open(tmp_path / "c.jsonl.gz", "wb") as f:
         f.write(raw)
-    for name, method in (("c.zip", zipfile.ZIP_DEFLATED), ("stored.zip", zipfile.ZIP_STORED),
-                         ("bzip2.zip", zipfile.ZIP_BZIP2)):
+    for name, method in (
+        ("c.zip", zipfile.ZIP_DEFLATED),
+        ("stored.zip", zipfile.ZIP_STORED),
+        ("bzip2.zip", zipfile.ZIP_BZIP2),
+    ):
         with zipfile.ZipFile(tmp_path / name, "w", method) as z:
             z.writestr("readme.txt", "not the corpus")
             z.writestr("recipe_corpus_full.json", raw)
@@ -188,8 +197,11 @@ def test_damaged_archives_say_so_and_keep_previous_outputs(tmp_path):
         f.write(raw)
     gz = (tmp_path / "c.jsonl.gz").read_bytes()
     (tmp_path / "truncated.jsonl.gz").write_bytes(gz[: len(gz) // 2])
-    for name, says in (("flipped.zip", "is damaged"), ("truncated.zip", "is not a readable zip file"),
-                       ("truncated.jsonl.gz", "is damaged")):
+    for name, says in (
+        ("flipped.zip", "is damaged"),
+        ("truncated.zip", "is not a readable zip file"),
+        ("truncated.jsonl.gz", "is damaged"),
+    ):
         p = prepare(tmp_path / name, out, check=False)
         assert p.returncode != 0 and says in p.stderr and "Traceback" not in p.stderr, (name, p.stderr)
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".jsonl", ".json")} == before
@@ -220,18 +232,33 @@ def test_sample_keeps_n_training_recipes(tmp_path, synth_corpus):
     prepare(corpus, small, "--sample", "500")
     s = stats_of(small)
     assert s["train"] == 500 and s["sampled_out"] == stats_of(full)["train"] - 500
-    assert set((small / "train.jsonl").read_bytes().splitlines()) <= set((full / "train.jsonl").read_bytes().splitlines())
+    assert set((small / "train.jsonl").read_bytes().splitlines()) <= set(
+        (full / "train.jsonl").read_bytes().splitlines()
+    )
     assert (small / "test.jsonl").read_bytes() == (full / "test.jsonl").read_bytes()
 
 
 def test_cleaning_unknown_names_and_too_long(tmp_path):
-    good = {"name": "番茄炒蛋", "keywords": ["番茄炒蛋的做法"], "recipeIngredient": ["鸡蛋 2个"], "recipeInstructions": ["炒"]}
+    good = {
+        "name": "番茄炒蛋",
+        "keywords": ["番茄炒蛋的做法"],
+        "recipeIngredient": ["鸡蛋 2个"],
+        "recipeInstructions": ["炒"],
+    }
     lines = [
-        json.dumps({**good, "recipeIngredient": ["\u3000鸡蛋\t2个 😀", "  ", "西红柿\u200b 1个"],
-                    "recipeInstructions": ["打散\n鸡蛋❤️", "炒熟"]}, ensure_ascii=False),
+        json.dumps(
+            {
+                **good,
+                "recipeIngredient": ["\u3000鸡蛋\t2个 😀", "  ", "西红柿\u200b 1个"],
+                "recipeInstructions": ["打散\n鸡蛋❤️", "炒熟"],
+            },
+            ensure_ascii=False,
+        ),
         json.dumps({**good, "name": "Unknown", "dish": "Unknown", "keywords": ["Unknown"]}),
         json.dumps({**good, "keywords": ["Unknown"], "dish": "Unknown", "name": "家常豆腐"}, ensure_ascii=False),
-        json.dumps({**good, "name": "长菜", "keywords": [], "recipeInstructions": ["很长的一步" * 200]}, ensure_ascii=False),
+        json.dumps(
+            {**good, "name": "长菜", "keywords": [], "recipeInstructions": ["很长的一步" * 200]}, ensure_ascii=False
+        ),
         json.dumps({k: v for k, v in good.items() if k != "recipeInstructions"}, ensure_ascii=False),
         json.dumps({**good, "recipeIngredient": ["鸡蛋", 3]}, ensure_ascii=False),
         '{"name": "raw\ttab", "recipeIngredient": ["盐"], "recipeInstructions": ["撒"]}',
@@ -246,7 +273,8 @@ def test_cleaning_unknown_names_and_too_long(tmp_path):
     assert s["rejected"]["missing_field"] == 1 and s["rejected"]["wrong_type"] == 1
     assert s["rejected"]["invalid_json"] == 1  # nested 100,000 deep: counted, not a crash
     assert [r["detail"] for r in read_jsonl(out / "rejects.jsonl") if r["reason"] == "invalid_json"] == [
-        "nested too deeply"]
+        "nested too deeply"
+    ]
     convs = [r["conversation"][0] for r in read_jsonl(out / "train.jsonl")]
     first = convs[0]["output"]
     assert "- 鸡蛋 2个\n- 西红柿 1个\n" in first and "1. 打散 鸡蛋❤\n2. 炒熟" in first
@@ -284,9 +312,28 @@ def test_kill_9_leaves_previous_outputs(howtocook, tmp_path):
                 r = json.loads(line)
                 r["keywords"] = [f"{r['name']}{i}的做法"]
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    proc = subprocess.Popen([PY, "-m", "pipeline.prepare_data", str(big), "--out", str(out), "--library", str(lib),
-                             "--workers", "2", "--block-size", "65536", "--progress-every", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "pipeline.prepare_data",
+            str(big),
+            "--out",
+            str(out),
+            "--library",
+            str(lib),
+            "--workers",
+            "2",
+            "--block-size",
+            "65536",
+            "--progress-every",
+            "0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     first = proc.stdout.readline().decode()
     assert first.startswith("progress "), first + proc.stderr.read().decode()
     os.killpg(proc.pid, signal.SIGKILL)
@@ -332,8 +379,10 @@ def test_stage_command_runs_and_verifies(settings):
 
 
 def test_stage_progress_from_a_running_log():
-    log = ("progress lines=1000 kept=900 duplicates=50 rejected=50 bytes=250 total=1000 rate=5000 eta=3.0\n"
-           "progress lines=2000 kept=1800 duplicates=100 rejected=100 bytes=500 total=1000 rate=5000 eta=2.0\n")
+    log = (
+        "progress lines=1000 kept=900 duplicates=50 rejected=50 bytes=250 total=1000 rate=5000 eta=3.0\n"
+        "progress lines=2000 kept=1800 duplicates=100 rejected=100 bytes=500 total=1000 rate=5000 eta=2.0\n"
+    )
     p = prepare_data.progress(log)
     assert p.fraction == 0.5 and p.done == 2000 and p.eta_s == 2.0 and "1,800 kept" in p.message
 

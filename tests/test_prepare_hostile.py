@@ -1,6 +1,7 @@
 """pipeline.prepare_data against hostile inputs: decompression bombs, lines without end, empty
 and binary files, archives of several members. Each is built here, small on disk, and run for
 real in a subprocess: the message, the exit code, the previous outputs untouched, and memory."""
+
 from __future__ import annotations
 
 import gzip
@@ -27,13 +28,16 @@ FLAT_MB = 200
 
 def run_prepare(inp: Path, out: Path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, int]:
     """Run the converter in a wrapper process; (result, peak RSS in MB of the converter and its workers)."""
-    wrapper = ("import json, resource, subprocess, sys\n"
-               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-               "print(json.dumps({'rc': p.returncode, 'stdout': p.stdout, 'stderr': p.stderr,\n"
-               "                  'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n")
+    wrapper = (
+        "import json, resource, subprocess, sys\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(json.dumps({'rc': p.returncode, 'stdout': p.stdout, 'stderr': p.stderr,\n"
+        "                  'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+    )
     argv = [PY, "-c", wrapper, PY, "-m", "pipeline.prepare_data", str(inp), "--out", str(out), *args]
-    w = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
-                       check=True)
+    w = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})}, check=True
+    )
     r = json.loads(w.stdout)
     return subprocess.CompletedProcess(argv, r["rc"], r["stdout"], r["stderr"]), r["maxrss_kb"] // 1024
 
@@ -46,8 +50,13 @@ def outputs(out: Path) -> dict:
 def previous(tmp_path) -> tuple[Path, dict]:
     """An output folder holding a good run's outputs."""
     out = tmp_path / "out"
-    p = subprocess.run([PY, "-m", "pipeline.prepare_data", str(SAMPLE_RECIPES), "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [PY, "-m", "pipeline.prepare_data", str(SAMPLE_RECIPES), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     before = outputs(out)
     assert set(before) == set(OUTPUTS) and before["train.jsonl"]
@@ -173,8 +182,9 @@ def test_long_lines_are_rejected_with_their_line_numbers(tmp_path):
     corpus = tmp_path / "c.jsonl"
     corpus.write_bytes(b"\n".join(rows) + b"\n")
     out = tmp_path / "out"
-    p, _ = run_prepare(corpus, out, "--block-size", "4096", "--workers", "2",
-                       env={"RECIPE_PREPARE_MAX_LINE_BYTES": "5000"})
+    p, _ = run_prepare(
+        corpus, out, "--block-size", "4096", "--workers", "2", env={"RECIPE_PREPARE_MAX_LINE_BYTES": "5000"}
+    )
     assert p.returncode == 0, p.stderr
     s = json.loads((out / "stats.json").read_text())
     assert s["rejected"]["line_too_long"] == 2 and s["kept"] == len(good) and s["lines"] == len(rows)
@@ -199,8 +209,9 @@ def test_iter_blocks_matches_a_plain_split():
     order, and each longer line that is not inside one block is an Overlong of its length."""
     rng = random.Random(3)
     for _ in range(300):
-        lines = [bytes(rng.choice(b"ab{}") for _ in range(rng.choice((0, 1, 5, 30, 200))))
-                 for _ in range(rng.randint(0, 40))]
+        lines = [
+            bytes(rng.choice(b"ab{}") for _ in range(rng.choice((0, 1, 5, 30, 200)))) for _ in range(rng.randint(0, 40))
+        ]
         data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
         size, cap = rng.randint(1, 64), rng.randint(1, 100)
         got = []
@@ -229,8 +240,9 @@ def test_byte_ranges_of_a_plain_file_match_a_plain_split(tmp_path):
     rng = random.Random(5)
     path = tmp_path / "c.jsonl"
     for _ in range(200):
-        lines = [bytes(rng.choice(b"ab{}") for _ in range(rng.choice((0, 1, 5, 30, 200))))
-                 for _ in range(rng.randint(0, 40))]
+        lines = [
+            bytes(rng.choice(b"ab{}") for _ in range(rng.choice((0, 1, 5, 30, 200)))) for _ in range(rng.randint(0, 40))
+        ]
         data = b"\n".join(lines) + (b"\n" if rng.random() < 0.5 else b"")
         bom = rng.random() < 0.2
         path.write_bytes((BOM if bom else b"") + data)

@@ -13,6 +13,7 @@ Models: the real SmolLM2-135M-Instruct (ChatML, bos_token <|im_start|>: XTuner d
 the fix), the tiny Qwen2-architecture model (bos <s>, template starting with {{ bos_token }}) and
 the tiny InternLM2 model with its remote-code tokenizer.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ import pytest
 
 from tests.conftest import ROOT, SAMPLE_RECIPES
 
-TRAIN_SIDE = r'''
+TRAIN_SIDE = r"""
 import json, sys
 from mmengine.config import Config
 from transformers import AutoTokenizer
@@ -54,7 +55,7 @@ ds = BUILDER.build(cfg.train_dataloader.dataset)
 built = [prompt_of(ds[i]) for i in range(min(len(ds), len(records)))]
 print(json.dumps({"raw": raw, "built": built, "records": records,
                   "tokenizer_class": type(tok).__name__, "bos": tok.bos_token_id}))
-'''
+"""
 
 
 def _prepare(settings, n: int = 3) -> Path:
@@ -62,8 +63,9 @@ def _prepare(settings, n: int = 3) -> Path:
     from pipeline import prepare_data
 
     cmd = prepare_data.command(settings, out="data/parity", input=str(SAMPLE_RECIPES))
-    p = subprocess.run(cmd.argv, cwd=cmd.cwd, env={**__import__("os").environ, **cmd.env}, capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(
+        cmd.argv, cwd=cmd.cwd, env={**__import__("os").environ, **cmd.env}, capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     return settings.data_dir / "parity" / "train.jsonl"
 
@@ -72,12 +74,25 @@ def _train_side(settings, model: Path, data: Path, run: str) -> dict:
     from core.envs import env_python
     from pipeline import train
 
-    cmd = train.command(settings, run_name=run, base_model=str(model), data=str(data), pack_to_max_length=False,
-                        max_length=4096, max_iters=1, evaluation_inputs=[], device="cpu")
-    p = subprocess.run([str(env_python("train")), "-c", TRAIN_SIDE, cmd.outputs["config"], str(data),
-                        cmd.params["prompt_template"]], cwd=cmd.cwd,
-                       env={**__import__("os").environ, **cmd.env, "OMP_NUM_THREADS": "1"},
-                       capture_output=True, text=True, timeout=900)
+    cmd = train.command(
+        settings,
+        run_name=run,
+        base_model=str(model),
+        data=str(data),
+        pack_to_max_length=False,
+        max_length=4096,
+        max_iters=1,
+        evaluation_inputs=[],
+        device="cpu",
+    )
+    p = subprocess.run(
+        [str(env_python("train")), "-c", TRAIN_SIDE, cmd.outputs["config"], str(data), cmd.params["prompt_template"]],
+        cwd=cmd.cwd,
+        env={**__import__("os").environ, **cmd.env, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     out["xtuner_bos"] = cmd.params["xtuner_bos"]
@@ -116,7 +131,8 @@ def _check(settings, model: Path, run: str) -> dict:
         serve = _serve_side(model, rec)
         assert train_side["built"][i] == serve["transformers"], (
             f"record {i}: XTuner trains on {train_side['built'][i][:12]}... but the transformers engine sends "
-            f"{serve['transformers'][:12]}...")
+            f"{serve['transformers'][:12]}..."
+        )
         if serve["lmdeploy"] is not None:
             assert serve["lmdeploy"] == serve["transformers"], "LMDeploy would send other prompt ids"
     return train_side
@@ -149,8 +165,13 @@ def test_tiny_qwen2_training_prompt_equals_serving_prompt(settings, tiny_model, 
 
 def test_tiny_internlm2_training_prompt_equals_serving_prompt(settings, train_python):
     base = settings.workspace / "base" / "internlm2"
-    subprocess.run([str(train_python), "-m", "pipeline.tiny_model", "--arch", "internlm2", str(base)], cwd=ROOT,
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [str(train_python), "-m", "pipeline.tiny_model", "--arch", "internlm2", str(base)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     side = _check(settings, base, "parity-internlm2")
     assert side["xtuner_bos"] is True and side["raw"] == side["built"]
 
@@ -161,8 +182,12 @@ def test_xtuner_bos_rule(tmp_path, train_python):
 
     m = tmp_path / "m"
     m.mkdir()
-    for bos, cls, expected in (("<|im_start|>", "GPT2Tokenizer", False), ("<s>", "PreTrainedTokenizerFast", True),
-                               (None, "Qwen2Tokenizer", False), ({"content": "<|im_start|>"}, "X", False)):
+    for bos, cls, expected in (
+        ("<|im_start|>", "GPT2Tokenizer", False),
+        ("<s>", "PreTrainedTokenizerFast", True),
+        (None, "Qwen2Tokenizer", False),
+        ({"content": "<|im_start|>"}, "X", False),
+    ):
         (m / "tokenizer_config.json").write_text(json.dumps({"bos_token": bos, "tokenizer_class": cls}))
         assert xtuner_bos(m, "internlm2_chat") is expected, (bos, cls)
         assert xtuner_bos(m, "qwen_chat") is expected, (bos, cls)

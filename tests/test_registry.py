@@ -1,4 +1,5 @@
 """The model registry: manifests, data stats, scores, and "Use for chat" through settings.toml."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import shutil
 import pytest
 
 from backend.registry import list_models, use_for_chat
-from pipeline.artefacts import MANIFEST, prepared_datasets, training_runs
 from core.settings import SettingsError, load_settings
+from pipeline.artefacts import MANIFEST, prepared_datasets, training_runs
 
 
 def make_model(settings, name, tiny_model=None, manifest=None, created="2026-11-28T10:00:00"):
@@ -20,8 +21,13 @@ def make_model(settings, name, tiny_model=None, manifest=None, created="2026-11-
         (folder / "config.json").write_text("{}")
         (folder / "model.safetensors").write_bytes(b"")  # never loaded here
     if manifest is not False:
-        m = {"base_model": "/models/internlm2_5-7b-chat", "adapter": f"/ws/runs/{name}/adapter",
-             "run_dir": f"/ws/runs/{name}", "training": {"lr": 2e-4, "lora_r": 64}, "created": created}
+        m = {
+            "base_model": "/models/internlm2_5-7b-chat",
+            "adapter": f"/ws/runs/{name}/adapter",
+            "run_dir": f"/ws/runs/{name}",
+            "training": {"lr": 2e-4, "lora_r": 64},
+            "created": created,
+        }
         m.update(manifest or {})
         (folder / MANIFEST).write_text(json.dumps(m))
     return folder
@@ -63,10 +69,18 @@ def test_scores_come_from_the_eval_results(settings):
     (run / "summary" / "summary_20261128_101500.csv").write_text(
         "dataset,version,metric,mode,base,tuned\n"
         "recipe-test,abc,rouge1,gen,12.5,31.25\n"
-        "ceval-test,def,accuracy,gen,40.0,-\n")
-    (run.parent / "run.json").write_text(json.dumps({"models": [
-        {"abbr": "base", "path": "/models/base", "role": "base"},
-        {"abbr": "tuned", "path": str(folder), "role": "fine-tuned"}]}))
+        "ceval-test,def,accuracy,gen,40.0,-\n"
+    )
+    (run.parent / "run.json").write_text(
+        json.dumps(
+            {
+                "models": [
+                    {"abbr": "base", "path": "/models/base", "role": "base"},
+                    {"abbr": "tuned", "path": str(folder), "role": "fine-tuned"},
+                ]
+            }
+        )
+    )
     scores = list_models(settings)[0].scores
     assert scores["scores"] == {"recipe-test/rouge1": 31.25}
     assert scores["run"] == "recipe-1/20261128_101500" and scores["abbr"] == "tuned"

@@ -1,4 +1,5 @@
 """data/sample_recipes.jsonl: the project's own recipes (the default library on a fresh machine)."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,22 @@ def test_at_least_60_distinct_valid_recipes():
 
 def test_common_home_dishes_are_there():
     names = {r["name"] for r in RECORDS}
-    for dish in ["西红柿炒鸡蛋", "红烧肉", "宫保鸡丁", "鱼香肉丝", "麻婆豆腐", "可乐鸡翅", "酸辣土豆丝", "蛋炒饭",
-                 "青椒肉丝", "糖醋排骨", "清蒸鲈鱼", "西红柿鸡蛋汤", "蒸鸡蛋羹", "猪肉白菜饺子"]:
+    for dish in [
+        "西红柿炒鸡蛋",
+        "红烧肉",
+        "宫保鸡丁",
+        "鱼香肉丝",
+        "麻婆豆腐",
+        "可乐鸡翅",
+        "酸辣土豆丝",
+        "蛋炒饭",
+        "青椒肉丝",
+        "糖醋排骨",
+        "清蒸鲈鱼",
+        "西红柿鸡蛋汤",
+        "蒸鸡蛋羹",
+        "猪肉白菜饺子",
+    ]:
         assert dish in names, dish
 
 

@@ -6,14 +6,15 @@ over all questions, no absent dish ever presented as found.
 top-1 / top-3: an acceptable recipe is first / among the first three answers (absent: the
 answer is "not found"). false-found: a recipe presented as the answer that is not one asked
 for (absent: any recipe presented as the dish)."""
+
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from core.recipe_library import Library, _same_ingredient, canon, ingredient_name, name_key
 from core.corpus import iter_recipes
+from core.recipe_library import Library, _same_ingredient, canon, ingredient_name, name_key
 from tests.conftest import SAMPLE_RECIPES
 from tests.search_questions import HOWTOCOOK, KINDS, SAMPLE
 

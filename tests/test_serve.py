@@ -1,4 +1,5 @@
 """The README's run command serves the app: streamlit answers its health check and the page."""
+
 import urllib.request
 
 from tests.app_server import serve_app
@@ -9,7 +10,7 @@ def test_app_serves_health_and_page(workspace):
         with urllib.request.urlopen(url + "/_stcore/health", timeout=5) as r:
             assert r.read().decode().strip() == "ok"
         with urllib.request.urlopen(url + "/", timeout=5) as r:
-            assert r.status == 200 and b"<div id=\"root\">" in r.read()
+            assert r.status == 200 and b'<div id="root">' in r.read()
     assert f"URL: {url}" in (workspace / "streamlit-test.log").read_text()  # the address it prints is right
 
 
@@ -19,8 +20,9 @@ def test_make_run_serves_on_the_port_it_is_given():
 
     from tests.conftest import ROOT
 
-    out = subprocess.run(["make", "-n", "run", "PORT=6123"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        ["make", "-n", "run", "PORT=6123"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert "streamlit run app.py --server.port 6123 --browser.serverPort 6123" in out
 
 
@@ -30,8 +32,9 @@ def test_ci_runs_the_readme_test_command():
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "\nmake test " in readme and "\nmake run " in readme
-    lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    lines = [
+        line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     assert lines[-1] == "make test" and all(line.startswith(("set ", "cd ")) for line in lines[:-1])
 
 

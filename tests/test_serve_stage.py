@@ -1,6 +1,7 @@
 """The serve stage (Admin ▸ Run a stage ▸ Serve): LMDeploy's OpenAI-compatible server for a
 registry model, GPU only. On CPU it refuses with what to do; its argument list is parsed by the
 real LMDeploy 0.18 command line (installed without CUDA in the dev environment)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,9 +9,9 @@ import shutil
 
 import pytest
 
+from backend.stages import stage_module
 from pipeline import serve, train
 from pipeline.stage import StageError
-from backend.stages import stage_module
 from tests.conftest import require
 
 
@@ -37,8 +38,14 @@ def test_the_argument_list_is_lmdeploys(settings, tiny_model, monkeypatch):
     assert cmd.argv[1:5] == ["-m", "lmdeploy", "serve", "api_server"]
     SubCliServe.add_parsers()
     args = CLI.parser.parse_args(cmd.argv[3:])  # what `lmdeploy` itself would parse
-    assert (args.model_path, args.server_name, args.server_port, args.tp, args.model_name, args.backend) == \
-        (str(settings.models_dir / "chef"), "127.0.0.1", 23999, 2, "chef", "turbomind")
+    assert (args.model_path, args.server_name, args.server_port, args.tp, args.model_name, args.backend) == (
+        str(settings.models_dir / "chef"),
+        "127.0.0.1",
+        23999,
+        2,
+        "chef",
+        "turbomind",
+    )
     assert args.trust_remote_code and 0 < args.cache_max_entry_count < 1 and args.session_len == settings.session_len
 
 

@@ -1,4 +1,5 @@
 """Settings: defaults, settings.toml, environment overrides, clear errors, workspace paths."""
+
 import tomllib
 
 import pytest
@@ -38,8 +39,12 @@ def test_bad_engine_names_allowed_values(workspace, monkeypatch):
 
 @pytest.mark.parametrize(
     "var,value,needle",
-    [("RECIPE_MAX_NEW_TOKENS", "lots", "int"), ("RECIPE_QUANT_POLICY", "3", "0, 4, 8"),
-     ("RECIPE_CACHE_MAX_ENTRY_COUNT", "2", "(0, 1]"), ("RECIPE_DEVICE", "tpu", "cpu")],
+    [
+        ("RECIPE_MAX_NEW_TOKENS", "lots", "int"),
+        ("RECIPE_QUANT_POLICY", "3", "0, 4, 8"),
+        ("RECIPE_CACHE_MAX_ENTRY_COUNT", "2", "(0, 1]"),
+        ("RECIPE_DEVICE", "tpu", "cpu"),
+    ],
 )
 def test_other_bad_values(workspace, monkeypatch, var, value, needle):
     monkeypatch.setenv(var, value)
@@ -65,9 +70,18 @@ def test_save_settings_roundtrip(workspace):
     assert not list(workspace.glob(".settings.toml.*"))  # no temp file left behind
 
 
-AWKWARD = ['/tmp/my "model"', "C:\\models\\new\\chef", "line one\nline two\r\n", "tab\there",
-           "控制\x00\x01\x1f\x7f字符", "emoji 🍳 and \u202e bidi", "'''triple''' \"\"\" quotes", "trailing \\",
-           "\\\"", "= [x] # not a comment"]
+AWKWARD = [
+    '/tmp/my "model"',
+    "C:\\models\\new\\chef",
+    "line one\nline two\r\n",
+    "tab\there",
+    "控制\x00\x01\x1f\x7f字符",
+    "emoji 🍳 and \u202e bidi",
+    "'''triple''' \"\"\" quotes",
+    "trailing \\",
+    '\\"',
+    "= [x] # not a comment",
+]
 
 
 @pytest.mark.parametrize("value", AWKWARD)
@@ -137,8 +151,11 @@ def test_every_setting_is_documented_in_the_readme_with_its_default():
     from core.settings import Settings, SettingValues
     from tests.conftest import ROOT
 
-    rows = {line.split("|")[1].strip(" `"): line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
-            if line.startswith("| `RECIPE_")}
+    rows = {
+        line.split("|")[1].strip(" `"): line
+        for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `RECIPE_")
+    }
     for f in fields(Settings):
         if f.name == "source":
             continue

@@ -1,6 +1,7 @@
 """app.db is reached through one module (core/sqlite_tx.py) in one style: every store (history,
 feedback reviews, jobs, chains) gets this thread's sqlite-utils Database from it, with WAL, the
 busy timeout and synchronous=NORMAL set there once; schemas are created in turns across processes."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,12 @@ OWN_CONNECTIONS = {"core/sqlite_tx.py", "core/recipe_library.py"}
 
 def test_no_module_but_sqlite_tx_opens_a_connection_of_its_own():
     opening = re.compile(r"sqlite3\.connect\(|sqlite_utils\.Database\(|sqlite_utils import Database")
-    offenders = [str(p.relative_to(ROOT)) for folder in ("backend", "pipeline", "pages") for p in (ROOT / folder).rglob("*.py")
-                 if str(p.relative_to(ROOT)) not in OWN_CONNECTIONS and opening.search(p.read_text(encoding="utf-8"))]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for folder in ("backend", "pipeline", "pages")
+        for p in (ROOT / folder).rglob("*.py")
+        if str(p.relative_to(ROOT)) not in OWN_CONNECTIONS and opening.search(p.read_text(encoding="utf-8"))
+    ]
     assert (ROOT / "app.py").read_text(encoding="utf-8").count("sqlite3.connect(") == 0
     assert offenders == [], f"these open app.db connections of their own instead of core.sqlite_tx: {offenders}"
 
@@ -84,8 +89,10 @@ def test_processes_using_every_store_of_a_new_app_db_at_once(tmp_path):
     """Twelve processes create the schemas of a new app.db and write jobs and history at the same
     moment: none fails with 'database is locked'."""
     ws = tmp_path / "ws"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(ws)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-             for _ in range(12)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(ws)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for _ in range(12)
+    ]
     errors = [p.communicate()[1] for p in procs if p.wait() != 0]
     assert not errors, errors[0][-800:]
     with thread_db(ws / "app.db") as db:

@@ -1,6 +1,7 @@
 """One definition of each stage's parameters (pipeline.params): the Admin forms offer exactly the
 model's limits and defaults, the stages refuse what the model refuses with its message, the
 command line takes its defaults from it, and the Retrain list is backend.chain's alone."""
+
 from __future__ import annotations
 
 import inspect
@@ -10,23 +11,30 @@ import sys
 import pytest
 
 from backend.chain import DPO_STEPS, RETRAIN_ORDER, RETRAIN_REQUIRED, retrain_steps
+from backend.stages import STAGE_MODULES, stage_module
 from pipeline.params import PARAMS, DpoParams, PrepareParams, QuantizeParams, ServeParams, TrainParams, parse
 from pipeline.stage import StageError
-from backend.stages import STAGE_MODULES, stage_module
 from tests.conftest import ROOT
 from tests.test_admin_page import admin_env, login, open_page, page  # noqa: F401 - admin_env is a fixture
 
 # (stage shown in Run a stage, widget key, model, field): form fields whose limits are the model's
 FORM_FIELDS = [
-    ("train", "train_lr", TrainParams, "lr"), ("train", "train_maxlen", TrainParams, "max_length"),
-    ("train", "train_bs", TrainParams, "batch_size"), ("train", "train_acc", TrainParams, "accumulative_counts"),
-    ("train", "train_epochs", TrainParams, "max_epochs"), ("train", "train_iters", TrainParams, "max_iters"),
-    ("train", "train_r", TrainParams, "lora_r"), ("train", "train_alpha", TrainParams, "lora_alpha"),
-    ("dpo", "dpo_lr", DpoParams, "lr"), ("dpo", "dpo_iters", DpoParams, "max_iters"),
-    ("prepare", "prep_val", PrepareParams, "val"), ("prepare", "prep_test", PrepareParams, "test"),
+    ("train", "train_lr", TrainParams, "lr"),
+    ("train", "train_maxlen", TrainParams, "max_length"),
+    ("train", "train_bs", TrainParams, "batch_size"),
+    ("train", "train_acc", TrainParams, "accumulative_counts"),
+    ("train", "train_epochs", TrainParams, "max_epochs"),
+    ("train", "train_iters", TrainParams, "max_iters"),
+    ("train", "train_r", TrainParams, "lora_r"),
+    ("train", "train_alpha", TrainParams, "lora_alpha"),
+    ("dpo", "dpo_lr", DpoParams, "lr"),
+    ("dpo", "dpo_iters", DpoParams, "max_iters"),
+    ("prepare", "prep_val", PrepareParams, "val"),
+    ("prepare", "prep_test", PrepareParams, "test"),
     ("prepare", "prep_seed", PrepareParams, "seed"),
     ("quantize", "quant_samples", QuantizeParams, "calib_samples"),
-    ("serve", "serve_tp", ServeParams, "tp"), ("serve", "serve_port", ServeParams, "port"),
+    ("serve", "serve_tp", ServeParams, "tp"),
+    ("serve", "serve_port", ServeParams, "port"),
 ]
 
 
@@ -76,8 +84,14 @@ def test_form_and_stage_share_one_learning_rate_limit():
 
 
 def test_the_command_line_defaults_are_the_models():
-    out = subprocess.run([sys.executable, "-m", "pipeline.prepare_data", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.prepare_data", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     for name in ("val", "test", "seed"):
         assert f"{PrepareParams.help(name)} (default {PrepareParams.default(name)})" in " ".join(out.split())
 
@@ -87,7 +101,7 @@ def test_the_retrain_list_is_the_chains_order():
     every = {k: {} for k in RETRAIN_ORDER if k != "dpo"}
     kinds = [k for k, _ in retrain_steps(every, dpo={})]
     i = RETRAIN_ORDER.index("dpo")
-    assert kinds == [*RETRAIN_ORDER[:i], *DPO_STEPS, *RETRAIN_ORDER[i + 1:]]
+    assert kinds == [*RETRAIN_ORDER[:i], *DPO_STEPS, *RETRAIN_ORDER[i + 1 :]]
     with pytest.raises(StageError, match="not Retrain steps"):
         retrain_steps({"serve": {}})
 

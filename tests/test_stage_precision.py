@@ -2,14 +2,14 @@
 
 Real stages on a tiny model: prepare -> 2 XTuner iterations on the CPU -> convert -> merge, each run
 from its StageCommand as the job runner runs it; then the dtypes of the tensors actually saved."""
+
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
 
-from pipeline import artefacts
-from pipeline import convert, merge, prepare_data, train
+from pipeline import artefacts, convert, merge, prepare_data, train
 from tests.test_train_e2e import run_stage
 
 
@@ -28,10 +28,23 @@ def saved_dtypes(folder: Path) -> set[str]:
 def test_cpu_training_keeps_float32_through_convert_and_merge(settings, tiny_model, train_python):
     base = settings.workspace / "base" / "tiny"
     shutil.copytree(tiny_model, base)
-    run_stage(prepare_data, prepare_data.command(settings, out="data/p", val=0, test=0),
-              settings.logs_dir / "prepare.log")
-    cmd = train.command(settings, run_name="r", base_model="base/tiny", data="data/p", max_iters=2, max_length=256,
-                        lora_r=4, lora_alpha=8, log_interval=1, evaluation_inputs=[], save_steps=2, seed=0)
+    run_stage(
+        prepare_data, prepare_data.command(settings, out="data/p", val=0, test=0), settings.logs_dir / "prepare.log"
+    )
+    cmd = train.command(
+        settings,
+        run_name="r",
+        base_model="base/tiny",
+        data="data/p",
+        max_iters=2,
+        max_length=256,
+        lora_r=4,
+        lora_alpha=8,
+        log_interval=1,
+        evaluation_inputs=[],
+        save_steps=2,
+        seed=0,
+    )
     assert cmd.params["device"] == "cpu"
     run_stage(train, cmd, settings.logs_dir / "train.log")
 

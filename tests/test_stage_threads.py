@@ -3,6 +3,7 @@
 Each test runs a real job through the job runner and its supervisor; the stage is the training
 environment's Python asking torch how many threads it got (what XTuner's training would get).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,19 @@ ASK_TORCH = """
 
 def _run(settings, tmp_path, python, params=None, env=None) -> tuple[dict, str]:
     runner = JobRunner(settings)
-    cmd = StageCommand(kind="test", argv=[str(python), "-c", textwrap.dedent(ASK_TORCH)], cwd=tmp_path,
-                       env=env or {}, params=params or {})
+    cmd = StageCommand(
+        kind="test",
+        argv=[str(python), "-c", textwrap.dedent(ASK_TORCH)],
+        cwd=tmp_path,
+        env=env or {},
+        params=params or {},
+    )
     job_id = runner.submit(cmd)
     job = wait_until(lambda: (j := runner.get(job_id)).finished and j, "the job to finish", timeout=120)
     log = runner.log_text(job_id)
     assert job.status == "succeeded", log
     line = next(x for x in log.splitlines() if x.startswith("THREADS "))
-    return json.loads(line[len("THREADS "):]), log
+    return json.loads(line[len("THREADS ") :]), log
 
 
 @pytest.fixture
@@ -44,8 +50,9 @@ def no_operator_threads(monkeypatch):
         monkeypatch.delenv(k, raising=False)
 
 
-def test_the_stage_gets_threads_from_its_usable_cpus_one_left_to_the_app(settings, tmp_path, train_python,
-                                                                        no_operator_threads):
+def test_the_stage_gets_threads_from_its_usable_cpus_one_left_to_the_app(
+    settings, tmp_path, train_python, no_operator_threads
+):
     cpus = len(os.sched_getaffinity(0))
     got, log = _run(settings, tmp_path, train_python)
     want = max(1, cpus - 1)

@@ -1,4 +1,5 @@
 """The System panel's facts, checked against this machine and against broken setups."""
+
 from __future__ import annotations
 
 import os
@@ -125,6 +126,11 @@ def test_the_modules_stages_use_import_in_the_train_and_eval_environments(train_
     from tests.conftest import ROOT
 
     for py in (train_python, eval_python):
-        r = subprocess.run([str(py), "-c", "import core.envs, core.model_folder, pipeline.merge, pipeline.evaluate"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [str(py), "-c", "import core.envs, core.model_folder, pipeline.merge, pipeline.evaluate"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-800:]

@@ -2,6 +2,7 @@
 its modelling and tokenizer code like the real InternLM2.5, loads only with trust_remote_code=True,
 and answers through its own chat template (training environment, transformers 4.x); the app
 environment (transformers 5) reads its tokenizer and config the same way, as LMDeploy does."""
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,27 @@ print("\nRESULT " + json.dumps(out, ensure_ascii=False))
 @pytest.fixture(scope="module")
 def internlm2_model(tmp_path_factory, train_python) -> Path:
     out = tmp_path_factory.mktemp("tiny_internlm2") / "model"
-    subprocess.run([str(train_python), "-m", "pipeline.tiny_model", str(out), "--arch", "internlm2"], cwd=ROOT,
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [str(train_python), "-m", "pipeline.tiny_model", str(out), "--arch", "internlm2"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out
 
 
 def test_internlm2_tiny_model_ships_its_code_like_the_real_one(internlm2_model):
     files = {p.name for p in internlm2_model.iterdir()}
-    assert {"config.json", "model.safetensors", "configuration_internlm2.py", "modeling_internlm2.py",
-            "tokenization_internlm2_fast.py", "tokenizer.json", "tokenizer_config.json"} <= files
+    assert {
+        "config.json",
+        "model.safetensors",
+        "configuration_internlm2.py",
+        "modeling_internlm2.py",
+        "tokenization_internlm2_fast.py",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= files
     cfg = json.loads((internlm2_model / "config.json").read_text())
     assert cfg["architectures"] == ["InternLM2ForCausalLM"] and cfg["model_type"] == "internlm2"
     assert cfg["auto_map"]["AutoConfig"] == "configuration_internlm2.InternLM2Config"
@@ -62,16 +75,24 @@ def test_internlm2_tiny_model_ships_its_code_like_the_real_one(internlm2_model):
 
 def test_internlm2_tiny_model_loads_with_remote_code_and_answers_in_the_train_env(internlm2_model, train_python):
     # stdin closed: transformers' "run the custom code? [y/N]" question gets no answer
-    r = subprocess.run([str(train_python), "-c", LOAD, str(internlm2_model)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [str(train_python), "-c", LOAD, str(internlm2_model)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.rsplit("\nRESULT ", 1)[1])
     # without trust_remote_code neither the tokenizer nor the config loads: the remote-code path is needed
     assert out["tokenizer_without_remote_code"] != "loaded" and out["config_without_remote_code"] != "loaded"
     assert out["tokenizer"] == "InternLM2TokenizerFast" and out["tokenizer_module"].startswith("transformers_modules.")
     assert out["model"] == "InternLM2ForCausalLM" and out["model_module"].startswith("transformers_modules.")
-    assert out["prompt"] == ("<s><|im_start|>system\n你是一位专业的厨师<|im_end|>\n<|im_start|>user\n红烧肉的做法<|im_end|>\n"
-                             "<|im_start|>assistant\n")
+    assert out["prompt"] == (
+        "<s><|im_start|>system\n你是一位专业的厨师<|im_end|>\n<|im_start|>user\n红烧肉的做法<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     assert out["new_tokens"] == 8 and out["answer"].strip()
 
 
@@ -83,8 +104,9 @@ def test_the_app_env_reads_its_tokenizer_and_config_with_remote_code(internlm2_m
     assert type(tok).__name__ == "InternLM2TokenizerFast"
     cfg = AutoConfig.from_pretrained(internlm2_model, trust_remote_code=True)
     assert type(cfg).__name__ == "InternLM2Config" and cfg.num_attention_heads == 4
-    text = tok.apply_chat_template([{"role": "user", "content": "番茄炒蛋的做法"}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "番茄炒蛋的做法"}], tokenize=False, add_generation_prompt=True
+    )
     assert text == "<s><|im_start|>user\n番茄炒蛋的做法<|im_end|>\n<|im_start|>assistant\n"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert ids[0] == tok.bos_token_id and tok.decode(ids) == text

@@ -4,6 +4,7 @@ answers a chat through the app's transformers engine.
 
 Each stage runs exactly as the job runner runs it: the StageCommand's argv, cwd and env, as a
 subprocess, then the stage's progress() and verify() on the log it wrote."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import artefacts
-from pipeline import convert, merge, prepare_data, train
 from core.recipe_format import SYSTEM_PROMPT, question
+from pipeline import artefacts, convert, merge, prepare_data, train
 
 ITERS = 6
 TIMINGS: dict[str, float] = {}
@@ -28,8 +28,15 @@ def run_stage(mod, cmd, log: Path) -> str:
     """Run a StageCommand the way backend.jobs does; return the log text after verify()."""
     t = time.monotonic()
     with open(log, "wb") as f:
-        rc = subprocess.run(cmd.argv, cwd=cmd.cwd, env={**os.environ, **cmd.env}, stdin=subprocess.DEVNULL,
-                            stdout=f, stderr=subprocess.STDOUT, timeout=900).returncode
+        rc = subprocess.run(
+            cmd.argv,
+            cwd=cmd.cwd,
+            env={**os.environ, **cmd.env},
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+        ).returncode
     TIMINGS[cmd.kind] = time.monotonic() - t
     text = log.read_text(encoding="utf-8", errors="replace")
     assert rc == 0, f"{cmd.kind} exited {rc}:\n{text[-4000:]}"
@@ -47,9 +54,22 @@ def test_prepare_train_convert_merge_chat(settings, tiny_model, train_python):
     assert stats["train"] >= 40
 
     # ---- train -------------------------------------------------------------------------------
-    cmd = train.command(settings, run_name="e2e", base_model="base/tiny", data="data/e2e", max_iters=ITERS,
-                        max_length=256, lr=1e-3, lora_r=8, lora_alpha=16, log_interval=1, evaluation_freq=3,
-                        save_steps=3, save_total_limit=2, seed=0)
+    cmd = train.command(
+        settings,
+        run_name="e2e",
+        base_model="base/tiny",
+        data="data/e2e",
+        max_iters=ITERS,
+        max_length=256,
+        lr=1e-3,
+        lora_r=8,
+        lora_alpha=16,
+        log_interval=1,
+        evaluation_freq=3,
+        save_steps=3,
+        save_total_limit=2,
+        seed=0,
+    )
     assert cmd.gpu is True and "--deepspeed" not in cmd.argv  # CPU: no DeepSpeed, queued on the GPU slot
     log = run_stage(train, cmd, settings.logs_dir / "train.log")
     p = train.progress(log)
@@ -104,9 +124,12 @@ def test_prepare_train_convert_merge_chat(settings, tiny_model, train_python):
     choice = select(use_for_chat(settings, out), None)  # transformers 5 in the app environment
     engine = choice.engine
     assert engine.name == "transformers" and engine.model == str(out), choice.notes
-    deltas = list(engine.stream([{"role": "system", "content": SYSTEM_PROMPT},
-                                 {"role": "user", "content": question("红烧肉", 0)}],
-                                GenerationParams(max_new_tokens=8, temperature=0)))
+    deltas = list(
+        engine.stream(
+            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": question("红烧肉", 0)}],
+            GenerationParams(max_new_tokens=8, temperature=0),
+        )
+    )
     TIMINGS["chat"] = time.monotonic() - t
     assert deltas[-1].finish_reason in ("stop", "length")
     assert deltas[-1].completion_tokens >= 1 and deltas[-1].prompt_tokens > 10

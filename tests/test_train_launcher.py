@@ -9,6 +9,7 @@ DistributedDataParallel in two processes, both through the argv that ``train.com
 Measured on 2 busy cores: about 75 s for the three tests, plus about 45 s the first time on a
 machine, when DeepSpeed compiles its CPU communication op (cached in ~/.cache/torch_extensions).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,8 @@ import subprocess
 
 import pytest
 
-from pipeline import artefacts
-from pipeline import convert, train
 from core.recipe_format import SYSTEM_PROMPT, dish_name, question, recipe_answer
+from pipeline import artefacts, convert, train
 from tests.conftest import SAMPLE_RECIPES, require
 from tests.test_train_e2e import run_stage
 
@@ -43,15 +43,28 @@ def workspace_with_model(settings, tiny_model, train_python):
 
 
 def tiny_run(settings, run_name: str, **kw):
-    return train.command(settings, run_name=run_name, base_model="base", data="data/recipes", device="cpu",
-                         max_iters=ITERS, max_length=256, log_interval=1, save_steps=ITERS, evaluation_inputs=[],
-                         seed=0, **kw)
+    return train.command(
+        settings,
+        run_name=run_name,
+        base_model="base",
+        data="data/recipes",
+        device="cpu",
+        max_iters=ITERS,
+        max_length=256,
+        log_interval=1,
+        save_steps=ITERS,
+        evaluation_inputs=[],
+        seed=0,
+        **kw,
+    )
 
 
 def needs_cxx():
     # DeepSpeed's CPU accelerator compiles its communication op (deepspeed_shm_comm) on first use
-    require(bool(shutil.which("c++") or shutil.which("g++")),
-            "DeepSpeed on CPU compiles an op with a C++ compiler: apt-get install g++")
+    require(
+        bool(shutil.which("c++") or shutil.which("g++")),
+        "DeepSpeed on CPU compiles an op with a C++ compiler: apt-get install g++",
+    )
 
 
 def test_without_a_launcher_deepspeed_stops_on_mpi4py(workspace_with_model):
@@ -59,11 +72,19 @@ def test_without_a_launcher_deepspeed_stops_on_mpi4py(workspace_with_model):
     cmd = tiny_run(workspace_with_model, "old", deepspeed=True)
     config = cmd.outputs["config"]
     work = cmd.outputs["work_dir"]
-    old = [cmd.argv[0], "-P", "-m", "xtuner.tools.train", config, "--work-dir", work,
-           "--deepspeed", cmd.params["deepspeed_config"]]
+    old = [
+        cmd.argv[0],
+        "-P",
+        "-m",
+        "xtuner.tools.train",
+        config,
+        "--work-dir",
+        work,
+        "--deepspeed",
+        cmd.params["deepspeed_config"],
+    ]
     env = {k: v for k, v in {**os.environ, **cmd.env}.items() if k not in RENDEZVOUS}
-    r = subprocess.run(old, cwd=cmd.cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(old, cwd=cmd.cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "No module named 'mpi4py'" in out, out[-3000:]
     assert "Iter(train)" not in out and not artefacts.checkpoints(work)
@@ -90,8 +111,10 @@ def test_deepspeed_zero2_through_the_launcher_in_two_cpu_processes(workspace_wit
     assert "DeepSpeedZeroOptimizer" in log
     check_two_process_run(cmd, log)
     ckpt = artefacts.checkpoints(cmd.outputs["work_dir"])[-1]
-    assert ckpt.is_dir() and {"zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                              "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= {f.name for f in ckpt.iterdir()}
+    assert ckpt.is_dir() and {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    } <= {f.name for f in ckpt.iterdir()}
     # the next stage reads the sharded checkpoint (pth_to_hf)
     conv = convert.command(workspace_with_model, run_name="ds2")
     run_stage(convert, conv, workspace_with_model.logs_dir / "ds2-convert.log")

@@ -1,5 +1,6 @@
 """Train / convert / merge / quantize stages: config rendering from XTuner's real template,
 parameter validation, and parsing of XTuner's log. The end-to-end run is in test_train_e2e.py."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from backend.stages import stage_module
 from pipeline import artefacts, convert, merge, quantize, train, xtuner_log
 from pipeline.stage import StageError
-from backend.stages import stage_module
 from tests.conftest import ROOT
 
 # Lines as XTuner 0.2.0 / MMEngine 0.10.6 print them (taken from a real CPU run, plus a GPU-style
@@ -48,8 +49,10 @@ LOG = """\
 - 五花肉 500g<|im_end|>
 
 """
-GPU_LINE = ("2026/11/28 09:00:00 - mmengine - INFO - Iter(train) [  10/1173]  base_lr: 2.0000e-04 lr: 2.0000e-04  "
-            "eta: 1 day, 2:03:04  time: 1.2001  data_time: 0.0100  memory: 14321  grad_norm: 0.5  loss: 1.2340")
+GPU_LINE = (
+    "2026/11/28 09:00:00 - mmengine - INFO - Iter(train) [  10/1173]  base_lr: 2.0000e-04 lr: 2.0000e-04  "
+    "eta: 1 day, 2:03:04  time: 1.2001  data_time: 0.0100  memory: 14321  grad_norm: 0.5  loss: 1.2340"
+)
 
 
 # ---- log parsing ----------------------------------------------------------------------------
@@ -113,11 +116,33 @@ def test_stage_modules_are_registered():
 
 # ---- rendering from XTuner's own template ---------------------------------------------------
 def _params(**kw):
-    p = dict(base_model="/m/base", data="/w/data/train.jsonl", prompt_template="internlm2_chat", max_length=512,
-             pack_to_max_length=True, batch_size=2, accumulative_counts=4, lr=1e-4, max_epochs=2, max_iters=0,
-             warmup_ratio=0.03, lora_r=8, lora_alpha=32, lora_dropout=0.05, qlora=True, deepspeed=True,
-             evaluation_inputs=["红烧肉的做法"], evaluation_freq=50, eval_max_new_tokens=100, save_steps=100,
-             save_total_limit=3, log_interval=5, seed=7, device="cuda", map_num_proc=2)
+    p = dict(
+        base_model="/m/base",
+        data="/w/data/train.jsonl",
+        prompt_template="internlm2_chat",
+        max_length=512,
+        pack_to_max_length=True,
+        batch_size=2,
+        accumulative_counts=4,
+        lr=1e-4,
+        max_epochs=2,
+        max_iters=0,
+        warmup_ratio=0.03,
+        lora_r=8,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        qlora=True,
+        deepspeed=True,
+        evaluation_inputs=["红烧肉的做法"],
+        evaluation_freq=50,
+        eval_max_new_tokens=100,
+        save_steps=100,
+        save_total_limit=3,
+        log_interval=5,
+        seed=7,
+        device="cuda",
+        map_num_proc=2,
+    )
     p.update(kw)
     return p
 
@@ -148,8 +173,10 @@ print(json.dumps(out))
 TUTORIAL = "internlm_chat_7b_qlora_oasst1_e3"
 VARIANTS = {
     "gpu": (train.DEFAULT_TEMPLATE, _params()),
-    "cpu": (train.DEFAULT_TEMPLATE, _params(device="cpu", qlora=False, deepspeed=False, max_iters=10,
-                                            warmup_ratio=0.1, evaluation_inputs=[])),
+    "cpu": (
+        train.DEFAULT_TEMPLATE,
+        _params(device="cpu", qlora=False, deepspeed=False, max_iters=10, warmup_ratio=0.1, evaluation_inputs=[]),
+    ),
     "tutorial": (TUTORIAL, _params(prompt_template="internlm_chat")),
 }
 
@@ -164,12 +191,16 @@ def configs(train_python, tmp_path_factory) -> dict:
         text = train.render_config(train.template_path(template).read_text(encoding="utf-8"), p, template)
         paths[name] = d / f"{name}.py"
         paths[name].write_text(text, encoding="utf-8")
-    r = subprocess.run([str(train_python), "-c", PROBE, *map(str, paths.values())], capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [str(train_python), "-c", PROBE, *map(str, paths.values())], capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    return {"env": out["env"], **{name: out[str(p)] for name, p in paths.items()},
-            "text": {name: p.read_text(encoding="utf-8") for name, p in paths.items()}}
+    return {
+        "env": out["env"],
+        **{name: out[str(p)] for name, p in paths.items()},
+        "text": {name: p.read_text(encoding="utf-8") for name, p in paths.items()},
+    }
 
 
 def test_render_gpu_config_keeps_qlora_and_mixed_precision(configs):
@@ -215,9 +246,15 @@ def test_training_environment_imports_xtuner_without_torchvision(configs):
 
 
 def test_render_refuses_a_changed_template():
-    tpl = ("#" * 71 + "\n#                          PART 1  Settings                           #\n" + "#" * 71 +
-           "\nmax_length = 2048\n" + "#" * 71 + "\n#                      PART 2  Model & Tokenizer"
-           "                      #\n" + "#" * 71 + "\n")
+    tpl = (
+        "#" * 71
+        + "\n#                          PART 1  Settings                           #\n"
+        + "#" * 71
+        + "\nmax_length = 2048\n"
+        + "#" * 71
+        + "\n#                      PART 2  Model & Tokenizer"
+        "                      #\n" + "#" * 71 + "\n"
+    )
     with pytest.raises(StageError, match="pretrained_model_name_or_path.*changed upstream"):
         train.render_config(tpl, _params())
     with pytest.raises(StageError, match="PART 1"):
@@ -247,9 +284,23 @@ def test_command_writes_config_and_params(ready):
     cmd = train.command(ready, run_name="r1", base_model="base", data="data/run1", max_iters=5, device="cpu")
     run = ready.runs_dir / "r1"
     assert cmd.kind == "train" and cmd.gpu is True and cmd.cwd == run
-    assert cmd.argv == [str(train.train_python()), "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
-                        "--nproc-per-node", "1", "-m", "xtuner.tools.train", str(run / "config.py"),
-                        "--launcher", "pytorch", "--work-dir", str(run / "work_dir")]  # no DeepSpeed on CPU
+    assert cmd.argv == [
+        str(train.train_python()),
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "1",
+        "-m",
+        "xtuner.tools.train",
+        str(run / "config.py"),
+        "--launcher",
+        "pytorch",
+        "--work-dir",
+        str(run / "work_dir"),
+    ]  # no DeepSpeed on CPU
     assert cmd.env["PYTHONSAFEPATH"] == "1"  # the run folder (config.py) stays off sys.path
     text = (run / "config.py").read_text(encoding="utf-8")
     assert f"pretrained_model_name_or_path = {str(ready.workspace / 'base')!r}" in text
@@ -281,26 +332,29 @@ def test_configured_base_model_may_live_outside_the_workspace(ready, tmp_path):
     assert cmd.params["base_model"] == str(outside.resolve())
 
 
-@pytest.mark.parametrize("kw, message", [
-    (dict(run_name="../x"), "run name"),
-    (dict(lr=-1), "lr must be"),
-    (dict(lr="fast"), "lr must be a number"),
-    (dict(max_length=10.5), "max_length must be a whole number"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(qlora="maybe"), "qlora must be true or false"),
-    (dict(prompt_template="nope"), "unknown prompt template.*internlm2_chat"),
-    (dict(template="nope"), "unknown XTuner template"),
-    (dict(evaluation_inputs=["q"] * 9), "at most 8 questions"),
-    (dict(save_total_limit=0), "save_total_limit"),
-    (dict(device="tpu"), "device must be"),
-    (dict(gpus=-1), "gpus must be a whole number"),
-    (dict(gpus="two"), "gpus must be a whole number"),
-    (dict(gpus=4096), "no GPU is visible.*CPU processes; at most"),
-    (dict(colour="red"), "unknown train parameters"),
-    (dict(data="../elsewhere.jsonl"), "outside the workspace"),
-    (dict(data="data/missing"), "does not exist: run the prepare stage"),
-    (dict(base_model="nothing"), "no config.json"),
-])
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(run_name="../x"), "run name"),
+        (dict(lr=-1), "lr must be"),
+        (dict(lr="fast"), "lr must be a number"),
+        (dict(max_length=10.5), "max_length must be a whole number"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(qlora="maybe"), "qlora must be true or false"),
+        (dict(prompt_template="nope"), "unknown prompt template.*internlm2_chat"),
+        (dict(template="nope"), "unknown XTuner template"),
+        (dict(evaluation_inputs=["q"] * 9), "at most 8 questions"),
+        (dict(save_total_limit=0), "save_total_limit"),
+        (dict(device="tpu"), "device must be"),
+        (dict(gpus=-1), "gpus must be a whole number"),
+        (dict(gpus="two"), "gpus must be a whole number"),
+        (dict(gpus=4096), "no GPU is visible.*CPU processes; at most"),
+        (dict(colour="red"), "unknown train parameters"),
+        (dict(data="../elsewhere.jsonl"), "outside the workspace"),
+        (dict(data="data/missing"), "does not exist: run the prepare stage"),
+        (dict(base_model="nothing"), "no config.json"),
+    ],
+)
 def test_command_rejects_bad_parameters(ready, kw, message):
     args = dict(run_name="bad", base_model="base", data="data/run1", device="cpu")
     args.update(kw)
@@ -318,17 +372,25 @@ def fake_gpus(monkeypatch, n: int) -> None:
 def launcher_of(cmd) -> dict:
     a = cmd.argv
     i = a.index("xtuner.tools.train")
-    return {"launcher": a[1:a.index("--nproc-per-node")], "nproc": int(a[a.index("--nproc-per-node") + 1]), "script": a[i - 1:i + 2],
-            "launch": a[a.index("--launcher") + 1], "deepspeed": a[a.index("--deepspeed") + 1] if "--deepspeed" in a
-            else None}
+    return {
+        "launcher": a[1 : a.index("--nproc-per-node")],
+        "nproc": int(a[a.index("--nproc-per-node") + 1]),
+        "script": a[i - 1 : i + 2],
+        "launch": a[a.index("--launcher") + 1],
+        "deepspeed": a[a.index("--deepspeed") + 1] if "--deepspeed" in a else None,
+    }
 
 
 def test_gpu_command_launches_one_process_per_visible_gpu(ready, monkeypatch):
     fake_gpus(monkeypatch, 4)
     cmd = train.command(ready, run_name="g4", base_model="base", data="data/run1", batch_size=2, accumulative_counts=3)
-    assert launcher_of(cmd) == {"launcher": ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1"], "nproc": 4,
-                                "script": ["-m", "xtuner.tools.train", str(ready.runs_dir / "g4" / "config.py")],
-                                "launch": "pytorch", "deepspeed": "deepspeed_zero2"}  # XTuner's bundled JSON
+    assert launcher_of(cmd) == {
+        "launcher": ["-m", "torch.distributed.run", "--standalone", "--nnodes", "1"],
+        "nproc": 4,
+        "script": ["-m", "xtuner.tools.train", str(ready.runs_dir / "g4" / "config.py")],
+        "launch": "pytorch",
+        "deepspeed": "deepspeed_zero2",
+    }  # XTuner's bundled JSON
     assert cmd.env["PYTHONSAFEPATH"] == "1" and cmd.gpu is True
     rec = json.loads((ready.runs_dir / "g4" / artefacts.PARAMS_FILE).read_text(encoding="utf-8"))
     assert (rec["device"], rec["gpus"], rec["processes"], rec["deepspeed"], rec["qlora"]) == ("cuda", 4, 4, True, True)
@@ -348,9 +410,17 @@ def test_gpu_command_launches_one_process_per_visible_gpu(ready, monkeypatch):
     assert not (ready.runs_dir / "bad").exists()
 
 
-@pytest.mark.parametrize("listed, mask, visible", [
-    (["A100", "A100", "A100", "A100"], None, 4), (["A100"] * 4, "1,3", 2), (["A100"] * 2, "0,1,2,3", 2),
-    (["A100"] * 4, "", 0), (["A100"] * 4, "2,-1,3", 1), ([], "0,1", 0)])
+@pytest.mark.parametrize(
+    "listed, mask, visible",
+    [
+        (["A100", "A100", "A100", "A100"], None, 4),
+        (["A100"] * 4, "1,3", 2),
+        (["A100"] * 2, "0,1,2,3", 2),
+        (["A100"] * 4, "", 0),
+        (["A100"] * 4, "2,-1,3", 1),
+        ([], "0,1", 0),
+    ],
+)
 def test_visible_gpus_counts_what_cuda_will_show(monkeypatch, listed, mask, visible):
     import core.gpu
 
@@ -431,9 +501,12 @@ def test_convert_and_merge_commands(ready):
     assert "no adapter_config.json" in convert.verify(cmd, "")
 
     m = merge.command(ready, run_name="r1")
-    assert m.outputs["model"] == str(ready.models_dir / "r1") and m.params["base_model"] == str(ready.workspace / "base")
+    assert m.outputs["model"] == str(ready.models_dir / "r1") and m.params["base_model"] == str(
+        ready.workspace / "base"
+    )
     assert m.argv[m.argv.index("--device") + 1] == "cpu" and m.argv[m.argv.index("--run-dir") + 1] == str(
-        ready.runs_dir / "r1")
+        ready.runs_dir / "r1"
+    )
     (ready.models_dir / "r1").mkdir(parents=True)
     with pytest.raises(StageError, match="already exists"):
         merge.command(ready, run_name="r1")
@@ -460,8 +533,9 @@ def test_quantize_local_calibration_windows(tmp_path, tiny_model):
     from transformers import AutoTokenizer
 
     f = tmp_path / "train.jsonl"
-    f.write_text("\n".join(json.dumps(CONVERSATION, ensure_ascii=False) for _ in range(20)) + "\nnot json\n",
-                 encoding="utf-8")
+    f.write_text(
+        "\n".join(json.dumps(CONVERSATION, ensure_ascii=False) for _ in range(20)) + "\nnot json\n", encoding="utf-8"
+    )
     texts = quantize.recipe_texts([f])
     assert len(texts) == 20 and texts[0] == "s\n红烧肉的做法\n您需要准备以下食材:\n- 肉"
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -504,8 +578,11 @@ def test_train_post_patch_is_idempotent(tmp_path):
 
 def test_stages_say_how_to_build_a_missing_training_environment(settings, monkeypatch, tmp_path):
     monkeypatch.setenv("RECIPE_TRAIN_VENV", str(tmp_path / "absent"))
-    for call in (lambda: train.command(settings, run_name="r"), lambda: convert.command(settings, run_name="r"),
-                 lambda: merge.command(settings, run_name="r")):
+    for call in (
+        lambda: train.command(settings, run_name="r"),
+        lambda: convert.command(settings, run_name="r"),
+        lambda: merge.command(settings, run_name="r"),
+    ):
         with pytest.raises(StageError, match="scripts/setup-env.sh train"):
             call()
 

@@ -4,6 +4,7 @@ max_length cuts in train_params.json and by default raises it to keep >= 95% of 
 
 Real things: the sample recipes through the real converter, the tiny model's real tokenizer, and
 XTuner's own template_map_fn + encode_fn in the training environment for the parity check."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ import subprocess
 
 import pytest
 
-from pipeline import artefacts
-from pipeline import prepare_data, train
+from pipeline import artefacts, prepare_data, train
 from tests.conftest import ROOT, SAMPLE_RECIPES
 
 
@@ -37,13 +37,18 @@ def test_a_max_length_that_cuts_most_answers_is_raised_and_reported(ready):
 
 
 def test_max_length_kept_when_asked_and_the_cut_is_said(ready):
-    cmd = train.command(ready, run_name="r", base_model="base", data="data/s", max_length=128, max_length_fit=False,
-                        device="cpu")
+    cmd = train.command(
+        ready, run_name="r", base_model="base", data="data/s", max_length=128, max_length_fit=False, device="cpu"
+    )
     check = cmd.params["length_check"]
     assert cmd.params["max_length"] == 128 and not check["fitted"]
     assert check["truncated_share"] > 0.5 and check["tokens_lost_share"] > 0
     assert "lose their end" in check["summary"]
-    assert check["measured"] == check["conversations"] == len((ready.data_dir / "s" / "train.jsonl").read_text().splitlines())
+    assert (
+        check["measured"]
+        == check["conversations"]
+        == len((ready.data_dir / "s" / "train.jsonl").read_text().splitlines())
+    )
 
 
 XTUNER_LENGTHS = r"""
@@ -68,7 +73,12 @@ def test_lengths_are_those_xtuner_trains_on(ready, train_python, template):
     data = ready.data_dir / "s" / "train.jsonl"
     records = [json.loads(x) for x in data.read_text(encoding="utf-8").splitlines()]
     ours, how = train.conversation_token_lengths(ready.workspace / "base", template, records)
-    p = subprocess.run([str(train_python), "-c", XTUNER_LENGTHS, str(ready.workspace / "base"), str(data), template],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [str(train_python), "-c", XTUNER_LENGTHS, str(ready.workspace / "base"), str(data), template],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert ours == json.loads(p.stdout.strip().splitlines()[-1]) and how == "tokenizer.json"

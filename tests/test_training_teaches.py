@@ -15,6 +15,7 @@ the header and the steps, but 19/20 ended by themselves (one ran to max_new_toke
 still fails on that last target. With 6 epochs: recall 54%, 19/20 ended. RECIPE_TEACH_EPOCHS and
 RECIPE_TEACH_LR change the budget without editing the test.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ import pytest
 from core.recipe_format import INGREDIENTS_HEADER, STEPS_HEADER, SYSTEM_PROMPT, parse_answer
 from tests.conftest import SAMPLE_RECIPES, wait_until
 
-pytestmark = pytest.mark.skipif(os.environ.get("RECIPE_TEST_TEACHING") != "1",
-                                reason="long real-model training test: set RECIPE_TEST_TEACHING=1")
+pytestmark = pytest.mark.skipif(
+    os.environ.get("RECIPE_TEST_TEACHING") != "1", reason="long real-model training test: set RECIPE_TEST_TEACHING=1"
+)
 
 RECIPES = 20
 EPOCHS = int(os.environ.get("RECIPE_TEACH_EPOCHS", "10"))
@@ -78,8 +80,15 @@ def ask(model_dir, records, max_new_tokens: int) -> list[dict]:
             for d in eng.stream(messages, GenerationParams(max_new_tokens=max_new_tokens, temperature=0)):
                 text += d.text
                 finish = d.finish_reason or finish
-            out.append({"question": turn["input"], "answer": text, "finish": finish,
-                        "recall": recall(text, turn["output"]), "reference": turn["output"]})
+            out.append(
+                {
+                    "question": turn["input"],
+                    "answer": text,
+                    "finish": finish,
+                    "recall": recall(text, turn["output"]),
+                    "reference": turn["output"],
+                }
+            )
     finally:
         eng.close()
     return out
@@ -98,26 +107,51 @@ def test_training_teaches_the_trained_dishes(settings, monkeypatch, no_leftover_
     runner = JobRunner(settings)
     subset = settings.workspace / "recipes20.jsonl"
     # the shortest recipes: fewer tokens per epoch (CPU time) and answers that end well inside max_new_tokens
-    lines = sorted((l for l in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines() if l.strip()),
-                   key=len)[:RECIPES]
+    lines = sorted((line for line in SAMPLE_RECIPES.read_text(encoding="utf-8").splitlines() if line.strip()), key=len)[
+        :RECIPES
+    ]
     subset.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    run_job(runner, prepare_data.command(settings, input=str(subset), out="data/teach", val=0, test=0),
-            "prepare", 600)
+    run_job(runner, prepare_data.command(settings, input=str(subset), out="data/teach", val=0, test=0), "prepare", 600)
     data = settings.data_dir / "teach" / "train.jsonl"
-    records = [json.loads(l) for l in data.read_text(encoding="utf-8").splitlines() if l.strip()]
+    records = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
     assert len(records) >= RECIPES - 2
 
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model)
-    longest = max(len(tok(r["conversation"][0]["system"] + r["conversation"][0]["input"]
-                          + r["conversation"][0]["output"])["input_ids"]) for r in records)
+    longest = max(
+        len(
+            tok(r["conversation"][0]["system"] + r["conversation"][0]["input"] + r["conversation"][0]["output"])[
+                "input_ids"
+            ]
+        )
+        for r in records
+    )
     max_length = longest + 32  # every sample whole (chat template markers included)
-    run_job(runner, train.command(settings, run_name="teach", data="data/teach", max_length=max_length,
-                                  pack_to_max_length=True, max_epochs=EPOCHS, lr=LR, lora_r=32, lora_alpha=64,
-                                  lora_dropout=0.0, warmup_ratio=0.05, evaluation_inputs=[], save_steps=100000,
-                                  log_interval=5, seed=0, device="cpu"), "train", 3600)
+    run_job(
+        runner,
+        train.command(
+            settings,
+            run_name="teach",
+            data="data/teach",
+            max_length=max_length,
+            pack_to_max_length=True,
+            max_epochs=EPOCHS,
+            lr=LR,
+            lora_r=32,
+            lora_alpha=64,
+            lora_dropout=0.0,
+            warmup_ratio=0.05,
+            evaluation_inputs=[],
+            save_steps=100000,
+            log_interval=5,
+            seed=0,
+            device="cpu",
+        ),
+        "train",
+        3600,
+    )
     run_job(runner, convert.command(settings, run_name="teach"), "convert", 900)
     run_job(runner, merge.command(settings, run_name="teach", name="teach"), "merge", 900)
 
@@ -133,12 +167,19 @@ def test_training_teaches_the_trained_dishes(settings, monkeypatch, no_leftover_
         vals = [r["recall"] for r in rows if r["recall"] is not None]
         return sum(vals) / len(vals) if vals else 0.0
 
-    report = {"recall_fine_tuned": mean(tuned), "recall_base": mean(base), "max_length": max_length,
-              "epochs": EPOCHS, "lr": LR, "timings_s": {k: round(v) for k, v in TIMINGS.items()},
-              "headers": sum(a["answer"].lstrip().startswith(INGREDIENTS_HEADER) for a in tuned),
-              "steps": sum(STEPS_HEADER in a["answer"] for a in tuned),
-              "ended": sum(a["finish"] == "stop" for a in tuned), "asked": len(tuned),
-              "samples": [{k: a[k] for k in ("question", "answer", "finish", "recall")} for a in tuned[:3] + base[:2]]}
+    report = {
+        "recall_fine_tuned": mean(tuned),
+        "recall_base": mean(base),
+        "max_length": max_length,
+        "epochs": EPOCHS,
+        "lr": LR,
+        "timings_s": {k: round(v) for k, v in TIMINGS.items()},
+        "headers": sum(a["answer"].lstrip().startswith(INGREDIENTS_HEADER) for a in tuned),
+        "steps": sum(STEPS_HEADER in a["answer"] for a in tuned),
+        "ended": sum(a["finish"] == "stop" for a in tuned),
+        "asked": len(tuned),
+        "samples": [{k: a[k] for k in ("question", "answer", "finish", "recall")} for a in tuned[:3] + base[:2]],
+    }
     (settings.workspace / "teaching_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2))
     print(json.dumps(report, ensure_ascii=False, indent=2))
     assert report["recall_base"] <= 0.10, report

@@ -1,5 +1,6 @@
 """What every Admin page shares: the login state (one place), the sidebar's log-out, job labels
 and the step from a started job to its live view. Streamlit UI; the pages are in pages/admin*.py."""
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -7,19 +8,26 @@ from datetime import datetime
 import streamlit as st
 
 from backend.jobs import Job, JobError, JobRunner
+from backend.stages import STAGE_MODULES, stage_module
 from core.settings import Settings, SettingsError
 from pipeline.stage import StageError
-from backend.stages import STAGE_MODULES, stage_module
 
 LOGIN_KEY = "admin_for"  # st.session_state: the workspace this browser session is admin of
 JOBS_PAGE = "pages/admin_jobs.py"
 LOGIN_PAGE = "pages/admin.py"
 STATUS_ICON = {"queued": "⏳", "running": "🔄", "succeeded": "✅", "failed": "❌", "cancelled": "⏹️"}
-STAGE_TITLES = {"prepare": "Prepare data · 数据准备", "train": "Train · 训练", "convert": "Convert · 转换 (pth_to_hf)",
-                "merge": "Merge · 合并", "quantize": "Quantise · 量化 (GPU only)", "evaluate": "Evaluate · 评测",
-                "base_model": "Create base model · 创建基座模型", "serve": "Serve · 部署服务 (GPU only)",
-                "feedback_export": "Export reviewed feedback · 导出审核反馈",
-                "dpo": "DPO on feedback pairs · 偏好优化 (optional, after merge)"}
+STAGE_TITLES = {
+    "prepare": "Prepare data · 数据准备",
+    "train": "Train · 训练",
+    "convert": "Convert · 转换 (pth_to_hf)",
+    "merge": "Merge · 合并",
+    "quantize": "Quantise · 量化 (GPU only)",
+    "evaluate": "Evaluate · 评测",
+    "base_model": "Create base model · 创建基座模型",
+    "serve": "Serve · 部署服务 (GPU only)",
+    "feedback_export": "Export reviewed feedback · 导出审核反馈",
+    "dpo": "DPO on feedback pairs · 偏好优化 (optional, after merge)",
+}
 
 
 # ---- the login state ---------------------------------------------------------------------------

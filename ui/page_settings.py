@@ -1,6 +1,7 @@
 """Settings for a page script: loaded on every run (so "Use for chat" and settings.toml edits
 apply without a restart); a bad value stops the page with a clear message, never a traceback.
 Every page goes through app.py (its navigation and start-up) whatever URL was opened first."""
+
 from __future__ import annotations
 
 import runpy

@@ -4,17 +4,38 @@
 engine-relevant settings change (Admin ▸ Use for chat writes a new model into settings.toml) the
 previous engine is released before the new one loads.
 """
+
 from __future__ import annotations
 
 import threading
 
-from backend.engines.base import (FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
-                                  EngineUnavailable, GenerationParams)
+from backend.engines.base import (
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    FINISH_STOPPED,
+    Delta,
+    Engine,
+    EngineUnavailable,
+    GenerationParams,
+)
 from backend.engines.select import EngineChoice
 from core.settings import Settings
 
-__all__ = ["Delta", "Engine", "EngineChoice", "EngineUnavailable", "GenerationParams", "get_engine", "engine_key",
-           "release_engine", "FINISH_STOP", "FINISH_LENGTH", "FINISH_STOPPED", "FINISH_ERROR"]
+__all__ = [
+    "Delta",
+    "Engine",
+    "EngineChoice",
+    "EngineUnavailable",
+    "GenerationParams",
+    "get_engine",
+    "engine_key",
+    "release_engine",
+    "FINISH_STOP",
+    "FINISH_LENGTH",
+    "FINISH_STOPPED",
+    "FINISH_ERROR",
+]
 
 _lock = threading.Lock()
 _current: tuple[tuple, EngineChoice] | None = None
@@ -22,8 +43,17 @@ _current: tuple[tuple, EngineChoice] | None = None
 
 def engine_key(settings: Settings) -> tuple:
     """What decides which engine runs: a change in any of these loads a new one."""
-    return (str(settings.workspace), settings.engine, settings.model, settings.device, settings.session_len,
-            settings.cache_max_entry_count, settings.quant_policy, settings.api_base, settings.api_model)
+    return (
+        str(settings.workspace),
+        settings.engine,
+        settings.model,
+        settings.device,
+        settings.session_len,
+        settings.cache_max_entry_count,
+        settings.quant_policy,
+        settings.api_base,
+        settings.api_model,
+    )
 
 
 def is_loaded(settings: Settings) -> bool:
@@ -40,6 +70,7 @@ def get_engine(settings: Settings, library=None) -> EngineChoice:
         _close_current()
         if library is None:
             from core.recipe_library import open_library
+
             library = open_library(settings)
         from backend.engines.select import select
 

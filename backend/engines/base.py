@@ -4,6 +4,7 @@ stop, and say what you are (name, model, device).
 Engines never raise ImportError at import time: heavy libraries are imported in ``__init__`` and a
 missing library or device raises :class:`EngineUnavailable` with a message that says what to do.
 """
+
 from __future__ import annotations
 
 import threading
@@ -78,8 +79,9 @@ class Engine(ABC):
 
     # ---- what the app calls -------------------------------------------------------------------
     @abstractmethod
-    def stream(self, messages: list[dict], params: GenerationParams,
-               stop_event: threading.Event | None = None) -> Iterator[Delta]:
+    def stream(
+        self, messages: list[dict], params: GenerationParams, stop_event: threading.Event | None = None
+    ) -> Iterator[Delta]:
         """Yield the answer to ``messages`` as deltas; the last one carries ``finish_reason``.
 
         Setting ``stop_event`` (or calling :meth:`stop`) ends the answer early with 'stopped';

@@ -24,6 +24,7 @@ LMDeploy is GPU only and not installed on CPU machines: everything is imported l
 failure (ImportError, a failed environment check that calls ``exit(1)``, CUDA errors) becomes
 :class:`EngineUnavailable` with the reason.
 """
+
 from __future__ import annotations
 
 import gc
@@ -34,16 +35,31 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from backend.engines.base import (
+    FINISH_ERROR,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    FINISH_STOPPED,
+    Delta,
+    Engine,
+    EngineError,
+    EngineUnavailable,
+    GenerationParams,
+)
 from core.model_folder import model_folder_problem
-from backend.engines.base import (FINISH_ERROR, FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
-                                  EngineError, EngineUnavailable, GenerationParams)
 
-_FINISH = {"stop": FINISH_STOP, "length": FINISH_LENGTH, "abort": FINISH_STOPPED, "cancel": FINISH_STOPPED,
-           "error": FINISH_ERROR}
+_FINISH = {
+    "stop": FINISH_STOP,
+    "length": FINISH_LENGTH,
+    "abort": FINISH_STOPPED,
+    "cancel": FINISH_STOPPED,
+    "error": FINISH_ERROR,
+}
 log = logging.getLogger(__name__)
 CLOSE_WAIT_S = 30.0  # how long close() waits for running answers to end after aborting them
-GPU_HINT = ("LMDeploy runs on NVIDIA GPUs only; on a GPU machine `scripts/setup-env.sh app` installs it "
-            "(requirements-gpu.txt)")
+GPU_HINT = (
+    "LMDeploy runs on NVIDIA GPUs only; on a GPU machine `scripts/setup-env.sh app` installs it (requirements-gpu.txt)"
+)
 
 
 def import_lmdeploy():
@@ -56,6 +72,7 @@ def import_lmdeploy():
         raise EngineUnavailable(f"LMDeploy failed to import: {type(e).__name__}: {e}. {GPU_HINT}") from e
     try:
         import torch
+
         if not torch.cuda.is_available():
             raise EngineUnavailable(f"no CUDA GPU is visible to torch. {GPU_HINT}")
     except ImportError as e:
@@ -71,10 +88,12 @@ def chat_template_problem(pipe) -> str | None:
     tpl = getattr(getattr(pipe, "async_engine", None), "chat_template", None)
     if isinstance(tpl, HFChatTemplate):
         return None
-    return (f"LMDeploy did not read the model's own chat template (it would use {type(tpl).__name__}, "
-            "whose prompts lack the model's turn markers, so answers would be garbage): check that the "
-            "model folder's tokenizer_config.json has a chat_template and that its tokenizer loads with "
-            "transformers (AutoTokenizer.from_pretrained(folder, trust_remote_code=True))")
+    return (
+        f"LMDeploy did not read the model's own chat template (it would use {type(tpl).__name__}, "
+        "whose prompts lack the model's turn markers, so answers would be garbage): check that the "
+        "model folder's tokenizer_config.json has a chat_template and that its tokenizer loads with "
+        "transformers (AutoTokenizer.from_pretrained(folder, trust_remote_code=True))"
+    )
 
 
 def gpu_memory_used() -> int | None:
@@ -115,9 +134,13 @@ def model_format(model_path: Path) -> str | None:
 def generation_config(lmdeploy, params: GenerationParams):
     """LMDeploy's GenerationConfig for our params (every field checked by the contract tests)."""
     return lmdeploy.GenerationConfig(
-        max_new_tokens=params.max_new_tokens, do_sample=not params.greedy, top_p=params.top_p,
-        top_k=1 if params.greedy else params.top_k, temperature=1.0 if params.greedy else params.temperature,
-        repetition_penalty=params.repetition_penalty)
+        max_new_tokens=params.max_new_tokens,
+        do_sample=not params.greedy,
+        top_p=params.top_p,
+        top_k=1 if params.greedy else params.top_k,
+        temperature=1.0 if params.greedy else params.temperature,
+        repetition_penalty=params.repetition_penalty,
+    )
 
 
 class LMDeployEngine(Engine):
@@ -134,12 +157,17 @@ class LMDeployEngine(Engine):
         lmdeploy = import_lmdeploy()
         self.session_len = session_len
         # LMDeploy asserts 0 < cache_max_entry_count < 1 (in TurboMind >= 1 means a number of blocks)
-        backend_config = self.backend_config(lmdeploy, path, session_len=session_len,
-                                             cache_max_entry_count=min(cache_max_entry_count, 0.95),
-                                             quant_policy=quant_policy)
+        backend_config = self.backend_config(
+            lmdeploy,
+            path,
+            session_len=session_len,
+            cache_max_entry_count=min(cache_max_entry_count, 0.95),
+            quant_policy=quant_policy,
+        )
         try:
-            pipe = lmdeploy.pipeline(str(path), backend_config=backend_config, log_level="ERROR",
-                                     trust_remote_code=True)
+            pipe = lmdeploy.pipeline(
+                str(path), backend_config=backend_config, log_level="ERROR", trust_remote_code=True
+            )
         except (SystemExit, Exception) as e:  # noqa: BLE001 - LMDeploy may exit(1) on a failed check
             raise EngineUnavailable(f"{self.name} could not load {path}: {type(e).__name__}: {e}") from e
         self._attach(lmdeploy, pipe, path)
@@ -162,9 +190,13 @@ class LMDeployEngine(Engine):
         self.requested = self.name
         actual = getattr(getattr(pipe, "async_engine", None), "backend", None) or self.name
         self.name = actual
-        self.backend_note = None if actual == self.requested else (
-            f"LMDeploy runs this model on its {actual} engine: {self.requested} does not support its "
-            "architecture")
+        self.backend_note = (
+            None
+            if actual == self.requested
+            else (
+                f"LMDeploy runs this model on its {actual} engine: {self.requested} does not support its architecture"
+            )
+        )
 
     @classmethod
     def from_pipeline(cls, lmdeploy, pipe, path: str | Path) -> "LMDeployEngine":
@@ -186,13 +218,16 @@ class LMDeployEngine(Engine):
     def device(self) -> str:
         try:
             import torch
+
             return f"cuda ({torch.cuda.get_device_name(0)})"
         except Exception:  # noqa: BLE001
             return "cuda"
 
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
-            tok = getattr(getattr(self.pipe, "async_engine", None), "tokenizer", None) or getattr(self.pipe, "tokenizer", None)
+            tok = getattr(getattr(self.pipe, "async_engine", None), "tokenizer", None) or getattr(
+                self.pipe, "tokenizer", None
+            )
             self._tokenizer = tok
         try:
             return len(self._tokenizer.encode(text, add_bos=False))
@@ -208,12 +243,14 @@ class LMDeployEngine(Engine):
         except Exception:  # noqa: BLE001 - best effort; the stream ends anyway
             pass
 
-    def stream(self, messages: list[dict], params: GenerationParams,
-               stop_event: threading.Event | None = None) -> Iterator[Delta]:
+    def stream(
+        self, messages: list[dict], params: GenerationParams, stop_event: threading.Event | None = None
+    ) -> Iterator[Delta]:
         with self._active_lock:
             if self._closing or self.pipe is None:
-                raise EngineUnavailable(f"the {self.name} engine is being replaced (a new model was chosen "
-                                        "for chat): ask again in a moment")
+                raise EngineUnavailable(
+                    f"the {self.name} engine is being replaced (a new model was chosen for chat): ask again in a moment"
+                )
             ev = stop_event or threading.Event()
             self._active.add(ev)
             session = self.pipe.session()

@@ -9,13 +9,22 @@ down or rejects the key is a reason shown on the page and the next engine answer
 retried with back-off on connection errors, 429 and 5xx before the first token; an error after
 that keeps the partial answer, marked 'error', with a message that says what to do.
 """
+
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 
-from backend.engines.base import (FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine, EngineError,
-                                  EngineUnavailable, GenerationParams)
+from backend.engines.base import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    FINISH_STOPPED,
+    Delta,
+    Engine,
+    EngineError,
+    EngineUnavailable,
+    GenerationParams,
+)
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 120.0  # between two streamed chunks (a long prefill on a busy server)
@@ -27,19 +36,27 @@ def problem(e: Exception, base_url: str, model: str) -> str:
     import openai
 
     if isinstance(e, openai.APITimeoutError):
-        return (f"the server at {base_url} did not answer within {READ_TIMEOUT_S:.0f} s; it may be overloaded: "
-                "try again, or add servers behind a proxy")
+        return (
+            f"the server at {base_url} did not answer within {READ_TIMEOUT_S:.0f} s; it may be overloaded: "
+            "try again, or add servers behind a proxy"
+        )
     if isinstance(e, openai.APIConnectionError):
-        return (f"cannot reach the server at {base_url} (connection lost or refused): check that it runs and "
-                "that RECIPE_API_BASE is right")
+        return (
+            f"cannot reach the server at {base_url} (connection lost or refused): check that it runs and "
+            "that RECIPE_API_BASE is right"
+        )
     if isinstance(e, openai.AuthenticationError):
-        return (f"the server at {base_url} rejected the API key (401): set RECIPE_API_KEY or api_key in "
-                ".streamlit/secrets.toml")
+        return (
+            f"the server at {base_url} rejected the API key (401): set RECIPE_API_KEY or api_key in "
+            ".streamlit/secrets.toml"
+        )
     if isinstance(e, openai.PermissionDeniedError):
         return f"the server at {base_url} refused the request (403): the key lacks access to {model!r}"
     if isinstance(e, openai.NotFoundError):
-        return (f"not found at {base_url} (404): the model {model!r} is not served there, or RECIPE_API_BASE "
-                "lacks its /v1 path")
+        return (
+            f"not found at {base_url} (404): the model {model!r} is not served there, or RECIPE_API_BASE "
+            "lacks its /v1 path"
+        )
     if isinstance(e, openai.RateLimitError):
         return f"the server at {base_url} is busy (429, rate limited): try again in a moment"
     if isinstance(e, openai.APIStatusError):
@@ -69,8 +86,12 @@ class OpenAIEngine(Engine):
         except ImportError as e:
             raise EngineUnavailable(f"the openai package is missing ({e}): run scripts/setup-env.sh app") from e
         self.base_url = base_url.rstrip("/")
-        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "EMPTY", max_retries=RETRIES,
-                                    timeout=openai.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+        self.client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=api_key or "EMPTY",
+            max_retries=RETRIES,
+            timeout=openai.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        )
         try:
             served = [m.id for m in self.client.models.list()]
         except openai.OpenAIError as e:
@@ -78,8 +99,10 @@ class OpenAIEngine(Engine):
         if not served:
             raise EngineUnavailable(f"the server at {self.base_url} serves no model")
         if model and model not in served:
-            raise EngineUnavailable(f"the server at {self.base_url} does not serve {model!r}; it serves "
-                                    f"{', '.join(served[:10])}: fix RECIPE_API_MODEL")
+            raise EngineUnavailable(
+                f"the server at {self.base_url} does not serve {model!r}; it serves "
+                f"{', '.join(served[:10])}: fix RECIPE_API_MODEL"
+            )
         self._model = model or served[0]
         self._extras = True  # send top_k / repetition_penalty until the server refuses them
         self.served = served
@@ -92,8 +115,9 @@ class OpenAIEngine(Engine):
     def device(self) -> str:
         return self.base_url
 
-    def stream(self, messages: list[dict], params: GenerationParams,
-               stop_event: threading.Event | None = None) -> Iterator[Delta]:
+    def stream(
+        self, messages: list[dict], params: GenerationParams, stop_event: threading.Event | None = None
+    ) -> Iterator[Delta]:
         import openai
 
         ev = self._track(stop_event)
@@ -129,12 +153,20 @@ class OpenAIEngine(Engine):
         and vLLM read them, stricter servers refuse them (422), and then they are left out."""
         import openai
 
-        request = dict(model=self._model, messages=messages, stream=True, stream_options={"include_usage": True},
-                       max_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p)
+        request = dict(
+            model=self._model,
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+        )
         if self._extras:
             try:
                 return self.client.chat.completions.create(
-                    **request, extra_body={"top_k": params.top_k, "repetition_penalty": params.repetition_penalty})
+                    **request, extra_body={"top_k": params.top_k, "repetition_penalty": params.repetition_penalty}
+                )
             except openai.UnprocessableEntityError as e:
                 detail = f"{e} {e.body} {_text(e.response)}"
                 if "top_k" not in detail and "repetition_penalty" not in detail:

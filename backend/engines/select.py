@@ -1,5 +1,6 @@
 """Which engine runs: ``select(settings, library)`` implements RECIPE_ENGINE, ``auto`` included,
 and falls back down the chain turbomind/pytorch -> transformers -> library, recording why."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,7 @@ from pathlib import Path
 from backend.engines.base import Engine, EngineUnavailable
 from core.settings import Settings
 
-FALLBACK = {"turbomind": "transformers", "pytorch": "transformers", "openai": "transformers",
-            "transformers": "library"}
+FALLBACK = {"turbomind": "transformers", "pytorch": "transformers", "openai": "transformers", "transformers": "library"}
 
 
 @dataclass
@@ -39,6 +39,7 @@ def lmdeploy_gpu_available() -> tuple[bool, str]:
         return False, "LMDeploy is not installed (it is installed on GPU machines only)"
     try:
         import torch
+
         if not torch.cuda.is_available():
             return False, "no CUDA GPU is visible (LMDeploy runs on NVIDIA GPUs only)"
     except ImportError:
@@ -51,7 +52,9 @@ def auto_engine(settings: Settings) -> tuple[str, list[str]]:
     model, else library. Returns (engine name, notes)."""
     path = model_path(settings)
     if path is None:
-        return "library", ["no model is configured (RECIPE_MODEL or Admin ▸ Use for chat): answering from the recipe library"]
+        return "library", [
+            "no model is configured (RECIPE_MODEL or Admin ▸ Use for chat): answering from the recipe library"
+        ]
     ok, why = lmdeploy_gpu_available()
     if ok:
         return "turbomind", []
@@ -62,10 +65,12 @@ def build(name: str, settings: Settings, library) -> Engine:
     """Start one engine by name; raises EngineUnavailable (with the reason) when it cannot."""
     if name == "library":
         from backend.engines.library_engine import LibraryEngine
+
         return LibraryEngine(library)
     if name == "openai":
         from backend.engines.openai_engine import OpenAIEngine
         from core.settings import api_key
+
         return OpenAIEngine(settings.api_base, settings.api_model, api_key())
     path = model_path(settings)
     if path is None:
@@ -74,14 +79,20 @@ def build(name: str, settings: Settings, library) -> Engine:
         raise EngineUnavailable(f"model folder {path} does not exist; fix RECIPE_MODEL / settings.toml `model`")
     if name == "transformers":
         from backend.engines.transformers_engine import TransformersEngine
+
         return TransformersEngine(path, device=settings.device)
-    options = dict(session_len=settings.session_len, cache_max_entry_count=settings.cache_max_entry_count,
-                   quant_policy=settings.quant_policy)
+    options = dict(
+        session_len=settings.session_len,
+        cache_max_entry_count=settings.cache_max_entry_count,
+        quant_policy=settings.quant_policy,
+    )
     if name == "turbomind":
         from backend.engines.turbomind import TurboMindEngine
+
         return TurboMindEngine(path, **options)
     if name == "pytorch":
         from backend.engines.lmdeploy_pytorch import PytorchEngine
+
         return PytorchEngine(path, **options)
     raise EngineUnavailable(f"unknown engine {name!r}")
 

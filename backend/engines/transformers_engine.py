@@ -3,15 +3,23 @@
 Works on CPU or GPU. One answer at a time per engine (a lock): requests from other browser
 sessions wait their turn instead of interleaving on the same model.
 """
+
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from backend.engines.base import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    FINISH_STOPPED,
+    Delta,
+    Engine,
+    EngineUnavailable,
+    GenerationParams,
+)
 from core.model_folder import model_folder_problem
-from backend.engines.base import (FINISH_LENGTH, FINISH_STOP, FINISH_STOPPED, Delta, Engine,
-                                  EngineUnavailable, GenerationParams)
 
 # What a tokenizer decodes an incomplete UTF-8 sequence to: the tail of an answer cut inside a
 # character by max_new_tokens (or a stop) when one character takes several byte-level tokens.
@@ -29,8 +37,7 @@ INTERNLM2_TEMPLATE = (
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
     """The prompt text for ``messages`` in the model's own chat template (InternLM2's if none)."""
     template = getattr(tokenizer, "chat_template", None) or INTERNLM2_TEMPLATE
-    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False, add_generation_prompt=True)
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:
@@ -91,8 +98,9 @@ class TransformersEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def stream(self, messages: list[dict], params: GenerationParams,
-               stop_event: threading.Event | None = None) -> Iterator[Delta]:
+    def stream(
+        self, messages: list[dict], params: GenerationParams, stop_event: threading.Event | None = None
+    ) -> Iterator[Delta]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         ev = self._track(stop_event)
@@ -126,15 +134,21 @@ class TransformersEngine(Engine):
                 inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self._device)
                 n_prompt = int(inputs["input_ids"].shape[1])
                 streamer = _CountingStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-                kwargs = dict(**inputs, streamer=streamer, max_new_tokens=params.max_new_tokens,
-                              repetition_penalty=params.repetition_penalty, eos_token_id=self._eos,
-                              pad_token_id=self.tokenizer.pad_token_id or self._eos[0],
-                              stopping_criteria=StoppingCriteriaList([_Stop()]))
+                kwargs = dict(
+                    **inputs,
+                    streamer=streamer,
+                    max_new_tokens=params.max_new_tokens,
+                    repetition_penalty=params.repetition_penalty,
+                    eos_token_id=self._eos,
+                    pad_token_id=self.tokenizer.pad_token_id or self._eos[0],
+                    stopping_criteria=StoppingCriteriaList([_Stop()]),
+                )
                 if params.greedy:
                     kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
                 else:
-                    kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                                  top_k=params.top_k or None)
+                    kwargs.update(
+                        do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
+                    )
                 failure: list[BaseException] = []
 
                 def run():
@@ -173,4 +187,3 @@ class TransformersEngine(Engine):
         self.hf_model = None
         if self._device == "cuda":
             self._torch.cuda.empty_cache()
-

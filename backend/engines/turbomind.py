@@ -1,5 +1,6 @@
 """TurboMind (LMDeploy's CUDA engine) in process: session length, KV-cache share, KV int8/int4
 quantisation (quant_policy 8/4) and AWQ (W4A16) weights from `lmdeploy lite auto_awq`."""
+
 from __future__ import annotations
 
 from pathlib import Path

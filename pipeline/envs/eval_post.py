@@ -5,6 +5,7 @@ that a broken environment fails here, at setup, and not in the middle of an eval
 GPU machines LMDeploy comes with its dependencies from eval-gpu.txt, installed by setup-env.sh
 before eval.txt; elsewhere eval-nodeps.txt installs its Python code alone, for the contract tests.)
 """
+
 from __future__ import annotations
 
 import os
@@ -16,11 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:
-    check = ("import opencompass, transformers; "
-             "from pipeline.opencompass_cfg import recipe_bench, turbomind_model; import lmdeploy; "
-             "assert int(transformers.__version__.split('.')[0]) < 5, transformers.__version__; "
-             "print('[setup] eval: OpenCompass', opencompass.__version__, '· transformers', transformers.__version__, "
-             "'· LMDeploy', lmdeploy.__version__)")
+    check = (
+        "import opencompass, transformers; "
+        "from pipeline.opencompass_cfg import recipe_bench, turbomind_model; import lmdeploy; "
+        "assert int(transformers.__version__.split('.')[0]) < 5, transformers.__version__; "
+        "print('[setup] eval: OpenCompass', opencompass.__version__, '· transformers', transformers.__version__, "
+        "'· LMDeploy', lmdeploy.__version__)"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env).returncode
 

@@ -5,6 +5,7 @@ InternVL dataset, whose module imports torchvision. The training environment has
 (PyPI's build is CUDA-only and would drag a CUDA torch in), so that one import is made optional.
 Idempotent: a second run finds the patch in place and changes nothing.
 """
+
 from __future__ import annotations
 
 import sys

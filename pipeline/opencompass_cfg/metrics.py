@@ -17,16 +17,18 @@ it alone scored ROUGE-2 5.85 on a held-out set, above a fine-tuned model (issue 
 
 Stdlib only: runs in the app and in the eval environment.
 """
+
 from __future__ import annotations
 
 import re
 
-from core.recipe_format import (INGREDIENTS_HEADER, STEPS_HEADER, _STEP_NUMBER, format_answer,
-                                    parse_answer)
+from core.recipe_format import _STEP_NUMBER, INGREDIENTS_HEADER, STEPS_HEADER, format_answer, parse_answer
 
 _DIGITS = r"(?:\d+(?:\.\d+)?(?:\s*/\s*\d+)?|[½¼¾⅓⅔])"
-_UNIT = (r"(?:kg|mg|ml|g|l|cm|克|千克|公斤|毫升|升|斤|两|个|只|根|瓣|片|勺|汤匙|茶匙|大勺|小勺|匙|杯|碗|"
-         r"块|颗|粒|条|把|袋|包|盒|罐|瓶|张|段|头|棵|朵|滴|厘米|小把|小块|撮|份|枚|支|节|株|听|盎司|磅)")
+_UNIT = (
+    r"(?:kg|mg|ml|g|l|cm|克|千克|公斤|毫升|升|斤|两|个|只|根|瓣|片|勺|汤匙|茶匙|大勺|小勺|匙|杯|碗|"
+    r"块|颗|粒|条|把|袋|包|盒|罐|瓶|张|段|头|棵|朵|滴|厘米|小把|小块|撮|份|枚|支|节|株|听|盎司|磅)"
+)
 _ONE = rf"(?:{_DIGITS}\s*{_UNIT}?|[一二两三四五六七八九十半几]+\s*{_UNIT})"  # 五花肉 is not 5 x 花肉
 _AMOUNT = rf"{_ONE}(?:\s*[~\-～到至]\s*{_ONE})?(?:\s*左右)?"
 _VAGUE = r"(?:适量|少许|少量|若干|一些|一点|一点点|随意|按口味|依口味|可选|选用|备用)"
@@ -83,8 +85,11 @@ def ingredient_recall(prediction: str, reference: str) -> tuple[float | None, li
 
 def mean_ingredient_recall(predictions: list[str], references: list[str]) -> float | None:
     """Average recall over the samples whose reference lists ingredients, in percent."""
-    values = [r for r, _ in (ingredient_recall(p or "", ref or "") for p, ref in zip(predictions, references))
-              if r is not None]
+    values = [
+        r
+        for r, _ in (ingredient_recall(p or "", ref or "") for p, ref in zip(predictions, references))
+        if r is not None
+    ]
     return 100 * sum(values) / len(values) if values else None
 
 
@@ -125,8 +130,13 @@ def ingredient_scores(prediction: str, reference: str) -> dict | None:
         return None
     precision, extra = ingredient_precision(prediction, reference)
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"ingredient_recall": recall, "ingredient_precision": precision, "ingredient_f1": f1,
-            "missed_ingredients": missed, "extra_ingredients": extra}
+    return {
+        "ingredient_recall": recall,
+        "ingredient_precision": precision,
+        "ingredient_f1": f1,
+        "missed_ingredients": missed,
+        "extra_ingredients": extra,
+    }
 
 
 INGREDIENT_METRICS = ("ingredient_recall", "ingredient_precision", "ingredient_f1")
@@ -170,8 +180,10 @@ BASELINES = {
     # the format alone, as the fine-tuned model's answers start: the issue's "您需要准备以下食材:" and more
     "template": format_answer([], []),
     # a recipe for no dish in particular: the pantry staples and the steps of any stir-fry
-    "generic": format_answer(["盐 适量", "食用油 适量", "葱 适量", "姜 适量", "蒜 适量", "生抽 适量", "白糖 适量"],
-                             ["将食材洗净切好", "热锅倒油，爆香葱姜蒜", "放入主料翻炒至熟", "加盐、生抽和白糖调味，出锅装盘"]),
+    "generic": format_answer(
+        ["盐 适量", "食用油 适量", "葱 适量", "姜 适量", "蒜 适量", "生抽 适量", "白糖 适量"],
+        ["将食材洗净切好", "热锅倒油，爆香葱姜蒜", "放入主料翻炒至熟", "加盐、生抽和白糖调味，出锅装盘"],
+    ),
 }
 BASELINE_LABELS = {"template": "constant answer: template", "generic": "constant answer: generic recipe"}
 _BASELINE_METRIC = re.compile(r"^baseline:([\w-]+):(.+)$")

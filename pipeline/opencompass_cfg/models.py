@@ -5,6 +5,7 @@ class from ``MODEL_MODULES`` (TurboMind: our ``RecipeTurboMindModel`` of ``turbo
 which passes trust_remote_code=True and checks the chat template). Both kinds apply the model
 folder's own chat template (``tokenizer_config.json``), with the system prompt sent as a real system message, as the app and the training data do.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,8 +35,14 @@ def model_abbr(path: str | Path, suffix: str = "") -> str:
     return name + suffix
 
 
-def hf_chat_model(path: str | Path, abbr: str | None = None, max_out_len: int = 512, batch_size: int = 1,
-                  num_gpus: int = 0, max_seq_len: int = 4096) -> dict:
+def hf_chat_model(
+    path: str | Path,
+    abbr: str | None = None,
+    max_out_len: int = 512,
+    batch_size: int = 1,
+    num_gpus: int = 0,
+    max_seq_len: int = 4096,
+) -> dict:
     """transformers on CPU (num_gpus=0) or GPU: HuggingFacewithChatTemplate."""
     return dict(
         type="HuggingFacewithChatTemplate",
@@ -44,7 +51,8 @@ def hf_chat_model(path: str | Path, abbr: str | None = None, max_out_len: int = 
         meta_template=CHAT_META_TEMPLATE,
         # generate() of decoder-only models rejects token_type_ids, which some saved tokenizers return
         tokenizer_kwargs=dict(model_input_names=["input_ids", "attention_mask"]),
-        model_kwargs=dict(device_map="auto", torch_dtype="auto") if num_gpus
+        model_kwargs=dict(device_map="auto", torch_dtype="auto")
+        if num_gpus
         else dict(device_map="cpu", torch_dtype="torch.float32"),
         max_seq_len=max_seq_len,
         max_out_len=max_out_len,
@@ -53,9 +61,15 @@ def hf_chat_model(path: str | Path, abbr: str | None = None, max_out_len: int = 
     )
 
 
-def turbomind_chat_model(path: str | Path, abbr: str | None = None, max_out_len: int = 512,
-                         batch_size: int = 16, max_seq_len: int = 4096, cache_max_entry_count: float = 0.5,
-                         quant_policy: int = 0) -> dict:
+def turbomind_chat_model(
+    path: str | Path,
+    abbr: str | None = None,
+    max_out_len: int = 512,
+    batch_size: int = 16,
+    max_seq_len: int = 4096,
+    cache_max_entry_count: float = 0.5,
+    quant_policy: int = 0,
+) -> dict:
     """LMDeploy TurboMind on one GPU: our RecipeTurboMindModel, OpenCompass's
     TurboMindModelwithChatTemplate with trust_remote_code=True (greedy decoding)."""
     return dict(
@@ -64,9 +78,13 @@ def turbomind_chat_model(path: str | Path, abbr: str | None = None, max_out_len:
         path=str(path),
         backend="turbomind",
         meta_template=CHAT_META_TEMPLATE,
-        engine_config=dict(session_len=max_seq_len, max_batch_size=batch_size, tp=1,
-                           cache_max_entry_count=min(cache_max_entry_count, MAX_CACHE_SHARE),
-                           quant_policy=quant_policy),
+        engine_config=dict(
+            session_len=max_seq_len,
+            max_batch_size=batch_size,
+            tp=1,
+            cache_max_entry_count=min(cache_max_entry_count, MAX_CACHE_SHARE),
+            quant_policy=quant_policy,
+        ),
         gen_config=dict(do_sample=False, max_new_tokens=max_out_len),
         max_seq_len=max_seq_len,
         max_out_len=max_out_len,

@@ -8,6 +8,7 @@ Imported by OpenCompass inside the eval environment (``pipeline.evaluate`` puts 
 on PYTHONPATH). The questions come from a test split in XTuner's conversation format, one JSON
 object a line: ``{"conversation": [{"system": ..., "input": ..., "output": ...}]}``.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,15 @@ from opencompass.datasets.base import BaseDataset
 from opencompass.openicl.icl_evaluator import BaseEvaluator, BleuEvaluator, JiebaRougeEvaluator
 from opencompass.registry import ICL_EVALUATORS, LOAD_DATASET
 
-from pipeline.opencompass_cfg.metrics import (BASELINES, INGREDIENT_METRICS, baseline_metric, clean_prediction,
-                                              content_text, ingredient_scores, mean_ingredient_scores)
+from pipeline.opencompass_cfg.metrics import (
+    BASELINES,
+    INGREDIENT_METRICS,
+    baseline_metric,
+    clean_prediction,
+    content_text,
+    ingredient_scores,
+    mean_ingredient_scores,
+)
 from pipeline.opencompass_cfg.testset import read_questions
 
 
@@ -54,8 +62,11 @@ class FullAnswerJiebaRougeEvaluator(JiebaRougeEvaluator):
         preds = [self.words(p) or "__PREDPLACEHOLDER__" for p in predictions]
         refs = [self.words(r) or "__REFRPLACEHOLDER__" for r in references]
         score = Rouge().get_scores(preds, refs, avg=True)
-        return {"rouge1": score["rouge-1"]["f"] * 100, "rouge2": score["rouge-2"]["f"] * 100,
-                "rougeL": score["rouge-l"]["f"] * 100}
+        return {
+            "rouge1": score["rouge-1"]["f"] * 100,
+            "rouge2": score["rouge-2"]["f"] * 100,
+            "rougeL": score["rouge-l"]["f"] * 100,
+        }
 
 
 class ChineseBleuEvaluator(BleuEvaluator):
@@ -78,8 +89,15 @@ class IngredientRecallEvaluator(BaseEvaluator):
         details = []
         for p, r in zip(predictions, references):
             s = ingredient_scores(p, r or "") or {"missed_ingredients": [], "extra_ingredients": []}
-            details.append({"pred": p, "answer": r, **{m: s.get(m) for m in INGREDIENT_METRICS},
-                            "missed_ingredients": s["missed_ingredients"], "extra_ingredients": s["extra_ingredients"]})
+            details.append(
+                {
+                    "pred": p,
+                    "answer": r,
+                    **{m: s.get(m) for m in INGREDIENT_METRICS},
+                    "missed_ingredients": s["missed_ingredients"],
+                    "extra_ingredients": s["extra_ingredients"],
+                }
+            )
         means = mean_ingredient_scores(predictions, references)
         return {**{m: 0.0 if v is None else v for m, v in means.items()}, "details": details}
 

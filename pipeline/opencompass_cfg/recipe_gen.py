@@ -13,16 +13,16 @@ from opencompass.openicl.icl_retriever import ZeroRetriever
 
 from pipeline.opencompass_cfg.recipe_bench import RecipeDataset, RecipeEvaluator
 
-recipe_reader_cfg = dict(input_columns=['system', 'question'], output_column='answer')
+recipe_reader_cfg = dict(input_columns=["system", "question"], output_column="answer")
 
 recipe_infer_cfg = dict(
     prompt_template=dict(
         type=PromptTemplate,
         template=dict(
-            begin=[dict(role='SYSTEM', fallback_role='HUMAN', prompt='{system}')],
+            begin=[dict(role="SYSTEM", fallback_role="HUMAN", prompt="{system}")],
             round=[
-                dict(role='HUMAN', prompt='{question}'),
-                dict(role='BOT', prompt=''),
+                dict(role="HUMAN", prompt="{question}"),
+                dict(role="BOT", prompt=""),
             ],
         ),
     ),
@@ -34,9 +34,9 @@ recipe_eval_cfg = dict(evaluator=dict(type=RecipeEvaluator))
 
 recipe_datasets = [
     dict(
-        abbr='recipe',
+        abbr="recipe",
         type=RecipeDataset,
-        path='data/test.jsonl',
+        path="data/test.jsonl",
         limit=None,
         reader_cfg=recipe_reader_cfg,
         infer_cfg=recipe_infer_cfg,

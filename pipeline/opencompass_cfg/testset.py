@@ -2,6 +2,7 @@
 ``{"conversation": [{"system": ..., "input": ..., "output": ...}]}``). Stdlib only: the app
 checks a test file with it before starting a run, the eval environment loads it for OpenCompass.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ def read_questions(path: str | Path, limit: int | None = None) -> list[dict]:
                 continue
             if isinstance(q, str) and isinstance(a, str) and q.strip() and a.strip():
                 system = turn.get("system")
-                rows.append({"system": system if isinstance(system, str) and system.strip() else SYSTEM_PROMPT,
-                             "question": q, "answer": a})
+                rows.append(
+                    {
+                        "system": system if isinstance(system, str) and system.strip() else SYSTEM_PROMPT,
+                        "question": q,
+                        "answer": a,
+                    }
+                )
                 if limit and len(rows) >= limit:
                     break
     return rows
