@@ -1,5 +1,5 @@
 # The two commands of the README: `make run` and `make test`. Everything else is a helper.
-.PHONY: run test setup setup-app setup-dev setup-train setup-eval setup-system bench gpu-check
+.PHONY: run test lint setup setup-app setup-dev setup-train setup-eval setup-system bench gpu-check
 
 PY := .venv/bin/python
 PORT ?= 6006
@@ -7,8 +7,15 @@ PORT ?= 6006
 run: setup-app
 	$(PY) -m streamlit run app.py --server.port $(PORT) --browser.serverPort $(PORT)
 
-test: setup-dev setup-train setup-eval setup-system
+test: setup-dev setup-train setup-eval setup-system lint
 	RECIPE_TEST_STRICT=1 $(PY) -m pytest -q -ra tests
+
+# ruff (lint and format, pyproject.toml) and the layer contracts (import-linter: ui -> backend ->
+# pipeline -> core, no import cycles); part of `make test`
+lint: setup-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	.venv/bin/lint-imports
 
 setup: setup-app setup-train setup-eval
 
