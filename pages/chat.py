@@ -4,16 +4,16 @@ UI only: the engine, the prompt, the history and the timings live in backend.cha
 backend.engines and backend.history. The open conversation id is the URL query parameter `c`.
 """
 
-from functools import partial
 from pathlib import Path
 
 import streamlit as st
 
 from backend.chat_service import MAX_QUESTION_CHARS, ChatService, answer_markdown
-from backend.engines import GenerationParams, get_engine, is_loaded
+from backend.engines import get_engine, is_loaded
 from backend.history import SEARCH_CHARS, History, HistoryError
 from core.recipe_format import SYSTEM_PROMPT, format_answer
 from core.recipe_library import library_count, library_error, open_library
+from ui.chat_sidebar import conversation_manager, generation_settings
 from ui.page_settings import settings_or_stop
 
 settings = settings_or_stop()
@@ -75,42 +75,7 @@ with st.sidebar:
         )
 
     if cid:
-        with st.expander("管理当前对话 / Manage", expanded=False):
-            new_title = st.text_input("标题 / Title", value=current["title"], key=f"title_{cid}")
-            if st.button("✏️ 重命名 / Rename", key="rename"):
-                try:
-                    history.rename_conversation(cid, new_title)
-                    st.rerun()
-                except HistoryError as e:
-                    st.error(str(e))
-            # exported when clicked, not on every run of the page
-            st.download_button(
-                "⬇️ 导出 Markdown",
-                partial(history.export_markdown, cid),
-                file_name=f"chat-{cid}.md",
-                mime="text/markdown",
-                key="export_md",
-            )
-            st.download_button(
-                "⬇️ 导出 JSON",
-                partial(history.export_json, cid),
-                file_name=f"chat-{cid}.json",
-                mime="application/json",
-                key="export_json",
-            )
-            if st.session_state.get("confirm_delete") == cid:
-                st.warning("确定删除这个对话吗？删除后无法恢复。 / Delete this conversation for good?")
-                c1, c2 = st.columns(2)
-                if c1.button("确认删除 / Delete", key="delete_confirm", type="primary"):
-                    history.delete_conversation(cid)
-                    open_conversation(None)
-                    st.rerun()
-                c2.button(
-                    "取消 / Cancel", key="delete_cancel", on_click=st.session_state.pop, args=("confirm_delete", None)
-                )
-            elif st.button("🗑️ 删除 / Delete", key="delete"):
-                st.session_state["confirm_delete"] = cid
-                st.rerun()
+        conversation_manager(history, cid, current["title"], open_conversation)
 
     # ---- sidebar: what can I cook with what I have (a pantry question asked in the chat) -------------
     with st.expander("🧺 我有这些食材 / What I have", expanded=False):
@@ -131,16 +96,7 @@ with st.sidebar:
 
     # ---- sidebar: generation settings --------------------------------------------------------------
     with st.expander("⚙️ 生成参数 / Generation", expanded=False):
-        max_cap = max(settings.session_len - 64, 1)
-        max_new_tokens = st.number_input(
-            "max new tokens", 1, max_cap, min(settings.max_new_tokens, max_cap), step=64, key="max_new_tokens"
-        )
-        temperature = st.slider("temperature", 0.0, 2.0, 0.7, 0.05, key="temperature", help="0 = greedy decoding")
-        top_p = st.slider("top-p", 0.05, 1.0, 0.8, 0.05, key="top_p")
-        top_k = st.slider("top-k", 0, 100, 40, 1, key="top_k", help="0 = off")
-        repetition_penalty = st.slider(
-            "repetition penalty", 1.0, 2.0, 1.005, 0.005, format="%.3f", key="repetition_penalty"
-        )
+        params = generation_settings(settings)
         grounding = st.toggle(
             "参考菜谱库 / Ground in the recipe library",
             value=n_recipes > 0,
@@ -152,14 +108,6 @@ with st.sidebar:
         if st.button("恢复默认提示词 / Reset prompt", key="reset_prompt"):
             st.session_state["system_prompt"] = SYSTEM_PROMPT
         system_prompt = st.text_area("系统提示词 / System prompt", height=140, key="system_prompt")
-
-params = GenerationParams(
-    max_new_tokens=int(max_new_tokens),
-    temperature=float(temperature),
-    top_p=float(top_p),
-    top_k=int(top_k),
-    repetition_penalty=float(repetition_penalty),
-)
 
 # ---- header ----------------------------------------------------------------------------------------
 st.title("🍳 菜谱小管家")
