@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,8 +66,21 @@ def ensure_schema(path: str | Path, name: str, create: Callable[[sqlite_utils.Da
         if key in _ready and path.exists():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        with thread_db(path) as db, schema_lock(path):  # connected first: _connect may take the lock
-            create(db)
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        pause = 0.01
+        while True:
+            try:
+                with thread_db(path) as db, schema_lock(path):  # connected first: _connect may take the lock
+                    create(db)  # idempotent (IF NOT EXISTS): safe to run again
+                break
+            except sqlite3.OperationalError as e:
+                # SQLite answers "database is locked" at once, without its busy timeout, where waiting
+                # could deadlock (e.g. a new file still switching to WAL while another process
+                # writes): seen with 12 processes starting on a new app.db on a loaded machine
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
         _ready.add(key)
 
 
