@@ -38,7 +38,7 @@ from pathlib import Path
 
 from pipeline import artefacts, train
 from pipeline.params import LOSS_TYPES, DpoParams, parse  # noqa: F401 - LOSS_TYPES: dpo.LOSS_TYPES
-from pipeline.stage import NAME, StageCommand, StageError, timestamp, user_path
+from pipeline.stage import NAME, StageCommand, StageError, user_path
 
 TEMPLATE = "dpo/internlm/internlm2_chat_1_8b_dpo_full_varlenattn_jsonl_dataset.py"
 PARAMS_FILE = artefacts.PARAMS_FILE  # convert and merge read the run through it
@@ -258,53 +258,7 @@ def command(settings, **params) -> StageCommand:
         raise StageError(f"run {p['run_name']!r} already has checkpoints in {work}; choose another run name")
     config = rdir / "config.py"
     atomic_write_text(config, render_config(tpl.read_text(encoding="utf-8"), p))
-    deepspeed = None
-    if p["deepspeed"]:
-        deepspeed = train.DEEPSPEED_CONFIG
-        if p["device"] == "cpu":
-            deepspeed = str(rdir / train.DEEPSPEED_CPU_FILE)
-            atomic_write_text(Path(deepspeed), train.deepspeed_cpu_json())
-    record = {
-        **p,
-        "config": str(config),
-        "work_dir": str(work),
-        "template_file": str(tpl),
-        "deepspeed_config": deepspeed,
-        "created": timestamp(),
-    }
-    atomic_write_text(rdir / PARAMS_FILE, json.dumps(record, ensure_ascii=False, indent=2))
-    argv = [
-        str(python),
-        *train.LAUNCHER,
-        "--nproc-per-node",
-        str(p["processes"]),
-        "-m",
-        "xtuner.tools.train",
-        str(config),
-        "--launcher",
-        "pytorch",
-        "--work-dir",
-        str(work),
-    ]
-    if deepspeed:
-        argv += ["--deepspeed", deepspeed]
-    env = {
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONSAFEPATH": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    return StageCommand(
-        kind="dpo",
-        argv=argv,
-        cwd=rdir,
-        env=env,
-        gpu=True,
-        outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
-        params=record,
-    )
+    return train.launch("dpo", python, p, rdir, config, work, tpl)
 
 
 def notes(params: dict, outputs: dict) -> list[str]:

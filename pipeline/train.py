@@ -42,6 +42,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+from core.fileio import atomic_write_text
 from pipeline import xtuner_log
 from pipeline.artefacts import PARAMS_FILE, checkpoints, run_dir
 from pipeline.params import TrainParams, parse
@@ -571,20 +572,9 @@ def iteration_budget(p: dict) -> list[str]:
 # ---- the stage interface ------------------------------------------------------------------
 
 
-def command(settings, **params) -> StageCommand:
-    from core.fileio import atomic_write_text
-
-    python = train_python()
-    p = resolve_params(settings, params)
-    fit_max_length(p, params)  # max_length in the base model's tokens (train_params.json "length_check")
-    tpl = template_path(p["template"])
-    rdir = run_dir(settings, p["run_name"])
-    work = rdir / "work_dir"
-    if list(work.glob("iter_*.pth")):
-        raise StageError(f"run {p['run_name']!r} already has checkpoints in {work}; choose another run name")
-    text = render_config(tpl.read_text(encoding="utf-8"), p, p["template"])
-    config = rdir / "config.py"
-    atomic_write_text(config, text)
+def launch(kind: str, python: Path, p: dict, rdir: Path, config: Path, work: Path, tpl: Path) -> StageCommand:
+    """Record the run (train_params.json, with the DeepSpeed config written beside it when asked) and
+    the command that starts XTuner's trainer through torch's launcher; shared by train and dpo."""
     deepspeed = None
     if p["deepspeed"]:
         deepspeed = DEEPSPEED_CONFIG
@@ -624,7 +614,7 @@ def command(settings, **params) -> StageCommand:
         "TRANSFORMERS_OFFLINE": "1",
     }
     return StageCommand(
-        kind="train",
+        kind=kind,
         argv=argv,
         cwd=rdir,
         env=env,
@@ -632,6 +622,21 @@ def command(settings, **params) -> StageCommand:
         outputs={"run_dir": str(rdir), "config": str(config), "work_dir": str(work)},
         params=record,
     )
+
+
+def command(settings, **params) -> StageCommand:
+    python = train_python()
+    p = resolve_params(settings, params)
+    fit_max_length(p, params)  # max_length in the base model's tokens (train_params.json "length_check")
+    tpl = template_path(p["template"])
+    rdir = run_dir(settings, p["run_name"])
+    work = rdir / "work_dir"
+    if list(work.glob("iter_*.pth")):
+        raise StageError(f"run {p['run_name']!r} already has checkpoints in {work}; choose another run name")
+    text = render_config(tpl.read_text(encoding="utf-8"), p, p["template"])
+    config = rdir / "config.py"
+    atomic_write_text(config, text)
+    return launch("train", python, p, rdir, config, work, tpl)
 
 
 def deepspeed_cpu_json() -> str:
